@@ -1,0 +1,66 @@
+//! What one request carries through the proxy phases.
+
+use crate::gateway::{Gateway, Route};
+use crate::lifecycle::InFlightGuard;
+use http::HeaderValue;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why the proxy answered a request itself instead of (or after failing at) proxying it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalAnswer {
+    Health,
+    BadPath,
+    NoRoute,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    BadGateway,
+}
+
+pub struct RequestCtx {
+    pub started: Instant,
+    /// The config this request runs under from start to finish.
+    pub gateway: Arc<Gateway>,
+    pub route: Option<Arc<Route>>,
+    pub request_id: HeaderValue,
+    /// The path (without query) to send upstream when it differs from the client's:
+    /// normalized, and with the prefix removed on routes that strip it.
+    pub upstream_path: Option<String>,
+    /// Backends already tried for this request, so a retry goes elsewhere.
+    pub tried: Vec<SocketAddr>,
+    pub answer: Option<LocalAnswer>,
+    /// The status of an error response written in `fail_to_proxy`.
+    pub failure_status: Option<u16>,
+    _in_flight: InFlightGuard,
+}
+
+impl RequestCtx {
+    pub fn new(gateway: Arc<Gateway>, in_flight: InFlightGuard) -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            gateway,
+            route: None,
+            request_id: HeaderValue::from_static(""),
+            upstream_path: None,
+            tried: Vec::new(),
+            answer: None,
+            failure_status: None,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// The backend of the latest attempt.
+    pub fn backend(&self) -> Option<SocketAddr> {
+        self.tried.last().copied()
+    }
+
+    /// The `route` label for metrics and logs.
+    pub fn route_label(&self) -> &str {
+        match (&self.route, self.answer) {
+            (Some(route), _) => &route.prefix,
+            (None, Some(LocalAnswer::Health)) => "/health",
+            (None, _) => "unmatched",
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Header work on the way through: request ids, forwarding headers, hop-by-hop removal.
+
+use http::header::{HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
+use http::HeaderValue;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
+/// The client's `X-Request-Id` when it is sane, otherwise a fresh random one.
+///
+/// Ids from clients are kept so a request can be traced across systems; anything long or
+/// odd is replaced, since ids end up in logs and upstream headers.
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    if let Some(given) = req.headers.get(X_REQUEST_ID) {
+        let bytes = given.as_bytes();
+        if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
+            return given.clone();
+        }
+    }
+    new_request_id()
+}
+
+pub fn new_request_id() -> HeaderValue {
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Appends `value` to a comma-separated list header, creating it when absent.
+pub fn append_to_list(req: &mut RequestHeader, name: &'static str, value: &str) {
+    let joined = match req.headers.get(name).map(|v| v.to_str()) {
+        Some(Ok(existing)) if !existing.trim().is_empty() => format!("{existing}, {value}"),
+        _ => value.to_string(),
+    };
+    // Values built from an IP address or a fixed token are always valid header values.
+    let _ = req.insert_header(name, joined);
+}
+
+/// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
+pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
+    if let Some(ip) = client {
+        append_to_list(req, X_FORWARDED_FOR, &ip.to_string());
+    }
+    append_to_list(req, X_FORWARDED_PROTO, proto);
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header
+/// names, so a client's `Connection: close` cannot stop the upstream connection from being
+/// reused. Protocol upgrades (WebSocket) keep `Connection` and `Upgrade`.
+pub fn remove_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
+    if is_upgrade {
+        return;
+    }
+    let named: Vec<HeaderName> = req
+        .headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        req.remove_header(&name);
+    }
+    for name in [CONNECTION, UPGRADE, TE, TRAILER] {
+        req.remove_header(&name);
+    }
+    req.remove_header("keep-alive");
+    req.remove_header("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&'static str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/a", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(*k, *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn keeps_a_sane_request_id_and_replaces_odd_ones() {
+        let r = req(&[("x-request-id", "abc-123")]);
+        assert_eq!(request_id(&r), "abc-123");
+        let r = req(&[("x-request-id", "has space")]);
+        assert_eq!(request_id(&r).len(), 32);
+        let r = req(&[]);
+        let a = request_id(&r);
+        let b = request_id(&r);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn appends_forwarding_headers() {
+        let mut r = req(&[("x-forwarded-for", "10.0.0.1")]);
+        add_forwarding(&mut r, Some("127.0.0.1".parse().unwrap()), "http");
+        assert_eq!(
+            r.headers.get("x-forwarded-for").unwrap(),
+            "10.0.0.1, 127.0.0.1"
+        );
+        assert_eq!(r.headers.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut r = req(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut r, false);
+        assert!(r.headers.get("connection").is_none());
+        assert!(r.headers.get("x-secret").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert_eq!(r.headers.get("x-kept").unwrap(), "1");
+    }
+}

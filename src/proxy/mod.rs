@@ -1,0 +1,303 @@
+//! The request path, in Pingora's phases. Read top to bottom:
+//! `request_filter` (health, normalize, route) → `upstream_peer` (pick a backend) →
+//! `upstream_request_filter` (rewrite for the backend) → `response_filter` →
+//! `logging` (metrics, access log). Failures go through `fail_to_connect` (retry elsewhere)
+//! and `fail_to_proxy` (the JSON error the client sees).
+
+mod ctx;
+mod failure;
+mod headers;
+mod respond;
+
+pub use ctx::{LocalAnswer, RequestCtx};
+
+use crate::access_log::{self, AccessLog};
+use crate::gateway::SharedGateway;
+use crate::lifecycle::InFlight;
+use crate::metrics::{method_label, Metrics};
+use crate::path;
+use crate::routing::strip_prefix;
+use async_trait::async_trait;
+use failure::Verdict;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::Result;
+use pingora_error::{Error, ErrorSource};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub struct Proxy {
+    gateway: SharedGateway,
+    metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
+    in_flight: InFlight,
+}
+
+impl Proxy {
+    pub fn new(
+        gateway: SharedGateway,
+        metrics: Arc<Metrics>,
+        access_log: Option<Arc<AccessLog>>,
+        in_flight: InFlight,
+    ) -> Self {
+        Proxy {
+            gateway,
+            metrics,
+            access_log,
+            in_flight,
+        }
+    }
+}
+
+fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.gateway.load_full(), self.in_flight.enter())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = headers::request_id(session.req_header());
+
+        let raw_path = session.req_header().uri.path();
+        if raw_path == "/health" {
+            ctx.answer = Some(LocalAnswer::Health);
+            respond::json(session, 200, &respond::health_body(), &ctx.request_id, &[]).await?;
+            return Ok(true);
+        }
+
+        let path = match path::normalize(raw_path) {
+            Ok(p) => p,
+            Err(why) => {
+                ctx.answer = Some(LocalAnswer::BadPath);
+                let body = respond::bad_path_body(&why.to_string());
+                respond::json(session, 400, &body, &ctx.request_id, &[]).await?;
+                return Ok(true);
+            }
+        };
+
+        let Some(route) = ctx.gateway.router.lookup(&path).cloned() else {
+            ctx.answer = Some(LocalAnswer::NoRoute);
+            let body = respond::no_route_body(&path);
+            respond::json(session, 404, &body, &ctx.request_id, &[]).await?;
+            return Ok(true);
+        };
+
+        let forwarded = if route.strip_prefix {
+            strip_prefix(&path, &route.prefix)
+        } else {
+            &path
+        };
+        if forwarded != raw_path {
+            ctx.upstream_path = Some(forwarded.to_string());
+        }
+        ctx.route = Some(route);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "upstream_peer without a route",
+            );
+        };
+        match route.upstream.select(&ctx.tried) {
+            Some(addr) => {
+                ctx.tried.push(addr);
+                Ok(Box::new(route.upstream.peer(addr)))
+            }
+            None => Error::e_explain(
+                failure::NO_BACKEND,
+                format!("every backend of `{}` failed", route.upstream.name),
+            ),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(path) = &ctx.upstream_path {
+            let uri = match upstream_request.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.clone(),
+            };
+            let uri = uri.parse::<http::Uri>().map_err(|e| {
+                Error::because(pingora_error::ErrorType::InternalError, "rewritten uri", e)
+            })?;
+            upstream_request.set_uri(uri);
+        }
+        headers::remove_hop_by_hop(upstream_request, session.is_upgrade_req());
+        headers::add_forwarding(upstream_request, client_ip(session), "http");
+        upstream_request.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(route) = &ctx.route {
+            self.metrics
+                .upstream_errors
+                .with_label_values(&[
+                    route.upstream.name.as_str(),
+                    failure::upstream_error_kind(&e),
+                ])
+                .inc();
+            // Nothing reached the backend, so any method is safe to send elsewhere.
+            if ctx.tried.len() < route.upstream.size() {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let verdict = failure::classify(e);
+        if let (Some(route), Verdict::Upstream(..)) = (&ctx.route, verdict) {
+            if !failure::is_connect_error(e) {
+                // Connect failures were counted per attempt in `fail_to_connect`.
+                self.metrics
+                    .upstream_errors
+                    .with_label_values(&[
+                        route.upstream.name.as_str(),
+                        failure::upstream_error_kind(e),
+                    ])
+                    .inc();
+            }
+        }
+        let already_answered = session.response_written().is_some();
+        let code = match verdict {
+            Verdict::Silent => 0,
+            Verdict::Status(code) => {
+                if !already_answered {
+                    let _ = session.respond_error(code).await;
+                }
+                code
+            }
+            Verdict::Upstream(code, answer) => {
+                ctx.answer = Some(answer);
+                if !already_answered {
+                    let upstream = ctx
+                        .route
+                        .as_ref()
+                        .map(|r| r.upstream.name.as_str())
+                        .unwrap_or("");
+                    let error = match answer {
+                        LocalAnswer::UpstreamTimeout => "upstream_timeout",
+                        LocalAnswer::UpstreamUnavailable => "upstream_unavailable",
+                        _ => "bad_gateway",
+                    };
+                    let body = respond::upstream_body(error, upstream);
+                    let _ = respond::json(session, code, &body, &ctx.request_id, &[]).await;
+                }
+                code
+            }
+        };
+        ctx.failure_status = (code > 0).then_some(code);
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        // Upstream failures are answered, counted and logged once below; a client that went
+        // away is not an error of ours.
+        ctx.route.is_some() && error.esource() == &ErrorSource::Upstream
+            || matches!(failure::classify(error), Verdict::Silent)
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or(ctx.failure_status)
+            .unwrap_or(499);
+        let elapsed = ctx.started.elapsed();
+        let method = method_label(&session.req_header().method);
+        let route = ctx.route_label();
+        let mut status_text = itoa::Buffer::new();
+        self.metrics
+            .requests
+            .with_label_values(&[route, method, status_text.format(status)])
+            .inc();
+        match &ctx.route {
+            Some(r) => r.duration.observe(elapsed.as_secs_f64()),
+            None => self
+                .metrics
+                .request_duration
+                .with_label_values(&[route])
+                .observe(elapsed.as_secs_f64()),
+        }
+        if let (Some(err), Some(r)) = (e, &ctx.route) {
+            if err.esource() == &ErrorSource::Upstream {
+                tracing::warn!(
+                    request_id = ctx.request_id.to_str().unwrap_or(""),
+                    upstream = r.upstream.name.as_str(),
+                    backend = ?ctx.backend(),
+                    status,
+                    "upstream request failed: {err}"
+                );
+            }
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let entry = access_log::Entry {
+                ts: access_log::now_rfc3339(),
+                request_id: ctx.request_id.to_str().unwrap_or(""),
+                client: client_ip(session)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default(),
+                method: req.method.as_str(),
+                uri: req.uri.to_string(),
+                status,
+                route,
+                upstream: ctx.route.as_ref().map(|r| r.upstream.name.as_str()),
+                backend: ctx
+                    .backend()
+                    .zip(ctx.route.as_ref())
+                    .map(|(addr, r)| r.upstream.label_of(&addr).to_string()),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                bytes_sent: session.body_bytes_sent(),
+                error: e.map(|e| e.etype().as_str().to_string()),
+            };
+            log.record(&entry);
+        }
+    }
+}

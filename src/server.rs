@@ -1,0 +1,181 @@
+//! Assembling and running the Pingora server: the proxy service, the admin service and the
+//! background tasks, with process settings taken from the config.
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::config::{self, Config};
+use crate::gateway::{Gateway, SharedGateway};
+use crate::health::HealthChecker;
+use crate::lifecycle::{self, InFlight};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use arc_swap::ArcSwap;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+use std::fmt;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Process options from the command line (Pingora's own flags that operators use).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessOptions {
+    /// Fork into the background.
+    pub daemon: bool,
+    /// Take the listening sockets over from a running process (graceful upgrade).
+    pub upgrade: bool,
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Config(config::LoadError),
+    Build(crate::upstream::BuildError),
+    Listen {
+        address: String,
+        source: std::io::Error,
+    },
+    AccessLog {
+        target: String,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::Build(e) => write!(f, "{e}"),
+            StartError::Listen { address, source } => {
+                write!(f, "cannot listen on {address}: {source}")
+            }
+            StartError::AccessLog { target, source } => {
+                write!(f, "cannot open the access log {target}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Everything `run` needs, prepared before any socket is handed to Pingora so that a bad
+/// config or a taken port fails with a clear message instead of a panic in a worker.
+pub struct Prepared {
+    pub config_path: PathBuf,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub gateway: SharedGateway,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared, StartError> {
+    let loaded = config::load(config_path).map_err(StartError::Config)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let config = loaded.config;
+    let metrics = Arc::new(Metrics::new());
+    let gateway = Gateway::build(config.clone(), None, &metrics).map_err(StartError::Build)?;
+    if !options.upgrade {
+        // During an upgrade the old process still holds the ports; they arrive over the
+        // upgrade socket instead.
+        for address in config.listen.iter().chain([&config.admin.listen]) {
+            TcpListener::bind(address).map_err(|source| StartError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+        }
+    }
+    let access_log = match &config.log.access_log {
+        Some(target) => Some(Arc::new(
+            AccessLog::open(target, metrics.access_log_dropped.clone()).map_err(|source| {
+                StartError::AccessLog {
+                    target: target.clone(),
+                    source,
+                }
+            })?,
+        )),
+        None => None,
+    };
+    Ok(Prepared {
+        config_path: config_path.to_path_buf(),
+        config,
+        metrics,
+        gateway: Arc::new(ArcSwap::from_pointee(gateway)),
+        access_log,
+    })
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let server = &config.server;
+    ServerConf {
+        threads: config.threads,
+        pid_file: server.pid_file.clone(),
+        upgrade_sock: server.upgrade_sock.clone(),
+        error_log: server.error_log.clone(),
+        // Pingora counts in whole seconds; round up so a 1500ms grace is not cut to 1s.
+        grace_period_seconds: Some(server.grace_period.as_millis().div_ceil(1000) as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
+/// Runs the proxy until a signal stops it. Does not return while the server runs.
+pub fn run(prepared: Prepared, options: &ProcessOptions) {
+    let Prepared {
+        config_path,
+        config,
+        metrics,
+        gateway,
+        access_log,
+    } = prepared;
+    let opt = Opt {
+        upgrade: options.upgrade,
+        daemon: options.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    server.bootstrap();
+
+    let in_flight = InFlight::new(metrics.requests_in_flight.clone());
+    let proxy = Proxy::new(
+        gateway.clone(),
+        metrics.clone(),
+        access_log.clone(),
+        in_flight.clone(),
+    );
+    let mut proxy_service =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "tollgate proxy");
+    for address in &config.listen {
+        proxy_service.add_tcp(address);
+    }
+    proxy_service.threads = Some(config.threads);
+
+    let mut admin_service = Service::new(
+        "tollgate admin".to_string(),
+        Admin::new(gateway.clone(), metrics.clone()),
+    );
+    admin_service.add_tcp(&config.admin.listen);
+    admin_service.threads = Some(1);
+
+    let health = background_service("health checks", HealthChecker::new(gateway.clone()));
+
+    server.add_service(proxy_service);
+    server.add_service(admin_service);
+    server.add_service(health);
+
+    tracing::info!(
+        config = %config_path.display(),
+        listen = ?config.listen,
+        admin = %config.admin.listen,
+        threads = config.threads,
+        "tollgate starting"
+    );
+    lifecycle::exit_when_drained(server.watch_execution_phase(), in_flight, move || {
+        if let Some(log) = &access_log {
+            log.flush();
+        }
+    });
+    server.run(RunArgs::default());
+}
