@@ -50,6 +50,7 @@ impl Gateway {
                 Some(pool) => pool,
                 None => Arc::new(UpstreamPool::build(name, spec)?),
             };
+            metrics.register_upstream(name);
             upstreams.insert(name.clone(), pool);
         }
         let mut routes = Vec::with_capacity(config.routes.len());

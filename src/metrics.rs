@@ -96,6 +96,13 @@ impl Metrics {
         self.request_duration.with_label_values(&[route])
     }
 
+    /// Creates an upstream's error series at zero.
+    pub fn register_upstream(&self, upstream: &str) {
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream_errors.with_label_values(&[upstream, kind]);
+        }
+    }
+
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
@@ -114,6 +121,21 @@ impl Default for Metrics {
         Self::new()
     }
 }
+
+/// Every `kind` of `tollgate_upstream_errors_total`; each upstream's series start at zero so
+/// dashboards and alerts see them before the first failure.
+pub const UPSTREAM_ERROR_KINDS: &[&str] = &[
+    "connect_refused",
+    "connect_timeout",
+    "connect_error",
+    "read_timeout",
+    "write_timeout",
+    "connection_closed",
+    "read_error",
+    "write_error",
+    "protocol_error",
+    "no_backend",
+];
 
 /// A bounded label for an HTTP method, so odd methods cannot grow the label set.
 pub fn method_label(method: &http::Method) -> &'static str {

@@ -6,7 +6,7 @@
 //! - per request, the header `x-stub-delay-ms: N` delays that answer by N ms, and
 //!   `x-stub-echo: headers` adds the request's headers to the body;
 //! - `GET /health` answers 200 without delay or failures; `GET /_stub/stats` reports how many
-//!   requests this process has answered.
+//!   requests (other than these two) and connections this process has accepted.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -39,6 +39,7 @@ struct State {
     delay: Duration,
     fail_rate: f64,
     answered: AtomicU64,
+    connections: AtomicU64,
 }
 
 #[derive(Serialize)]
@@ -78,7 +79,6 @@ async fn handle(
         .map(|b| b.to_bytes().len())
         .unwrap_or(0);
     let path = parts.uri.path();
-    state.answered.fetch_add(1, Ordering::Relaxed);
 
     if path == "/health" {
         let body = format!(r#"{{"status":"ok","service":{}}}"#, quoted(&state.name));
@@ -86,13 +86,15 @@ async fn handle(
     }
     if path == "/_stub/stats" {
         let body = format!(
-            r#"{{"service":{},"answered":{}}}"#,
+            r#"{{"service":{},"answered":{},"connections":{}}}"#,
             quoted(&state.name),
-            state.answered.load(Ordering::Relaxed)
+            state.answered.load(Ordering::Relaxed),
+            state.connections.load(Ordering::Relaxed)
         );
         return Ok(json(StatusCode::OK, body.into_bytes()));
     }
 
+    state.answered.fetch_add(1, Ordering::Relaxed);
     let extra_delay = parts
         .headers
         .get("x-stub-delay-ms")
@@ -150,6 +152,7 @@ pub async fn serve(listener: TcpListener, options: &Options) {
         delay: options.delay,
         fail_rate: options.fail_rate,
         answered: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     });
     loop {
         let (stream, _) = match listener.accept().await {
@@ -162,6 +165,7 @@ pub async fn serve(listener: TcpListener, options: &Options) {
             }
         };
         let _ = stream.set_nodelay(true);
+        state.connections.fetch_add(1, Ordering::Relaxed);
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, state.clone()));

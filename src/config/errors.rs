@@ -94,16 +94,6 @@ impl Problem {
 
 /// Turns a serde_yaml error (syntax, type, unknown key) into a located error.
 pub fn from_serde(file: &str, err: &serde_yaml::Error) -> ConfigError {
-    let text = err.to_string();
-    // serde_yaml appends " at line L column C"; the position goes in front instead.
-    let text = match text.rfind(" at line ") {
-        Some(cut) => text[..cut].to_string(),
-        None => text,
-    };
-    let (path, message) = match text.split_once(": ") {
-        Some((path, rest)) if looks_like_path(path) => (path.to_string(), rest.to_string()),
-        _ => (String::new(), text),
-    };
     let position = err
         .location()
         .map(|l| Position {
@@ -111,6 +101,17 @@ pub fn from_serde(file: &str, err: &serde_yaml::Error) -> ConfigError {
             column: l.column(),
         })
         .unwrap_or(Position { line: 1, column: 1 });
+    // serde_yaml repeats the position in its message; it goes in front instead. Other
+    // positions in the message (where an unclosed sequence began) stay.
+    let text = err.to_string().replacen(
+        &format!(" at line {} column {}", position.line, position.column),
+        "",
+        1,
+    );
+    let (path, message) = match text.split_once(": ") {
+        Some((path, rest)) if looks_like_path(path) => (path.to_string(), rest.to_string()),
+        _ => (String::new(), text),
+    };
     ConfigError {
         file: file.to_string(),
         position,

@@ -1,0 +1,110 @@
+//! The stub binary itself: what tollgate's tests and benchmarks rely on it to do.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Running(Child, SocketAddr);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str]) -> Running {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_stub-service"))
+        .args(["--listen", &addr.to_string()])
+        .args(args)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "stub did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running(child, addr)
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(agent: &ureq::Agent, url: &str, headers: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let mut req = agent.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.call().unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().read_to_string().unwrap();
+    (status, serde_json::from_str(&body).unwrap())
+}
+
+#[test]
+fn answers_any_path_and_method_with_its_name() {
+    let stub = start(&["--name", "a"]);
+    let agent = agent();
+    let (status, body) = get(&agent, &format!("http://{}/a/x?y=1", stub.1), &[]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"service": "a", "method": "GET", "path": "/a/x", "query": "y=1"})
+    );
+    let resp = agent
+        .post(&format!("http://{}/anything", stub.1))
+        .send("payload")
+        .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&resp.into_body().read_to_string().unwrap()).unwrap();
+    assert_eq!(body["method"], "POST");
+    assert_eq!(body["body_bytes"], 7);
+    let (status, body) = get(&agent, &format!("http://{}/health", stub.1), &[]);
+    assert_eq!((status, &body["status"]), (200, &serde_json::json!("ok")));
+}
+
+#[test]
+fn delays_fails_and_echoes_on_request() {
+    let stub = start(&["--name", "b", "--fail-rate", "1.0"]);
+    let agent = agent();
+    let started = Instant::now();
+    let (status, body) = get(
+        &agent,
+        &format!("http://{}/x", stub.1),
+        &[
+            ("x-stub-delay-ms", "200"),
+            ("x-stub-echo", "headers"),
+            ("x-probe", "1"),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(status, 500);
+    assert_eq!(body["error"], "injected failure");
+    assert_eq!(body["headers"]["x-probe"], "1");
+    // Health checks never fail, whatever the failure rate.
+    let (status, _) = get(&agent, &format!("http://{}/health", stub.1), &[]);
+    assert_eq!(status, 200);
+    let (_, stats) = get(&agent, &format!("http://{}/_stub/stats", stub.1), &[]);
+    assert_eq!(stats["answered"], 1);
+}
+
+#[test]
+fn refuses_bad_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stub-service"))
+        .args(["--fail-rate", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0.0 to 1.0"));
+}

@@ -1,0 +1,331 @@
+//! Real processes under test: stub backends, tollgate instances and redis servers.
+
+use super::{free_port, port_open, wait_for};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// A binary built by this workspace, next to the tollgate binary cargo built for the tests.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let tollgate = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
+    let path = tollgate.with_file_name(name);
+    assert!(
+        path.is_file(),
+        "{} is missing; build the workspace first (`cargo test --workspace` does, or run `cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+pub fn tollgate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_tollgate"))
+}
+
+pub fn send_signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal}) failed", child.id());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `stub-service` process.
+pub struct Stub {
+    child: Option<Child>,
+    pub name: String,
+    pub addr: SocketAddr,
+    args: Vec<String>,
+}
+
+impl Stub {
+    pub fn start(name: &str) -> Stub {
+        Stub::start_with(name, &[])
+    }
+
+    pub fn start_with(name: &str, args: &[&str]) -> Stub {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let mut stub = Stub {
+            child: None,
+            name: name.to_string(),
+            addr,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        stub.launch();
+        stub
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new(workspace_bin("stub-service"))
+            .args(["--name", &self.name, "--listen", &self.addr.to_string()])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn stub-service");
+        self.child = Some(child);
+        let addr = self.addr;
+        wait_for(
+            &format!("stub {} on {addr}", self.name),
+            Duration::from_secs(10),
+            || port_open(addr).then_some(()),
+        );
+    }
+
+    /// `host:port` for a config's backend list.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// (requests answered, connections accepted) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        let reply = super::get(&format!("http://{}/_stub/stats", self.addr)).json();
+        (
+            reply["answered"].as_u64().expect("answered"),
+            reply["connections"].as_u64().expect("connections"),
+        )
+    }
+}
+
+impl Drop for Stub {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `tollgate run` process with its config in a temporary directory.
+pub struct Tollgate {
+    child: Option<Child>,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+}
+
+impl Tollgate {
+    /// Starts tollgate on `body` (YAML) and waits until both listeners answer.
+    ///
+    /// The harness adds `listen`, `threads: 1`, `admin.listen` and a `server` section with
+    /// per-instance pid and upgrade sockets unless `body` sets them; `{admin_listen}`,
+    /// `{proxy_listen}` and `{dir}` in `body` are replaced.
+    pub fn start(body: &str) -> Tollgate {
+        let t = Tollgate::spawn(body);
+        t.wait_ready();
+        t
+    }
+
+    /// Starts tollgate without waiting for it.
+    pub fn spawn(body: &str) -> Tollgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let config_path = dir.path().join("config.yaml");
+        let text = assemble_config(body, proxy, admin, dir.path());
+        fs::write(&config_path, text).expect("write config");
+        let log_path = dir.path().join("tollgate.log");
+        let mut t = Tollgate {
+            child: None,
+            proxy,
+            admin,
+            dir,
+            config_path,
+            log_path,
+        };
+        t.child = Some(t.launch(&[]));
+        t
+    }
+
+    fn launch(&self, extra: &[&str]) -> Child {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        Command::new(tollgate_bin())
+            .args(["run", "-c"])
+            .arg(&self.config_path)
+            .args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tollgate")
+    }
+
+    pub fn wait_ready(&self) {
+        let (proxy, admin) = (self.proxy, self.admin);
+        let agent = super::agent();
+        wait_for(
+            &format!("tollgate on {proxy}\n{}", self.logs()),
+            Duration::from_secs(15),
+            || {
+                let ok = |url: String| {
+                    super::try_get_with(&agent, &url, &[]).is_ok_and(|r| r.status == 200)
+                };
+                (ok(format!("http://{proxy}/health")) && ok(format!("http://{admin}/health")))
+                    .then_some(())
+            },
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn child(&self) -> &Child {
+        self.child.as_ref().expect("tollgate is running")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child().id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.child(), signal);
+    }
+
+    /// Waits for the process to exit; `None` if it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_exit(child, timeout);
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// Starts a second process on the same config with `--upgrade`; it takes the listening
+    /// sockets once this one gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        self.launch(&["--upgrade"])
+    }
+
+    /// Replaces the tracked process (after an upgrade handed the sockets to `next`).
+    pub fn replace_child(&mut self, next: Child) -> Option<Child> {
+        self.child.replace(next)
+    }
+
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        super::get(&self.admin_url("/metrics")).body
+    }
+
+    /// The value of one sample, given as it appears in the exposition, e.g.
+    /// `tollgate_requests_total{route="/a",method="GET",status="200"}` (labels in any order).
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_value(&self.metrics(), sample)
+    }
+
+    /// Rewrites the config file in place (for reload tests).
+    pub fn write_config(&self, body: &str) {
+        let text = assemble_config(body, self.proxy, self.admin, self.dir.path());
+        fs::write(&self.config_path, text).expect("write config");
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- tollgate log ({}) ----\n{}", self.proxy, self.logs());
+        }
+    }
+}
+
+fn has_top_level_key(body: &str, key: &str) -> bool {
+    body.lines().any(|l| l.starts_with(&format!("{key}:")))
+}
+
+fn assemble_config(body: &str, proxy: SocketAddr, admin: SocketAddr, dir: &Path) -> String {
+    let body = body
+        .replace("{admin_listen}", &admin.to_string())
+        .replace("{proxy_listen}", &proxy.to_string())
+        .replace("{dir}", &dir.display().to_string());
+    let mut text = String::new();
+    if !has_top_level_key(&body, "listen") {
+        text.push_str(&format!("listen: {proxy}\n"));
+    }
+    if !has_top_level_key(&body, "threads") {
+        text.push_str("threads: 1\n");
+    }
+    if !has_top_level_key(&body, "admin") {
+        text.push_str(&format!("admin:\n  listen: {admin}\n"));
+    }
+    if !has_top_level_key(&body, "server") {
+        text.push_str(&format!(
+            "server:\n  pid_file: {0}/tollgate.pid\n  upgrade_sock: {0}/upgrade.sock\n",
+            dir.display()
+        ));
+    }
+    text.push_str(&body);
+    text
+}
+
+/// Finds a sample in Prometheus text, matching the metric name and the given labels.
+pub fn metric_value(exposition: &str, sample: &str) -> Option<f64> {
+    let (name, labels) = match sample.split_once('{') {
+        Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+        None => (sample, Vec::new()),
+    };
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+                None => (series, Vec::new()),
+            };
+            (series_name == name && labels.iter().all(|l| series_labels.contains(l)))
+                .then(|| value.parse().ok())?
+        })
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    text.split("\",")
+        .filter(|s| !s.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((k.trim().to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,163 @@
+//! Black-box routing: real stub services behind a real tollgate process.
+
+mod common;
+use common::*;
+
+fn two_services() -> (Stub, Stub, Tollgate) {
+    let a = Stub::start("a");
+    let b = Stub::start("b");
+    let config = format!(
+        "upstreams:
+  service_a:
+    backends: [{a}]
+  service_b:
+    backends: [{b}]
+routes:
+  - prefix: /a
+    upstream: service_a
+  - prefix: /b
+    upstream: service_b
+  - prefix: /a/deep
+    upstream: service_b
+  - prefix: /strip
+    upstream: service_a
+    strip_prefix: true
+",
+        a = a.address(),
+        b = b.address()
+    );
+    let t = Tollgate::start(&config);
+    (a, b, t)
+}
+
+#[test]
+fn prefixes_reach_their_services() {
+    let (_a, _b, t) = two_services();
+    let agent = agent();
+    let r = get_with(&agent, &t.url("/a/hello"), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["service"], "a");
+    assert_eq!(r.json()["path"], "/a/hello");
+    let r = get_with(&agent, &t.url("/b/x/y"), &[]);
+    assert_eq!(r.json()["service"], "b");
+    let r = get_with(&agent, &t.url("/a"), &[]);
+    assert_eq!(r.json()["service"], "a");
+}
+
+#[test]
+fn longest_prefix_wins_on_whole_segments() {
+    let (_a, _b, t) = two_services();
+    let agent = agent();
+    assert_eq!(
+        get_with(&agent, &t.url("/a/deep/x"), &[]).json()["service"],
+        "b"
+    );
+    assert_eq!(
+        get_with(&agent, &t.url("/a/deeper"), &[]).json()["service"],
+        "a"
+    );
+    let r = get_with(&agent, &t.url("/ab"), &[]);
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"error": "no_route", "path": "/ab"})
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.header("x-request-id").is_some());
+}
+
+#[test]
+fn health_answers_on_the_proxy_port() {
+    let (_a, _b, t) = two_services();
+    let r = get(&t.url("/health"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["status"], "ok");
+}
+
+#[test]
+fn query_strings_pass_through_untouched() {
+    let (_a, _b, t) = two_services();
+    let r = get(&t.url("/a/search?q=a%20b&x=1&x=2&empty="));
+    assert_eq!(r.json()["query"], "q=a%20b&x=1&x=2&empty=");
+}
+
+#[test]
+fn forwarding_headers_host_and_request_id() {
+    let (_a, _b, t) = two_services();
+    let agent = agent();
+    let echo = [
+        ("x-stub-echo", "headers"),
+        ("host", "example.test"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ];
+    let r = get_with(&agent, &t.url("/a/h"), &echo);
+    let sent = &r.json()["headers"];
+    assert_eq!(sent["host"], "example.test");
+    assert_eq!(sent["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(sent["x-forwarded-proto"], "http");
+    let generated = r
+        .header("x-request-id")
+        .expect("request id returned")
+        .to_string();
+    assert_eq!(generated.len(), 32);
+    assert_eq!(sent["x-request-id"], generated.as_str());
+
+    let r = get_with(
+        &agent,
+        &t.url("/a/h"),
+        &[("x-stub-echo", "headers"), ("x-request-id", "trace-42")],
+    );
+    assert_eq!(r.header("x-request-id"), Some("trace-42"));
+    assert_eq!(r.json()["headers"]["x-request-id"], "trace-42");
+}
+
+#[test]
+fn strip_prefix_sends_the_rest() {
+    let (_a, _b, t) = two_services();
+    assert_eq!(get(&t.url("/strip/x?y=1")).json()["path"], "/x");
+    assert_eq!(get(&t.url("/strip")).json()["path"], "/");
+}
+
+#[test]
+fn paths_are_normalized_before_routing_and_forwarding() {
+    let (_a, _b, t) = two_services();
+    // Raw requests: an HTTP library would clean these paths up before sending them.
+    let cases = [
+        ("/a/../b/x", 200, Some("b"), "/b/x"),
+        ("//a/x", 200, Some("a"), "/a/x"),
+        ("/a/%2e%2e/b", 200, Some("b"), "/b"),
+        ("/%61/x", 200, Some("a"), "/a/x"),
+        ("/a/./x", 200, Some("a"), "/a/x"),
+        ("/A/x", 404, None, ""),
+        ("/a%2Fx", 400, None, ""),
+        ("/a/..%2F..%2Fb", 400, None, ""),
+    ];
+    for (path, status, service, seen) in cases {
+        let resp = raw(
+            t.proxy,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(raw_status(&resp), status, "{path}: {resp}");
+        if let Some(service) = service {
+            let body: serde_json::Value =
+                serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+            assert_eq!(body["service"], service, "{path}");
+            assert_eq!(body["path"], seen, "{path}");
+        }
+    }
+}
+
+#[test]
+fn own_answers_keep_the_connection_alive() {
+    let (_a, _b, t) = two_services();
+    let mut conn = RawConn::open(t.proxy);
+    let first = conn.exchange(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    let second = conn.exchange(b"GET /a/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "the 404 closed the connection: {second}"
+    );
+    let third = conn.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+}
