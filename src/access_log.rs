@@ -27,6 +27,9 @@ pub struct Entry<'a> {
     pub bytes_sent: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The rate limit policy that refused the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limited_by: Option<&'a str>,
 }
 
 enum Message {

@@ -28,7 +28,11 @@ pub fn check(path: &Path) -> (String, bool) {
             );
         }
     };
-    if let Err(e) = Gateway::build(loaded.config.clone(), None, &Metrics::new()) {
+    if let Err(e) = Gateway::build(
+        loaded.config.clone(),
+        None,
+        &std::sync::Arc::new(Metrics::new()),
+    ) {
         return (
             format!(
                 "{}: {e}\n{}: the config is not valid",

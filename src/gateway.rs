@@ -6,6 +6,8 @@
 
 use crate::config::canonical_prefix;
 use crate::config::Config;
+use crate::identity::Identity;
+use crate::limit::{Policy, RedisLink};
 use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::upstream::{BuildError, UpstreamPool};
@@ -21,25 +23,54 @@ pub struct Route {
     pub upstream: Arc<UpstreamPool>,
     pub strip_prefix: bool,
     pub duration: Histogram,
+    /// Policies applied in order; the first that refuses answers.
+    pub limits: Vec<Arc<Policy>>,
+    pub require_api_key: bool,
 }
 
 pub struct Gateway {
     pub config: Arc<Config>,
     pub router: Router<Arc<Route>>,
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
+    pub policies: BTreeMap<String, Arc<Policy>>,
+    pub identity: Identity,
+    /// The shared store of global limits, when the config has one.
+    pub redis: Option<Arc<RedisLink>>,
+}
+
+#[derive(Debug)]
+pub enum BuildFailure {
+    Upstream(BuildError),
+    Redis(String),
+}
+
+impl std::fmt::Display for BuildFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildFailure::Upstream(e) => write!(f, "{e}"),
+            BuildFailure::Redis(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<BuildError> for BuildFailure {
+    fn from(e: BuildError) -> Self {
+        BuildFailure::Upstream(e)
+    }
 }
 
 /// The current gateway, shared by the proxy, the admin listener and background tasks.
 pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 
 impl Gateway {
-    /// Builds the gateway for `config`, keeping pools from `previous` whose definition did
-    /// not change so their health state and pooled connections survive a reload.
+    /// Builds the gateway for `config`, keeping from `previous` the pools, policies and
+    /// Redis link whose definition did not change, so health state, pooled connections and
+    /// limit counters survive a reload.
     pub fn build(
         config: Config,
         previous: Option<&Gateway>,
-        metrics: &Metrics,
-    ) -> Result<Gateway, BuildError> {
+        metrics: &Arc<Metrics>,
+    ) -> Result<Gateway, BuildFailure> {
         let mut upstreams = BTreeMap::new();
         for (name, spec) in &config.upstreams {
             let kept = previous
@@ -53,6 +84,27 @@ impl Gateway {
             metrics.register_upstream(name);
             upstreams.insert(name.clone(), pool);
         }
+        let mut policies = BTreeMap::new();
+        for (name, spec) in &config.limits {
+            let kept = previous
+                .and_then(|g| g.policies.get(name))
+                .filter(|p| &p.config == spec)
+                .cloned();
+            let policy = kept.unwrap_or_else(|| Arc::new(Policy::build(name, spec, metrics)));
+            policies.insert(name.clone(), policy);
+        }
+        let redis = match &config.redis {
+            None => None,
+            Some(spec) => match previous
+                .and_then(|g| g.redis.clone())
+                .filter(|l| &l.config == spec)
+            {
+                Some(link) => Some(link),
+                None => Some(Arc::new(
+                    RedisLink::new(spec, metrics.clone()).map_err(BuildFailure::Redis)?,
+                )),
+            },
+        };
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees the upstream exists; a missing one is skipped rather
@@ -66,13 +118,22 @@ impl Gateway {
                 prefix: prefix.clone(),
                 upstream: upstream.clone(),
                 strip_prefix: spec.strip_prefix,
+                limits: spec
+                    .limits
+                    .iter()
+                    .filter_map(|name| policies.get(name).cloned())
+                    .collect(),
+                require_api_key: spec.require_api_key,
             };
             routes.push((prefix, Arc::new(route)));
         }
         Ok(Gateway {
+            identity: Identity::build(&config),
             config: Arc::new(config),
             router: Router::new(routes),
             upstreams,
+            policies,
+            redis,
         })
     }
 

@@ -20,6 +20,14 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub requests_in_flight: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub ratelimit_decisions: IntCounterVec,
+    pub ratelimit_active_keys: IntGaugeVec,
+    pub ratelimit_untracked: IntCounterVec,
+    pub redis_up: IntGauge,
+    pub redis_nodes: IntGauge,
+    pub redis_sync_duration: Histogram,
+    pub redis_errors: IntCounterVec,
+    pub redis_state_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -68,6 +76,67 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind.",
         )
         .expect("valid metric");
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_decisions_total",
+                "Rate limit decisions by policy and result (allowed, limited, shadow_limited, failed_open, unavailable).",
+            ),
+            &["policy", "result"],
+        )
+        .expect("valid metric");
+        let ratelimit_active_keys = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_ratelimit_active_keys",
+                "Keys this node tracks exactly for a policy (bounded by its max_keys).",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let ratelimit_untracked = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_untracked_total",
+                "Decisions made by the fixed-size local estimator because the policy's key table was full.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let redis_up = IntGauge::new("tollgate_redis_up", "1 while Redis answers, else 0.")
+            .expect("valid metric");
+        let redis_nodes = IntGauge::new(
+            "tollgate_redis_nodes",
+            "tollgate nodes sharing the Redis, as of the last heartbeat.",
+        )
+        .expect("valid metric");
+        let redis_sync_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_redis_sync_duration_seconds",
+                "Time of one background sync with Redis (all active keys, one pipelined round trip).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let redis_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_redis_errors_total",
+                "Failed Redis calls by operation (connect, heartbeat, sync, atomic).",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let redis_state_changes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_redis_state_changes_total",
+                "Transitions of the Redis link, by the state entered (up, down).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        for op in ["connect", "heartbeat", "sync", "atomic"] {
+            redis_errors.with_label_values(&[op]);
+        }
+        for state in ["up", "down"] {
+            redis_state_changes.with_label_values(&[state]);
+        }
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -75,6 +144,14 @@ impl Metrics {
             Box::new(backend_up.clone()),
             Box::new(requests_in_flight.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(ratelimit_decisions.clone()),
+            Box::new(ratelimit_active_keys.clone()),
+            Box::new(ratelimit_untracked.clone()),
+            Box::new(redis_up.clone()),
+            Box::new(redis_nodes.clone()),
+            Box::new(redis_sync_duration.clone()),
+            Box::new(redis_errors.clone()),
+            Box::new(redis_state_changes.clone()),
         ] {
             registry
                 .register(collector)
@@ -88,6 +165,14 @@ impl Metrics {
             backend_up,
             requests_in_flight,
             access_log_dropped,
+            ratelimit_decisions,
+            ratelimit_active_keys,
+            ratelimit_untracked,
+            redis_up,
+            redis_nodes,
+            redis_sync_duration,
+            redis_errors,
+            redis_state_changes,
         }
     }
 

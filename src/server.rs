@@ -7,6 +7,7 @@ use crate::config::{self, Config};
 use crate::gateway::{Gateway, SharedGateway};
 use crate::health::HealthChecker;
 use crate::lifecycle::{self, InFlight};
+use crate::limit::sync::LimitSync;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use arc_swap::ArcSwap;
@@ -31,7 +32,7 @@ pub struct ProcessOptions {
 #[derive(Debug)]
 pub enum StartError {
     Config(config::LoadError),
-    Build(crate::upstream::BuildError),
+    Build(crate::gateway::BuildFailure),
     Listen {
         address: String,
         source: std::io::Error,
@@ -160,10 +161,14 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
     admin_service.threads = Some(1);
 
     let health = background_service("health checks", HealthChecker::new(gateway.clone()));
+    let limit_sync = LimitSync::new(gateway.clone());
+    let limits_flushed = limit_sync.flushed();
+    let limit_sync = background_service("rate limit sync", limit_sync);
 
     server.add_service(proxy_service);
     server.add_service(admin_service);
     server.add_service(health);
+    server.add_service(limit_sync);
 
     tracing::info!(
         config = %config_path.display(),
@@ -173,6 +178,14 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         "tollgate starting"
     );
     lifecycle::exit_when_drained(server.watch_execution_phase(), in_flight, move || {
+        // The sync flushes what this node admitted since its last round trip, so the
+        // fleet's counts stay right; wait for it briefly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while !limits_flushed.load(std::sync::atomic::Ordering::Acquire)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         if let Some(log) = &access_log {
             log.flush();
         }

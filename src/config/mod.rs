@@ -4,11 +4,16 @@
 
 pub mod duration;
 mod errors;
+pub mod limits;
 mod locate;
 mod validate;
-pub use validate::{canonical_prefix, split_host_port};
+pub use validate::{canonical_prefix, parse_net, split_host_port};
 
 pub use errors::{ConfigError, LoadError};
+pub use limits::{
+    Algorithm, ApiKeyConfig, ApiKeysConfig, ClientIpHeader, CostSpec, KeyPart, KeySpec,
+    LimitConfig, Mode, OnRedisError, RateSpec, RedisConfig, Scope, SyncMode, TierConfig,
+};
 pub use locate::Position;
 
 use serde::{de, Deserialize, Deserializer};
@@ -37,6 +42,19 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The shared store of global limits; without it only `scope: local` limits work.
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
+    /// Peers (addresses or CIDR ranges) whose client-address header is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
+    #[serde(default)]
+    pub api_keys: ApiKeysConfig,
+    /// Named rate limit policies, applied by routes.
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -153,6 +171,12 @@ pub struct RouteConfig {
     /// Remove the prefix before forwarding (`/a/x` reaches the backend as `/x`).
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Policies applied to this route, in order.
+    #[serde(default)]
+    pub limits: Vec<String>,
+    /// Answer 401 unless the request carries a known API key.
+    #[serde(default)]
+    pub require_api_key: bool,
 }
 
 /// A config that passed validation, with the warnings found on the way.

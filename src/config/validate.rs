@@ -27,6 +27,9 @@ pub fn validate(config: &Config) -> Report {
     check_log(config, &mut report);
     check_upstreams(config, &mut report);
     check_routes(config, &mut report);
+    check_identity(config, &mut report);
+    check_redis(config, &mut report);
+    check_limits(config, &mut report);
     report
 }
 
@@ -206,6 +209,25 @@ fn check_routes(config: &Config, report: &mut Report) {
                 }
             }
         }
+        for (j, name) in route.limits.iter().enumerate() {
+            if !config.limits.contains_key(name) {
+                let known: Vec<&str> = config.limits.keys().map(String::as_str).collect();
+                let hint = if known.is_empty() {
+                    "no limits are defined".to_string()
+                } else {
+                    format!("defined limits: {}", known.join(", "))
+                };
+                report.error(
+                    format!("{base}.limits[{j}]"),
+                    format!("unknown limit `{name}` ({hint})"),
+                );
+            } else if route.limits[..j].contains(name) {
+                report.error(
+                    format!("{base}.limits[{j}]"),
+                    format!("limit `{name}` is listed twice"),
+                );
+            }
+        }
         if !config.upstreams.contains_key(&route.upstream) {
             let known: Vec<&str> = config.upstreams.keys().map(String::as_str).collect();
             let hint = if known.is_empty() {
@@ -217,6 +239,202 @@ fn check_routes(config: &Config, report: &mut Report) {
                 format!("{base}.upstream"),
                 format!("unknown upstream `{}` ({hint})", route.upstream),
             );
+        }
+    }
+}
+
+fn check_identity(config: &Config, report: &mut Report) {
+    for (i, entry) in config.trusted_proxies.iter().enumerate() {
+        if parse_net(entry).is_none() {
+            report.error(
+                format!("trusted_proxies[{i}]"),
+                format!("`{entry}` is not an IP address or CIDR range (like 10.0.0.0/8)"),
+            );
+        }
+    }
+    let header = &config.api_keys.header;
+    if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+        report.error(
+            "api_keys.header",
+            format!("`{header}` is not a valid header name"),
+        );
+    }
+    let tiers: Vec<&String> = config
+        .limits
+        .values()
+        .flat_map(|l| l.tiers.keys())
+        .collect();
+    for (key, spec) in &config.api_keys.keys {
+        let path = format!("api_keys.keys.{key}");
+        if key.len() < 8 {
+            report.warn(
+                &path,
+                "an API key shorter than 8 characters is easy to guess",
+            );
+        }
+        if spec.tenant.is_empty() {
+            report.error(format!("{path}.tenant"), "is empty");
+        }
+        if let Some(tier) = &spec.tier {
+            if !tiers.contains(&tier) {
+                report.warn(
+                    format!("{path}.tier"),
+                    format!("no limit defines tier `{tier}`; the policies' own numbers apply"),
+                );
+            }
+        }
+    }
+}
+
+/// An IP address or a CIDR range.
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
+fn check_redis(config: &Config, report: &mut Report) {
+    let Some(redis) = &config.redis else {
+        return;
+    };
+    if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+        report.error(
+            "redis.url",
+            format!("`{}` must start with redis:// or rediss://", redis.url),
+        );
+    } else if let Err(e) = ::redis::Client::open(redis.url.as_str()) {
+        report.error(
+            "redis.url",
+            format!("`{}` is not a Redis URL: {e}", redis.url),
+        );
+    }
+    if redis.sync_interval < Duration::from_millis(5)
+        || redis.sync_interval > Duration::from_secs(10)
+    {
+        report.error("redis.sync_interval", "must be between 5ms and 10s");
+    }
+    if redis.timeout.is_zero() || redis.timeout > Duration::from_secs(10) {
+        report.error("redis.timeout", "must be between 1ms and 10s");
+    }
+    if !valid_name(&redis.key_prefix) {
+        report.error(
+            "redis.key_prefix",
+            "may use only letters, digits, `_`, `-` and `.`",
+        );
+    }
+}
+
+fn check_limits(config: &Config, report: &mut Report) {
+    use super::limits::{Algorithm, Scope, SyncMode};
+    for (name, limit) in &config.limits {
+        let base = format!("limits.{name}");
+        if !valid_name(name) {
+            report.error(
+                &base,
+                format!("limit name `{name}` may use only letters, digits, `_`, `-` and `.`"),
+            );
+        }
+        let algorithm = limit.algorithm;
+        let numbers = std::iter::once((base.clone(), limit.rate, limit.burst, limit.limit)).chain(
+            limit.tiers.iter().map(|(t, c)| {
+                (
+                    format!("{base}.tiers.{t}"),
+                    c.rate.or(limit.rate),
+                    c.burst.or(limit.burst),
+                    c.limit.or(limit.limit),
+                )
+            }),
+        );
+        for (path, rate, burst, max) in numbers {
+            if algorithm == Algorithm::Concurrency {
+                match max {
+                    None => report.error(
+                        format!("{path}.limit"),
+                        "a concurrency limit needs `limit: N` (requests in flight)",
+                    ),
+                    Some(0) => report.error(format!("{path}.limit"), "must be at least 1"),
+                    _ => {}
+                }
+                if rate.is_some() && path == base {
+                    report.error(
+                        format!("{path}.rate"),
+                        "a concurrency limit has no rate; use `limit: N`",
+                    );
+                }
+            } else {
+                if rate.is_none() {
+                    report.error(
+                        format!("{path}.rate"),
+                        format!("{} needs `rate: N/window`, like 100/1m", algorithm.name()),
+                    );
+                }
+                if max.is_some() && path == base {
+                    report.error(
+                        format!("{path}.limit"),
+                        "only concurrency limits take `limit`; use `rate`",
+                    );
+                }
+            }
+            if let Some(b) = burst {
+                if !algorithm.is_bucket() && path == base {
+                    report.error(
+                        format!("{path}.burst"),
+                        "only token_bucket and gcra take `burst`",
+                    );
+                } else if b == 0 {
+                    report.error(format!("{path}.burst"), "must be at least 1");
+                }
+            }
+            if algorithm == Algorithm::SlidingLog {
+                if let Some(r) = rate {
+                    if r.count > 10_000 {
+                        report.error(format!("{path}.rate"), "sliding_log keeps one entry per request; use at most 10000 per window, or sliding_window");
+                    }
+                }
+            }
+        }
+        if limit.scope == Scope::Global {
+            if config.redis.is_none() {
+                report.error(
+                    format!("{base}.scope"),
+                    "a global limit needs a `redis` section; add one or use scope: local",
+                );
+            }
+            if algorithm == Algorithm::Concurrency {
+                report.error(
+                    format!("{base}.scope"),
+                    "concurrency limits are per node (a fleet-wide in-flight count would outlive crashed nodes); use scope: local",
+                );
+            }
+            if algorithm == Algorithm::SlidingLog && limit.sync == SyncMode::Async {
+                report.error(format!("{base}.sync"), "sliding_log is exact and is kept in Redis; use sync: atomic (or sliding_window)");
+            }
+        }
+        if !(400..=599).contains(&limit.status) {
+            report.error(format!("{base}.status"), "must be a 4xx or 5xx status");
+        }
+        if limit.max_keys == 0 {
+            report.error(format!("{base}.max_keys"), "must be at least 1");
+        }
+        if let super::limits::CostSpec::Fixed(0) = limit.cost {
+            report.warn(
+                format!("{base}.cost"),
+                "a cost of 0 makes this limit count nothing",
+            );
+        }
+        for tier in limit.tiers.keys() {
+            if !valid_name(tier) {
+                report.error(
+                    format!("{base}.tiers.{tier}"),
+                    "tier names may use only letters, digits, `_`, `-` and `.`",
+                );
+            }
+        }
+        if !config.routes.iter().any(|r| r.limits.contains(name)) {
+            report.warn(&base, format!("limit `{name}` is not used by any route"));
         }
     }
 }

@@ -3,7 +3,8 @@
 use crate::gateway::{Gateway, Route};
 use crate::lifecycle::InFlightGuard;
 use http::HeaderValue;
-use std::net::SocketAddr;
+use pingora_limits::inflight::Guard;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +17,8 @@ pub enum LocalAnswer {
     UpstreamUnavailable,
     UpstreamTimeout,
     BadGateway,
+    /// Refused by identity or a rate limit policy.
+    Refused,
 }
 
 pub struct RequestCtx {
@@ -32,6 +35,14 @@ pub struct RequestCtx {
     pub answer: Option<LocalAnswer>,
     /// The status of an error response written in `fail_to_proxy`.
     pub failure_status: Option<u16>,
+    /// The client's address as identity sees it (trusted forwarding headers applied).
+    pub client_ip: Option<IpAddr>,
+    /// Rate limit fields for the response of an allowed request.
+    pub rate_headers: Vec<(&'static str, String)>,
+    /// The policy that refused the request, for the access log.
+    pub limited_by: Option<String>,
+    /// Concurrency slots, released when the request ends.
+    pub _guards: Vec<Guard>,
     _in_flight: InFlightGuard,
 }
 
@@ -46,6 +57,10 @@ impl RequestCtx {
             tried: Vec::new(),
             answer: None,
             failure_status: None,
+            client_ip: None,
+            rate_headers: Vec::new(),
+            limited_by: None,
+            _guards: Vec::new(),
             _in_flight: in_flight,
         }
     }

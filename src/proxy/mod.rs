@@ -4,6 +4,7 @@
 //! `logging` (metrics, access log). Failures go through `fail_to_connect` (retry elsewhere)
 //! and `fail_to_proxy` (the JSON error the client sees).
 
+mod admission;
 mod ctx;
 mod failure;
 mod headers;
@@ -13,10 +14,13 @@ pub use ctx::{LocalAnswer, RequestCtx};
 
 use crate::access_log::{self, AccessLog};
 use crate::gateway::SharedGateway;
+use crate::identity::Lookup;
 use crate::lifecycle::InFlight;
+use crate::limit::RequestFacts;
 use crate::metrics::{method_label, Metrics};
 use crate::path;
 use crate::routing::strip_prefix;
+use admission::Admission;
 use async_trait::async_trait;
 use failure::Verdict;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -100,8 +104,56 @@ impl ProxyHttp for Proxy {
         if forwarded != raw_path {
             ctx.upstream_path = Some(forwarded.to_string());
         }
-        ctx.route = Some(route);
-        Ok(false)
+        ctx.route = Some(route.clone());
+
+        let gateway = ctx.gateway.clone();
+        let req = session.req_header();
+        let client = gateway
+            .identity
+            .client_ip
+            .resolve(client_ip(session), &req.headers);
+        ctx.client_ip = Some(client);
+        let key = gateway.identity.api_keys.lookup(&req.headers);
+        let header_name = gateway.identity.api_keys.header().as_str();
+        let admission = match admission::require_key(&route, &key, header_name) {
+            Some(refusal) => refusal,
+            None if route.limits.is_empty() => return Ok(false),
+            None => {
+                let record = match &key {
+                    Lookup::Known(r) => Some(r.as_ref()),
+                    _ => None,
+                };
+                let facts = RequestFacts {
+                    client_ip: client,
+                    api_key_id: record.map(|r| r.id.as_str()),
+                    tenant: record.map(|r| r.tenant.as_str()),
+                    tier: record.and_then(|r| r.tier.as_deref()),
+                    path: &path,
+                    method: req.method.as_str(),
+                    route: &route.prefix,
+                    headers: &req.headers,
+                };
+                admission::evaluate(&route, &gateway, &facts).await
+            }
+        };
+        match admission {
+            Admission::Pass { headers, guards } => {
+                ctx.rate_headers = headers;
+                ctx._guards = guards;
+                Ok(false)
+            }
+            Admission::Refuse {
+                status,
+                body,
+                headers,
+                policy,
+            } => {
+                ctx.answer = Some(LocalAnswer::Refused);
+                ctx.limited_by = policy;
+                respond::json(session, status, &body, &ctx.request_id, &headers).await?;
+                Ok(true)
+            }
+        }
     }
 
     async fn upstream_peer(
@@ -156,6 +208,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
+        for (name, value) in &ctx.rate_headers {
+            upstream_response.insert_header(*name, value)?;
+        }
         Ok(())
     }
 
@@ -296,6 +351,7 @@ impl ProxyHttp for Proxy {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 bytes_sent: session.body_bytes_sent(),
                 error: e.map(|e| e.etype().as_str().to_string()),
+                limited_by: ctx.limited_by.as_deref(),
             };
             log.record(&entry);
         }

@@ -1,0 +1,175 @@
+//! Limit keys: which bucket a request counts against.
+//!
+//! A key is hashed straight from the request's parts (no allocation on the request path);
+//! its text form, used in Redis keys and the admin API, is built only when a key is first
+//! seen.
+
+use crate::config::KeyPart;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+/// What a request offers to key and cost functions.
+pub struct RequestFacts<'a> {
+    pub client_ip: IpAddr,
+    /// A stable, non-secret id of the API key (never the key itself).
+    pub api_key_id: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub tier: Option<&'a str>,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub route: &'a str,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// The value a key part takes for a request; a missing value is its own shared bucket,
+/// so leaving a header out cannot dodge a limit.
+enum Value<'a> {
+    Ip(IpAddr),
+    Text(&'a [u8]),
+    Missing,
+}
+
+fn value<'a>(part: &KeyPart, facts: &RequestFacts<'a>) -> Value<'a> {
+    let text = |s: Option<&'a str>| s.map_or(Value::Missing, |s| Value::Text(s.as_bytes()));
+    match part {
+        KeyPart::ClientIp => Value::Ip(facts.client_ip),
+        KeyPart::ApiKey => text(facts.api_key_id),
+        KeyPart::Tenant => text(facts.tenant),
+        KeyPart::Path => Value::Text(facts.path.as_bytes()),
+        KeyPart::Method => Value::Text(facts.method.as_bytes()),
+        KeyPart::Route => Value::Text(facts.route.as_bytes()),
+        KeyPart::Header(name) => facts
+            .headers
+            .get(name.as_str())
+            .map_or(Value::Missing, |v| Value::Text(v.as_bytes())),
+    }
+}
+
+/// One hasher seed per process: keys are only compared within a process, and a random
+/// seed keeps clients from crafting colliding keys.
+static SEED: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::new);
+
+/// The 64-bit identity of a request's key under `parts` (and `scope`, the policy's id).
+pub fn hash(scope: u64, parts: &[KeyPart], facts: &RequestFacts<'_>) -> u64 {
+    let mut h = SEED.build_hasher();
+    scope.hash(&mut h);
+    for part in parts {
+        match value(part, facts) {
+            Value::Ip(ip) => {
+                0u8.hash(&mut h);
+                ip.hash(&mut h);
+            }
+            Value::Text(t) => {
+                1u8.hash(&mut h);
+                t.hash(&mut h);
+            }
+            Value::Missing => 2u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
+/// The most bytes of key text kept verbatim; longer keys are replaced by a stable hash.
+const MAX_TEXT: usize = 96;
+
+/// The key as text, safe inside a Redis Cluster hash tag: parts joined by `|`, bytes outside
+/// printable ASCII (and `{`, `}`, `|`, `%`, space) percent-encoded, a missing value as `-`.
+pub fn text(parts: &[KeyPart], facts: &RequestFacts<'_>) -> String {
+    let mut out = String::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('|');
+        }
+        match value(part, facts) {
+            Value::Ip(ip) => out.push_str(&ip.to_string()),
+            Value::Missing => out.push('-'),
+            Value::Text(bytes) => {
+                for &b in bytes {
+                    if b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'|' | b'%') {
+                        out.push(b as char);
+                    } else {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                }
+            }
+        }
+    }
+    if out.len() > MAX_TEXT {
+        format!("#{:016x}", fnv1a(out.as_bytes()))
+    } else {
+        out
+    }
+}
+
+/// FNV-1a: stable across processes and versions, for keys every node must spell alike.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(
+        headers: &'a http::HeaderMap,
+        ip: &str,
+        tenant: Option<&'a str>,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            client_ip: ip.parse().unwrap(),
+            api_key_id: None,
+            tenant,
+            tier: None,
+            path: "/a/x",
+            method: "GET",
+            route: "/a",
+            headers,
+        }
+    }
+
+    #[test]
+    fn keys_differ_by_their_parts_only() {
+        let h = http::HeaderMap::new();
+        let ip = [KeyPart::ClientIp];
+        assert_eq!(
+            hash(1, &ip, &facts(&h, "10.0.0.1", None)),
+            hash(1, &ip, &facts(&h, "10.0.0.1", Some("t")))
+        );
+        assert_ne!(
+            hash(1, &ip, &facts(&h, "10.0.0.1", None)),
+            hash(1, &ip, &facts(&h, "10.0.0.2", None))
+        );
+        assert_ne!(
+            hash(1, &ip, &facts(&h, "10.0.0.1", None)),
+            hash(2, &ip, &facts(&h, "10.0.0.1", None))
+        );
+    }
+
+    #[test]
+    fn composite_text_is_escaped_and_bounded() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", "a b{c}|d".parse().unwrap());
+        let parts = [
+            KeyPart::Tenant,
+            KeyPart::Header("x-user".into()),
+            KeyPart::Method,
+        ];
+        assert_eq!(
+            text(&parts, &facts(&h, "10.0.0.1", Some("acme"))),
+            "acme|a%20b%7Bc%7D%7Cd|GET"
+        );
+        assert_eq!(
+            text(&parts, &facts(&http::HeaderMap::new(), "10.0.0.1", None)),
+            "-|-|GET"
+        );
+        h.insert("x-user", "x".repeat(500).parse().unwrap());
+        let long = text(&parts, &facts(&h, "10.0.0.1", None));
+        assert!(long.starts_with('#') && long.len() == 17, "{long}");
+    }
+}

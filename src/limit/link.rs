@@ -1,0 +1,219 @@
+//! The connection to Redis, its health, and the fleet's live-node count.
+//!
+//! The request path never waits for a connection: it asks [`RedisLink::connection`], gets
+//! one or none, and decides locally when there is none. The sync task (re)connects with
+//! backoff. Each change between up and down is logged once and counted.
+
+use crate::config::RedisConfig;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub struct RedisLink {
+    pub config: RedisConfig,
+    client: redis::Client,
+    connection: ArcSwapOption<MultiplexedConnection>,
+    up: AtomicBool,
+    nodes: AtomicU64,
+    node_id: String,
+    sequence: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Wakes the sync task early (a new key, or a lease that ran dry).
+    pub sync_wanted: tokio::sync::Notify,
+}
+
+/// The most a (re)connection attempt may take; the sync loop must not stall behind it.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisLink {
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let client = redis::Client::open(config.url.as_str())
+            .map_err(|e| format!("redis.url `{}`: {e}", config.url))?;
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
+        let node_id = format!(
+            "{host}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        metrics.redis_up.set(0);
+        Ok(RedisLink {
+            config: config.clone(),
+            client,
+            connection: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            nodes: AtomicU64::new(1),
+            node_id,
+            sequence: AtomicU64::new(0),
+            metrics,
+            sync_wanted: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Asks the sync task to run before its next scheduled round; cheap and never waits.
+    pub fn request_sync(&self) {
+        self.sync_wanted.notify_one();
+    }
+
+    /// Whether global decisions can use Redis right now.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// A handle on the shared connection, if there is one.
+    pub fn connection(&self) -> Option<MultiplexedConnection> {
+        self.connection.load_full().map(|c| (*c).clone())
+    }
+
+    /// Live tollgate nodes sharing this Redis, as of the last heartbeat (at least 1).
+    pub fn nodes(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A member name unique across the fleet, for sliding log entries.
+    pub fn unique_member(&self) -> String {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        format!("{}:{n}", self.node_id)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub async fn connect(&self) -> redis::RedisResult<()> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(self.config.timeout.max(self.config.sync_interval));
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        self.connection.store(Some(Arc::new(connection)));
+        Ok(())
+    }
+
+    pub fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::AcqRel) {
+            tracing::info!(url = %redacted(&self.config.url), "redis is reachable: global limits are enforced fleet-wide again");
+            self.metrics.redis_up.set(1);
+            self.metrics
+                .redis_state_changes
+                .with_label_values(&["up"])
+                .inc();
+        }
+    }
+
+    /// Records a failed call; the first failure after being up turns global limits local.
+    pub fn mark_down(&self, op: &str, error: &dyn std::fmt::Display) {
+        self.metrics.redis_errors.with_label_values(&[op]).inc();
+        self.connection.store(None);
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(
+                url = %redacted(&self.config.url),
+                op,
+                "redis failed ({error}): enforcing local limits (this node's share) until it is back"
+            );
+            self.metrics.redis_up.set(0);
+            self.metrics
+                .redis_state_changes
+                .with_label_values(&["down"])
+                .inc();
+        }
+    }
+
+    /// Registers this node as alive and reads how many are, in one round trip.
+    pub async fn heartbeat(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<u64> {
+        let key = format!("{}:nodes", self.config.key_prefix);
+        let now = unix_ms();
+        let horizon = now.saturating_sub(self.liveness_ms());
+        let (_, _, count, _): (i64, i64, u64, i64) = redis::pipe()
+            .cmd("ZADD")
+            .arg(&key)
+            .arg(now)
+            .arg(&self.node_id)
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(horizon)
+            .cmd("ZCARD")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(self.liveness_ms() * 2)
+            .query_async(connection)
+            .await?;
+        self.nodes.store(count.max(1), Ordering::Relaxed);
+        self.metrics.redis_nodes.set(count as i64);
+        Ok(count)
+    }
+
+    /// A node that has not been heard from for this long no longer counts as live.
+    fn liveness_ms(&self) -> u64 {
+        (self.config.sync_interval.as_millis() as u64 * 10).max(1_000)
+    }
+
+    /// Removes this node from the live set (on shutdown), so the others' shares grow at once.
+    pub async fn leave(&self) {
+        if let Some(mut c) = self.connection() {
+            let key = format!("{}:nodes", self.config.key_prefix);
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&key).arg(&self.node_id);
+            let _ =
+                tokio::time::timeout(self.config.timeout * 4, cmd.query_async::<i64>(&mut c)).await;
+        }
+    }
+}
+
+/// The URL without its password, for logs and the admin API.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let shown = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                "***".into()
+            };
+            format!("{}{shown}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redacted("redis://:secret@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redacted("rediss://user:pw@h:1"), "rediss://user:***@h:1");
+        assert_eq!(redacted("redis://token@h:1"), "redis://***@h:1");
+    }
+}

@@ -1,0 +1,19 @@
+//! Rate limiting: the math, the local estimators, the Redis-backed leases and the
+//! per-request evaluation of a route's policies.
+
+pub mod algorithm;
+mod decide;
+pub mod headers;
+pub mod key;
+pub mod lease;
+pub mod link;
+pub mod policy;
+pub mod scripts;
+pub mod sketch;
+pub mod sync;
+pub mod table;
+
+pub use decide::{Check, CostError, Outcome};
+pub use key::RequestFacts;
+pub use link::RedisLink;
+pub use policy::Policy;

@@ -1,0 +1,111 @@
+//! The Lua scripts that keep limit state in Redis. Each runs atomically on the server, so
+//! nodes never race each other on a key. They follow the definitions in `algorithm.rs`.
+
+use std::sync::LazyLock;
+
+/// Window counters (fixed and sliding). Reserves quota for a node (async leases, `exact`
+/// = 0: as much of `want` as fits) or admits one request (atomic mode, `exact` = 1: all of
+/// `want` or nothing). `debt` is quota already spent; it is counted whatever the room.
+///
+/// KEYS[1] this window's counter, KEYS[2] the previous window's counter
+/// ARGV: debt, want, limit, elapsed_ms (into the window), window_ms, sliding (0/1), exact (0/1)
+/// Returns {total after, granted, previous window's total}.
+pub const WINDOW: &str = r#"
+local debt = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local elapsed = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local total = tonumber(redis.call('GET', KEYS[1]) or '0') + debt
+local prev = 0
+local effective = limit
+if ARGV[6] == '1' then
+  prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+  effective = limit - math.ceil(prev * (window - elapsed) / window)
+end
+local room = effective - total
+local grant = 0
+if ARGV[7] == '1' then
+  if room >= want then grant = want end
+elseif room > 0 then
+  grant = math.min(want, room)
+end
+total = total + grant
+if debt + grant > 0 then
+  redis.call('SET', KEYS[1], total, 'PX', 2 * window + 1000)
+end
+return {total, grant, prev}
+"#;
+
+/// A token bucket kept as its theoretical arrival time in microseconds (GCRA), timed by the
+/// Redis server's clock so nodes with skewed clocks still agree.
+///
+/// KEYS[1] the bucket
+/// ARGV: debt, want, interval_us (may be fractional), burst, exact (0/1)
+/// Returns {granted, tokens left, ms until the next token}.
+pub const BUCKET: &str = r#"
+local debt = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local t = tonumber(ARGV[3])
+local tau = t * tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+tat = tat + debt * t
+local room = math.floor((now + tau - tat) / t)
+local grant = 0
+if ARGV[5] == '1' then
+  if room >= want then grant = want end
+elseif room > 0 then
+  grant = math.min(want, room)
+end
+tat = tat + grant * t
+local held = tat - now
+redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(tat)), 'PX', math.ceil(held / 1000) + 1000)
+local left = math.max(0, math.floor((tau - held) / t))
+local next_token = 0
+if left < 1 then next_token = math.ceil((held - tau + t) / 1000) end
+return {grant, left, next_token}
+"#;
+
+/// The exact sliding log: one sorted-set member per admitted unit, scored by time.
+///
+/// KEYS[1] the log
+/// ARGV: now_ms, window_ms, limit, cost, member prefix (unique per node and request)
+/// Returns {allowed (0/1), remaining, ms until it would fit (when refused) or until the
+/// newest entry leaves (when allowed)}.
+pub const LOG: &str = r#"
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local n = redis.call('ZCARD', KEYS[1])
+if n + cost <= limit then
+  for i = 1, cost do
+    redis.call('ZADD', KEYS[1], now, ARGV[5] .. ':' .. i)
+  end
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, limit - n - cost, window}
+end
+local wait = window
+if cost <= limit then
+  local oldest = redis.call('ZRANGE', KEYS[1], n + cost - limit - 1, n + cost - limit - 1, 'WITHSCORES')
+  if oldest[2] then wait = tonumber(oldest[2]) + window - now end
+end
+return {0, math.max(0, limit - n), wait}
+"#;
+
+pub static WINDOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WINDOW));
+pub static BUCKET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BUCKET));
+pub static LOG_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LOG));
+
+/// Every script, for loading them after a NOSCRIPT answer.
+pub fn all() -> [(&'static str, &'static redis::Script); 3] {
+    [
+        (WINDOW, &WINDOW_SCRIPT),
+        (BUCKET, &BUCKET_SCRIPT),
+        (LOG, &LOG_SCRIPT),
+    ]
+}

@@ -1,0 +1,201 @@
+//! Fixed-size local estimators, so a node's memory does not grow with the number of keys
+//! clients invent. Both over-estimate under collisions (never under), so a flood of
+//! distinct keys can make limits stricter, never looser.
+//!
+//! Windows are aligned to the Unix epoch like the global windows, which pingora-limits'
+//! `Rate` is not (its windows start at process start); the counting itself is
+//! pingora-limits' count-min `Estimator`.
+
+use super::algorithm::{self, Bucket, Verdict};
+use parking_lot::Mutex;
+use pingora_limits::estimator::Estimator;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const HASHES: usize = 4;
+
+/// Counts per key in the current and previous aligned windows.
+pub struct WindowSketch {
+    estimators: [Estimator; 2],
+    window_ms: u64,
+    /// The window the estimator at `current % 2` counts.
+    current: AtomicU64,
+    /// Whether the other estimator holds the window just before `current`.
+    previous_valid: AtomicU64,
+    roll: Mutex<()>,
+}
+
+impl WindowSketch {
+    pub fn new(window_ms: u64, slots: usize) -> Self {
+        WindowSketch {
+            estimators: [Estimator::new(HASHES, slots), Estimator::new(HASHES, slots)],
+            window_ms: window_ms.max(1),
+            current: AtomicU64::new(0),
+            previous_valid: AtomicU64::new(0),
+            roll: Mutex::new(()),
+        }
+    }
+
+    /// Moves to the window of `now_ms` if time has passed into a new one.
+    fn roll(&self, now_ms: u64) -> u64 {
+        let window = algorithm::window_of(now_ms, self.window_ms);
+        let current = self.current.load(Ordering::Acquire);
+        if window <= current {
+            return current;
+        }
+        let _guard = self.roll.lock();
+        let current = self.current.load(Ordering::Acquire);
+        if window > current {
+            // The estimator for the new window last counted `window - 2`: clear it. After a
+            // gap of two windows or more, the previous window saw nothing either.
+            self.estimators[(window % 2) as usize].reset();
+            let contiguous = window == current + 1;
+            if !contiguous {
+                self.estimators[((window + 1) % 2) as usize].reset();
+            }
+            self.previous_valid
+                .store(u64::from(contiguous), Ordering::Release);
+            self.current.store(window, Ordering::Release);
+        }
+        window
+    }
+
+    /// Counts `cost` for `key` if the limit allows it; refused requests are not counted.
+    pub fn check(&self, key: u64, cost: u64, limit: u64, now_ms: u64, sliding: bool) -> Verdict {
+        let window = self.roll(now_ms);
+        let current = &self.estimators[(window % 2) as usize];
+        let after = current.incr(key, cost as isize).max(0) as u64;
+        let before = after.saturating_sub(cost);
+        let verdict = if sliding {
+            let prev = if self.previous_valid.load(Ordering::Acquire) == 1 {
+                self.estimators[((window + 1) % 2) as usize].get(key).max(0) as u64
+            } else {
+                0
+            };
+            algorithm::sliding_window(prev, before, cost, limit, now_ms, self.window_ms)
+        } else {
+            algorithm::fixed_window(before, cost, limit, now_ms, self.window_ms)
+        };
+        if !verdict.allowed {
+            current.decr(key, cost as isize);
+        }
+        verdict
+    }
+
+    /// Counts `cost` for `key` without deciding anything (decisions made elsewhere).
+    pub fn record(&self, key: u64, cost: u64, now_ms: u64) {
+        let window = self.roll(now_ms);
+        self.estimators[(window % 2) as usize].incr(key, cost as isize);
+    }
+
+    /// This node's count for `key` in the window of `now_ms` (without counting anything).
+    pub fn peek(&self, key: u64, now_ms: u64) -> u64 {
+        let window = self.roll(now_ms);
+        self.estimators[(window % 2) as usize].get(key).max(0) as u64
+    }
+}
+
+/// GCRA theoretical arrival times per key, in a count-min layout: each row keeps, per slot,
+/// the latest arrival time of the keys hashed there; the estimate is the earliest over rows.
+pub struct TatSketch {
+    rows: Box<[Box<[AtomicU64]>]>,
+    slots: usize,
+}
+
+impl TatSketch {
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.max(1);
+        TatSketch {
+            rows: (0..HASHES)
+                .map(|_| (0..slots).map(|_| AtomicU64::new(0)).collect())
+                .collect(),
+            slots,
+        }
+    }
+
+    fn slot(&self, key: u64, row: usize) -> usize {
+        // Double hashing from one 64-bit key hash (Kirsch–Mitzenmacher).
+        let h1 = key as u32 as u64;
+        let h2 = (key >> 32) | 1;
+        (h1.wrapping_add((row as u64).wrapping_mul(h2)) % self.slots as u64) as usize
+    }
+
+    pub fn check(&self, key: u64, cost: u64, bucket: Bucket, now_ns: u64) -> Verdict {
+        let estimate = (0..HASHES)
+            .map(|row| self.rows[row][self.slot(key, row)].load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let (verdict, tat) = algorithm::gcra(estimate, cost, bucket, now_ns);
+        if verdict.allowed {
+            let added = tat - estimate.max(now_ns);
+            for row in 0..HASHES {
+                let cell = &self.rows[row][self.slot(key, row)];
+                // Each row moves forward by what this key used, from wherever it stands.
+                let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                    Some(old.max(now_ns).saturating_add(added))
+                });
+            }
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_sketch_counts_per_key_and_rolls_on_epoch_boundaries() {
+        let s = WindowSketch::new(1_000, 1024);
+        for _ in 0..3 {
+            assert!(s.check(1, 1, 3, 5_100, false).allowed);
+        }
+        assert!(!s.check(1, 1, 3, 5_999, false).allowed);
+        assert!(
+            s.check(2, 1, 3, 5_999, false).allowed,
+            "another key has its own count"
+        );
+        assert_eq!(s.peek(1, 5_999), 3, "a refused request is not counted");
+        assert!(
+            s.check(1, 1, 3, 6_000, false).allowed,
+            "a new aligned window"
+        );
+    }
+
+    #[test]
+    fn window_sketch_sliding_uses_the_previous_window() {
+        let s = WindowSketch::new(1_000, 1024);
+        for _ in 0..10 {
+            assert!(s.check(7, 1, 10, 9_500, true).allowed);
+        }
+        // 10% into the next window, 90% of the previous 10 still count.
+        assert!(s.check(7, 1, 10, 10_100, true).allowed);
+        assert!(!s.check(7, 1, 10, 10_100, true).allowed);
+        // Two windows later nothing of it is left.
+        assert!(s.check(7, 5, 10, 12_000, true).allowed);
+    }
+
+    #[test]
+    fn tat_sketch_follows_gcra() {
+        let s = TatSketch::new(1024);
+        let b = Bucket {
+            count: 10,
+            per_ns: 1_000_000_000,
+            burst: 3,
+        };
+        let now = 1_000_000_000_000;
+        for _ in 0..3 {
+            assert!(s.check(42, 1, b, now).allowed);
+        }
+        assert!(!s.check(42, 1, b, now).allowed);
+        assert!(s.check(43, 1, b, now).allowed);
+        assert!(s.check(42, 1, b, now + 100_000_000).allowed);
+    }
+
+    #[test]
+    fn collisions_only_make_limits_stricter() {
+        // One slot per row: every key shares all counters.
+        let s = WindowSketch::new(1_000, 1);
+        assert!(s.check(1, 2, 3, 0, false).allowed);
+        assert!(!s.check(2, 2, 3, 0, false).allowed);
+    }
+}

@@ -1,0 +1,417 @@
+//! The background sync: every `sync_interval`, one pipelined round trip flushes what each
+//! node admitted provisionally and refills its leases for all active keys. It also keeps
+//! the connection alive (reconnecting with backoff) and the live-node count current.
+
+use super::algorithm;
+use super::lease::{BucketAnswer, BucketPlan, Prefetch, WindowAnswer, WindowPlan};
+use super::link::{unix_ms, RedisLink};
+use super::policy::{self, Limiter, Params, Policy};
+use super::scripts;
+use crate::gateway::SharedGateway;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use redis::aio::MultiplexedConnection;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct LimitSync {
+    gateway: SharedGateway,
+    /// Set once the final flush on shutdown is done, so the process can exit.
+    flushed: Arc<AtomicBool>,
+}
+
+impl LimitSync {
+    pub fn new(gateway: SharedGateway) -> Self {
+        LimitSync {
+            gateway,
+            flushed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn flushed(&self) -> Arc<AtomicBool> {
+        self.flushed.clone()
+    }
+}
+
+/// Plans per pipeline; beyond this a sync takes several round trips.
+const CHUNK: usize = 2_000;
+/// How long an early sync waits for more keys that want one.
+const URGENT_BATCH: Duration = Duration::from_millis(1);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Short enough that a Redis restart is noticed well within two seconds.
+const BACKOFF_MAX: Duration = Duration::from_millis(800);
+
+#[async_trait]
+impl BackgroundService for LimitSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut backoff = BACKOFF_START;
+        let mut next_attempt = Instant::now();
+        let mut next_tick = Instant::now();
+        loop {
+            let gateway = self.gateway.load_full();
+            let interval = gateway
+                .redis
+                .as_ref()
+                .map(|l| l.config.sync_interval)
+                .unwrap_or(Duration::from_millis(500));
+            let scheduled = Instant::now() >= next_tick;
+            if scheduled {
+                next_tick = Instant::now() + interval;
+            }
+            if let Some(link) = &gateway.redis {
+                if link.connection().is_none() && Instant::now() >= next_attempt {
+                    match link.connect().await {
+                        Ok(()) => backoff = BACKOFF_START,
+                        Err(e) => {
+                            link.mark_down("connect", &e);
+                            next_attempt = Instant::now() + backoff;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
+                    }
+                }
+                if let Some(connection) = link.connection() {
+                    // The heartbeat (and the up/down verdict) runs on schedule; early
+                    // rounds only move leases.
+                    sync_once(
+                        link,
+                        connection,
+                        &gateway.policies,
+                        scheduled || !link.is_up(),
+                    )
+                    .await;
+                }
+            }
+            if scheduled {
+                evict(&gateway.policies, unix_ms());
+                for policy in gateway.policies.values() {
+                    let keys: usize = policy
+                        .limiters()
+                        .map(|l| l.leases.len() + l.logs.as_ref().map_or(0, |t| t.len()))
+                        .sum();
+                    policy.counters.active_keys.set(keys as i64);
+                }
+            }
+            let link = gateway.redis.clone();
+            drop(gateway);
+            let wanted = async {
+                match &link {
+                    Some(link) => {
+                        link.sync_wanted.notified().await;
+                        // Let other requests that want a sync join this one.
+                        tokio::time::sleep(URGENT_BATCH).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_tick.into()) => {}
+                _ = wanted => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Flush what was admitted since the last sync so the fleet's counts stay right.
+        let gateway = self.gateway.load_full();
+        if let Some(link) = &gateway.redis {
+            if let Some(connection) = link.connection() {
+                sync_once(link, connection, &gateway.policies, false).await;
+            }
+            link.leave().await;
+        }
+        self.flushed.store(true, Ordering::Release);
+    }
+}
+
+/// One command of a pipeline and where its answer goes.
+enum Slot<'a> {
+    Window {
+        limiter: &'a Limiter,
+        hash: u64,
+        key: Arc<str>,
+        plan: WindowPlan,
+    },
+    Bucket {
+        limiter: &'a Limiter,
+        hash: u64,
+        key: Arc<str>,
+        plan: BucketPlan,
+    },
+}
+
+async fn sync_once(
+    link: &RedisLink,
+    mut connection: MultiplexedConnection,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    heartbeat: bool,
+) {
+    let started = Instant::now();
+    let deadline = (link.config.timeout * 4).max(link.config.sync_interval * 2);
+    if heartbeat {
+        match tokio::time::timeout(deadline, link.heartbeat(&mut connection)).await {
+            Ok(Ok(_)) => link.mark_up(),
+            Ok(Err(e)) => return link.mark_down("heartbeat", &e),
+            Err(_) => {
+                return link.mark_down("heartbeat", &format!("no answer within {deadline:?}"))
+            }
+        }
+    }
+    let now = unix_ms();
+    let nodes = link.nodes();
+    let sync_ms = link.config.sync_interval.as_millis() as u64;
+    let mut slots = Vec::new();
+    for policy in policies.values().filter(|p| p.is_leased()) {
+        for limiter in policy.limiters() {
+            collect(policy, limiter, now, nodes, sync_ms, &mut slots);
+        }
+    }
+    let mut failed = None;
+    let mut pending = slots.into_iter().peekable();
+    while pending.peek().is_some() {
+        let chunk: Vec<(Slot, &Policy)> = pending.by_ref().take(CHUNK).collect();
+        if failed.is_some() {
+            restore(chunk);
+            continue;
+        }
+        match run_chunk(link, &mut connection, &chunk, now, deadline).await {
+            Ok(answers) => apply(chunk, answers),
+            Err(e) => {
+                restore(chunk);
+                failed = Some(e);
+            }
+        }
+    }
+    if let Some(e) = failed {
+        return link.mark_down("sync", &e);
+    }
+    link.metrics()
+        .redis_sync_duration
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Drops keys that went quiet, keeping memory to what is in use.
+fn evict(policies: &std::collections::BTreeMap<String, Arc<Policy>>, now: u64) {
+    for policy in policies.values() {
+        for limiter in policy.limiters() {
+            match limiter.params {
+                Params::Window { window_ms, .. } => {
+                    let window = Some(algorithm::window_of(now, window_ms));
+                    limiter.leases.retain(|_, lease| !lease.is_idle(window));
+                }
+                Params::Bucket(_) => limiter.leases.retain(|_, lease| !lease.is_idle(None)),
+                Params::Log { window_ms, .. } => {
+                    if let Some(logs) = &limiter.logs {
+                        logs.retain(|_, log| log.prune(now, window_ms));
+                    }
+                }
+                Params::Concurrency { .. } => {}
+            }
+        }
+    }
+}
+
+fn collect<'a>(
+    policy: &'a Policy,
+    limiter: &'a Limiter,
+    now: u64,
+    nodes: u64,
+    sync_ms: u64,
+    out: &mut Vec<(Slot<'a>, &'a Policy)>,
+) {
+    limiter.leases.for_each(|hash, lease| {
+        let key = lease.key.clone();
+        let slot = match limiter.params {
+            Params::Window {
+                limit,
+                window_ms,
+                sliding,
+            } => lease
+                .plan_window(limit, now, window_ms, sliding, nodes, sync_ms)
+                .map(|plan| Slot::Window {
+                    limiter,
+                    hash,
+                    key,
+                    plan,
+                }),
+            Params::Bucket(b) => lease.plan_bucket(b.burst, nodes).map(|plan| Slot::Bucket {
+                limiter,
+                hash,
+                key,
+                plan,
+            }),
+            _ => None,
+        };
+        if let Some(slot) = slot {
+            out.push((slot, policy));
+        }
+    });
+}
+
+async fn run_chunk(
+    link: &RedisLink,
+    connection: &mut MultiplexedConnection,
+    chunk: &[(Slot<'_>, &Policy)],
+    now: u64,
+    deadline: Duration,
+) -> Result<Vec<Vec<u64>>, String> {
+    let prefix = &link.config.key_prefix;
+    let mut pipe = redis::pipe();
+    for (slot, policy) in chunk {
+        match slot {
+            Slot::Window {
+                limiter, key, plan, ..
+            } => {
+                let Params::Window {
+                    limit,
+                    window_ms,
+                    sliding,
+                } = limiter.params
+                else {
+                    continue;
+                };
+                let key =
+                    |w: u64| policy.redis_key(prefix, key, &policy::window_suffix(window_ms, w));
+                let elapsed = now % window_ms;
+                let mut add = |current: u64, debt: u64, want: u64, elapsed: u64| {
+                    pipe.invoke_script(
+                        scripts::WINDOW_SCRIPT
+                            .key(key(current))
+                            .key(key(current.wrapping_sub(1)))
+                            .arg(debt)
+                            .arg(want)
+                            .arg(limit)
+                            .arg(elapsed)
+                            .arg(window_ms)
+                            .arg(u8::from(sliding))
+                            .arg(0),
+                    );
+                };
+                add(plan.window, plan.debt, plan.want, elapsed);
+                for (window, debt) in &plan.stale {
+                    add(*window, *debt, 0, 0);
+                }
+                if let Some(want) = plan.prefetch {
+                    add(plan.window + 1, 0, want, 0);
+                }
+            }
+            Slot::Bucket {
+                limiter, key, plan, ..
+            } => {
+                let Params::Bucket(b) = limiter.params else {
+                    continue;
+                };
+                pipe.invoke_script(
+                    scripts::BUCKET_SCRIPT
+                        .key(policy.redis_key(prefix, key, &policy::bucket_suffix(&b)))
+                        .arg(plan.debt)
+                        .arg(plan.want)
+                        .arg(b.per_ns as f64 / b.count.max(1) as f64 / 1_000.0)
+                        .arg(b.burst)
+                        .arg(0),
+                );
+            }
+        }
+    }
+    let query = |c: &mut MultiplexedConnection| {
+        let pipe = pipe.clone();
+        let mut c = c.clone();
+        async move { pipe.query_async::<Vec<Vec<u64>>>(&mut c).await }
+    };
+    let answer = match tokio::time::timeout(deadline, query(connection)).await {
+        Err(_) => return Err(format!("no answer within {deadline:?}")),
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
+            // Redis restarted or flushed its scripts: load them and try once more.
+            for (code, _) in scripts::all() {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(code);
+                tokio::time::timeout(deadline, load.query_async::<String>(connection))
+                    .await
+                    .map_err(|_| "script load timed out".to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            tokio::time::timeout(deadline, query(connection))
+                .await
+                .map_err(|_| format!("no answer within {deadline:?}"))?
+        }
+        Ok(other) => other,
+    };
+    answer.map_err(|e| e.to_string())
+}
+
+fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
+    let mut answers = answers.into_iter();
+    let mut next = || answers.next().unwrap_or_default();
+    let field = |a: &[u64], i: usize| a.get(i).copied().unwrap_or(0);
+    for (slot, _) in chunk {
+        match slot {
+            Slot::Window {
+                limiter,
+                hash,
+                plan,
+                ..
+            } => {
+                let main = next();
+                let mut answer = WindowAnswer {
+                    total: field(&main, 0),
+                    grant: field(&main, 1),
+                    prev: field(&main, 2),
+                    next: None,
+                };
+                for _ in 0..plan.stale.len() {
+                    next();
+                }
+                if plan.prefetch.is_some() {
+                    let n = next();
+                    answer.next = Some(Prefetch {
+                        window: plan.window + 1,
+                        granted: field(&n, 1),
+                        total: field(&n, 0),
+                        prev: field(&n, 2),
+                    });
+                }
+                limiter
+                    .leases
+                    .get(hash, |lease| lease.apply_window(&plan, &answer));
+            }
+            Slot::Bucket {
+                limiter,
+                hash,
+                plan,
+                ..
+            } => {
+                let a = next();
+                let answer = BucketAnswer {
+                    grant: field(&a, 0),
+                    tokens: field(&a, 1),
+                    ms_per_token: field(&a, 2),
+                };
+                limiter
+                    .leases
+                    .get(hash, |lease| lease.apply_bucket(&plan, &answer));
+            }
+        }
+    }
+}
+
+fn restore(chunk: Vec<(Slot<'_>, &Policy)>) {
+    for (slot, _) in chunk {
+        match slot {
+            Slot::Window {
+                limiter,
+                hash,
+                plan,
+                ..
+            } => {
+                limiter.leases.get(hash, |lease| lease.restore_window(plan));
+            }
+            Slot::Bucket {
+                limiter,
+                hash,
+                plan,
+                ..
+            } => {
+                limiter.leases.get(hash, |lease| lease.restore_bucket(plan));
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Identity checks and rate limits for one request, before it is forwarded: the route's
+//! API key requirement, then its policies in order. The first policy that refuses answers;
+//! an allowed request carries the headers of the most restrictive policy that applied.
+
+use crate::gateway::{Gateway, Route};
+use crate::identity::Lookup;
+use crate::limit::{headers, Outcome, RequestFacts};
+use pingora_limits::inflight::Guard;
+use serde_json::{json, Value};
+
+pub type Fields = Vec<(&'static str, String)>;
+
+pub enum Admission {
+    Pass {
+        headers: Fields,
+        guards: Vec<Guard>,
+    },
+    Refuse {
+        status: u16,
+        body: Value,
+        headers: Fields,
+        policy: Option<String>,
+    },
+}
+
+/// Refuses a request without a known key on a route that requires one.
+pub fn require_key(route: &Route, lookup: &Lookup, header: &str) -> Option<Admission> {
+    if !route.require_api_key {
+        return None;
+    }
+    let detail = match lookup {
+        Lookup::Known(_) => return None,
+        Lookup::Missing => format!("this route needs an API key in the {header} header"),
+        Lookup::Unknown => "the API key is not valid".to_string(),
+    };
+    let error = if matches!(lookup, Lookup::Missing) {
+        "missing_api_key"
+    } else {
+        "invalid_api_key"
+    };
+    Some(Admission::Refuse {
+        status: 401,
+        body: json!({"error": error, "detail": detail}),
+        headers: vec![("www-authenticate", format!("ApiKey header=\"{header}\""))],
+        policy: None,
+    })
+}
+
+pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>) -> Admission {
+    let mut best: Option<(f64, Fields)> = None;
+    let mut guards = Vec::new();
+    for policy in &route.limits {
+        let limiter = policy.limiter(facts.tier);
+        let cost = match policy.cost_of(facts.headers, limiter) {
+            Ok(cost) => cost,
+            Err(e) => {
+                return Admission::Refuse {
+                    status: 400,
+                    body: json!({"error": "invalid_cost", "policy": policy.name, "detail": e.to_string()}),
+                    headers: Vec::new(),
+                    policy: Some(policy.name.clone()),
+                }
+            }
+        };
+        let check = policy
+            .check(limiter, facts, cost, gateway.redis.as_deref())
+            .await;
+        guards.extend(check.guard);
+        match check.outcome {
+            Outcome::Limited => {
+                return Admission::Refuse {
+                    status: policy.status,
+                    body: headers::limited_body(&policy.name, &check.verdict),
+                    headers: headers::fields(&policy.name, &limiter.params, &check.verdict),
+                    policy: Some(policy.name.clone()),
+                }
+            }
+            Outcome::Unavailable => {
+                return Admission::Refuse {
+                    status: 503,
+                    body: headers::unavailable_body(&policy.name),
+                    headers: vec![("retry-after", "1".to_string())],
+                    policy: Some(policy.name.clone()),
+                }
+            }
+            Outcome::ShadowLimited => {}
+            Outcome::Allowed | Outcome::FailedOpen => {
+                if policy.headers {
+                    let v = &check.verdict;
+                    let left = v.remaining as f64 / v.limit.max(1) as f64;
+                    if best.as_ref().is_none_or(|(b, _)| left < *b) {
+                        best = Some((left, headers::fields(&policy.name, &limiter.params, v)));
+                    }
+                }
+            }
+        }
+    }
+    Admission::Pass {
+        headers: best.map(|(_, f)| f).unwrap_or_default(),
+        guards,
+    }
+}
