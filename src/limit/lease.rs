@@ -53,8 +53,10 @@ pub struct Lease {
     pub used: u64,
     /// Units admitted provisionally, not yet counted in Redis.
     pub debt: u64,
-    /// Debt of windows that ended before it could be flushed: (window, units).
-    pub stale_debt: Vec<(u64, u64)>,
+    /// Corrections for windows that have ended: (window, units), positive for debt that
+    /// was not flushed in time, negative for reserved quota that went unused (sliding
+    /// windows return it, since the next window weighs this one's count).
+    pub stale_debt: Vec<(u64, i64)>,
     pub provisional: u64,
     /// Whether a sync has answered for `window` (buckets: ever).
     pub synced: bool,
@@ -104,12 +106,14 @@ impl Lease {
     }
 
     /// Moves the lease into `window`, carrying unflushed debt and any prefetched quota.
-    pub fn roll(&mut self, window: u64) {
+    pub fn roll(&mut self, window: u64, sliding: bool) {
         if window <= self.window {
             return;
         }
-        if self.debt > 0 {
-            self.stale_debt.push((self.window, self.debt));
+        let unused = if sliding { self.held() } else { 0 };
+        let correction = self.debt as i64 - unused as i64;
+        if correction != 0 {
+            self.stale_debt.push((self.window, correction));
         }
         let contiguous = window == self.window + 1;
         let prev = if contiguous {
@@ -162,7 +166,7 @@ impl Lease {
         nodes: u64,
         sync_ms: u64,
     ) -> Verdict {
-        self.roll(algorithm::window_of(now_ms, window_ms));
+        self.roll(algorithm::window_of(now_ms, window_ms), sliding);
         self.demand += cost;
         let allowed = if self.used + cost <= self.granted {
             true
@@ -257,10 +261,8 @@ impl Lease {
         }
     }
 
-    /// Folds this sync's demand into the smoothed rate and returns how much more quota to
-    /// ask for: when the lease runs low against recent demand, this node's whole share
-    /// (`cap`), so bursts are served locally and Redis sees few requests.
-    fn top_up(&mut self, cap: u64) -> u64 {
+    /// Folds this sync's demand into the smoothed rate.
+    fn observe_demand(&mut self) {
         self.urgent = false;
         let demand = std::mem::take(&mut self.demand) as f64;
         self.rate = if self.rate == 0.0 {
@@ -269,14 +271,27 @@ impl Lease {
             0.5 * self.rate + 0.5 * demand
         };
         self.idle_syncs = if demand > 0.0 { 0 } else { self.idle_syncs + 1 };
+    }
+
+    /// Units worth holding for recent demand: two syncs' worth, at least one.
+    fn low_water(&self) -> u64 {
+        (self.rate * LEASE_SYNCS).ceil().max(1.0) as u64
+    }
+
+    /// How much more window quota to reserve. A key in use holds this node's fair share of
+    /// what is left (`fair`, what it holds included), refilled when it falls below half
+    /// of that or below recent demand, so bursts are served locally; Redis grants at most
+    /// the unreserved remainder.
+    fn window_top_up(&mut self, unreserved: u64, fair: u64) -> u64 {
+        self.observe_demand();
         if self.exhausted || self.rate == 0.0 {
             return 0;
         }
-        let low_water = (self.rate * LEASE_SYNCS).ceil().max(1.0) as u64;
-        if self.held() >= low_water {
+        let low_water = self.low_water();
+        if self.held() >= low_water.max(fair / 2) {
             return 0;
         }
-        cap.max(low_water.saturating_sub(self.held()).min(cap))
+        (fair.max(low_water) - self.held()).min(unreserved.max(1))
     }
 
     /// What to send to Redis for a window limit at this sync, taking the debt out of the
@@ -292,19 +307,19 @@ impl Lease {
         sync_ms: u64,
     ) -> Option<WindowPlan> {
         let window = algorithm::window_of(now_ms, window_ms);
-        self.roll(window);
+        self.roll(window, sliding);
         let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
-        let left = if self.synced {
+        let unreserved = if self.synced {
             effective.saturating_sub(self.known_total)
         } else {
             effective
         };
-        let cap = (left / nodes.max(1)).max(1);
+        let fair = ((unreserved + self.held()) / nodes.max(1)).max(1);
         if sliding {
             // Room reappears as the previous window slides out: ask again every sync.
             self.exhausted = false;
         }
-        let want = self.top_up(cap);
+        let want = self.window_top_up(unreserved, fair);
         let debt = std::mem::take(&mut self.debt);
         let stale = std::mem::take(&mut self.stale_debt);
         // Near the end of a busy window, reserve the next one so it starts with quota.
@@ -350,25 +365,41 @@ impl Lease {
         if self.window == plan.window {
             self.debt += plan.debt;
         } else if plan.debt > 0 {
-            self.stale_debt.push((plan.window, plan.debt));
+            self.stale_debt.push((plan.window, plan.debt as i64));
         }
         self.stale_debt.extend(plan.stale);
     }
 
     pub fn plan_bucket(&mut self, burst: u64, nodes: u64) -> Option<BucketPlan> {
         self.held_syncs += 1;
+        let idle = self.demand == 0;
         if self.held_syncs > BUCKET_HOLD_SYNCS {
             // Tokens held this long were taken when the bucket was fuller than it may be
             // now; spending them later would exceed the burst.
             self.granted = self.used;
+            if idle {
+                // A quiet key starts over like a new one: its next burst is admitted
+                // provisionally (this node's share of the burst) and charged to the bucket
+                // at once, instead of being refused while tokens are fetched one sync at a
+                // time.
+                self.synced = false;
+                self.provisional = 0;
+            }
         }
-        let cap = if self.synced {
+        let share = if self.synced {
             (self.known_total / nodes.max(1)).max(1)
         } else {
             (burst / nodes.max(1)).max(1)
         };
         self.exhausted = false;
-        let want = self.top_up(cap);
+        self.observe_demand();
+        // Tokens held unused are lost to the shared bucket, so buckets hold only what
+        // recent demand needs.
+        let want = if self.rate == 0.0 {
+            0
+        } else {
+            self.low_water().saturating_sub(self.held()).min(share)
+        };
         let debt = std::mem::take(&mut self.debt);
         (want > 0 || debt > 0).then_some(BucketPlan { debt, want })
     }
@@ -405,7 +436,7 @@ pub struct WindowPlan {
     pub window: u64,
     pub debt: u64,
     pub want: u64,
-    pub stale: Vec<(u64, u64)>,
+    pub stale: Vec<(u64, i64)>,
     /// Units to reserve in the next window.
     pub prefetch: Option<u64>,
 }
@@ -540,9 +571,19 @@ mod tests {
     fn debt_of_an_ended_window_is_kept_for_that_window() {
         let mut lease = Lease::new("k".into(), 0);
         lease.admit_window(1, 100, 5 * W + 990, W, false, 1, SYNC);
-        lease.roll(6);
+        lease.roll(6, false);
         assert_eq!(lease.stale_debt, vec![(5, 1)]);
         assert_eq!((lease.used, lease.debt), (0, 0));
+    }
+
+    #[test]
+    fn sliding_windows_return_unused_quota_when_they_end() {
+        let mut lease = Lease::new("k".into(), 5);
+        lease.granted = 10;
+        lease.used = 4;
+        lease.synced = true;
+        lease.roll(6, true);
+        assert_eq!(lease.stale_debt, vec![(5, -6)]);
     }
 
     #[test]

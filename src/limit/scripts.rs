@@ -5,7 +5,8 @@ use std::sync::LazyLock;
 
 /// Window counters (fixed and sliding). Reserves quota for a node (async leases, `exact`
 /// = 0: as much of `want` as fits) or admits one request (atomic mode, `exact` = 1: all of
-/// `want` or nothing). `debt` is quota already spent; it is counted whatever the room.
+/// `want` or nothing). `debt` is quota already spent; it is counted whatever the room. A
+/// negative `debt` returns reserved quota that went unused.
 ///
 /// KEYS[1] this window's counter, KEYS[2] the previous window's counter
 /// ARGV: debt, want, limit, elapsed_ms (into the window), window_ms, sliding (0/1), exact (0/1)
@@ -16,7 +17,12 @@ local want = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local elapsed = tonumber(ARGV[4])
 local window = tonumber(ARGV[5])
-local total = tonumber(redis.call('GET', KEYS[1]) or '0') + debt
+local current = redis.call('GET', KEYS[1])
+if not current and debt < 0 then
+  -- A correction for a window that has already expired: nothing left to correct.
+  debt = 0
+end
+local total = math.max(0, tonumber(current or '0') + debt)
 local prev = 0
 local effective = limit
 if ARGV[6] == '1' then
@@ -31,7 +37,7 @@ elseif room > 0 then
   grant = math.min(want, room)
 end
 total = total + grant
-if debt + grant > 0 then
+if debt ~= 0 or grant > 0 then
   redis.call('SET', KEYS[1], total, 'PX', 2 * window + 1000)
 end
 return {total, grant, prev}

@@ -272,7 +272,7 @@ async fn run_chunk(
                 let key =
                     |w: u64| policy.redis_key(prefix, key, &policy::window_suffix(window_ms, w));
                 let elapsed = now % window_ms;
-                let mut add = |current: u64, debt: u64, want: u64, elapsed: u64| {
+                let mut add = |current: u64, debt: i64, want: u64, elapsed: u64| {
                     pipe.invoke_script(
                         scripts::WINDOW_SCRIPT
                             .key(key(current))
@@ -286,10 +286,12 @@ async fn run_chunk(
                             .arg(0),
                     );
                 };
-                add(plan.window, plan.debt, plan.want, elapsed);
+                // Corrections to ended windows go first, so this window's script reads the
+                // previous window's corrected count.
                 for (window, debt) in &plan.stale {
                     add(*window, *debt, 0, 0);
                 }
+                add(plan.window, plan.debt as i64, plan.want, elapsed);
                 if let Some(want) = plan.prefetch {
                     add(plan.window + 1, 0, want, 0);
                 }
@@ -350,6 +352,9 @@ fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
                 plan,
                 ..
             } => {
+                for _ in 0..plan.stale.len() {
+                    next();
+                }
                 let main = next();
                 let mut answer = WindowAnswer {
                     total: field(&main, 0),
@@ -357,9 +362,6 @@ fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
                     prev: field(&main, 2),
                     next: None,
                 };
-                for _ in 0..plan.stale.len() {
-                    next();
-                }
                 if plan.prefetch.is_some() {
                     let n = next();
                     answer.next = Some(Prefetch {

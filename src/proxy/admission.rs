@@ -2,6 +2,7 @@
 //! API key requirement, then its policies in order. The first policy that refuses answers;
 //! an allowed request carries the headers of the most restrictive policy that applied.
 
+use crate::config::Mode;
 use crate::gateway::{Gateway, Route};
 use crate::identity::Lookup;
 use crate::limit::{headers, Outcome, RequestFacts};
@@ -85,7 +86,8 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
             }
             Outcome::ShadowLimited => {}
             Outcome::Allowed | Outcome::FailedOpen => {
-                if policy.headers {
+                // Shadow policies stay invisible to clients.
+                if policy.headers && policy.mode == Mode::Enforce {
                     let v = &check.verdict;
                     let left = v.remaining as f64 / v.limit.max(1) as f64;
                     if best.as_ref().is_none_or(|(b, _)| left < *b) {
