@@ -71,14 +71,24 @@ fn summary(path: &Path, config: &Config) -> String {
         .max()
         .unwrap_or(0);
     for route in &config.routes {
-        let strip = if route.strip_prefix {
-            "  (prefix stripped)"
+        let mut notes = Vec::new();
+        if route.strip_prefix {
+            notes.push("prefix stripped".to_string());
+        }
+        if route.require_api_key {
+            notes.push("API key required".to_string());
+        }
+        if !route.limits.is_empty() {
+            notes.push(format!("limits: {}", route.limits.join(", ")));
+        }
+        let notes = if notes.is_empty() {
+            String::new()
         } else {
-            ""
+            format!("  ({})", notes.join("; "))
         };
         let _ = writeln!(
             out,
-            "  {:width$}  -> {}{strip}",
+            "  {:width$}  -> {}{notes}",
             route.prefix, route.upstream
         );
     }
@@ -115,5 +125,85 @@ fn summary(path: &Path, config: &Config) -> String {
             format_duration(upstream.read_timeout)
         );
     }
+    if !config.limits.is_empty() {
+        let _ = writeln!(out, "limits:");
+        for (name, limit) in &config.limits {
+            let _ = writeln!(out, "  {name}: {}", describe_limit(limit));
+            for (tier, t) in &limit.tiers {
+                let rate = t
+                    .rate
+                    .or(limit.rate)
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                let burst = t
+                    .burst
+                    .or(limit.burst)
+                    .map(|b| format!(", burst {b}"))
+                    .unwrap_or_default();
+                let max = t
+                    .limit
+                    .or(limit.limit)
+                    .map(|m| format!("{m} in flight"))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "    tier {tier}: {rate}{burst}{max}");
+            }
+        }
+    }
+    match &config.redis {
+        Some(r) => {
+            let _ = writeln!(
+                out,
+                "redis: {} (sync every {}, timeout {})",
+                crate::limit::link::redacted(&r.url),
+                format_duration(r.sync_interval),
+                format_duration(r.timeout)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "redis: none (local limits only)");
+        }
+    }
+    if !config.api_keys.keys.is_empty() {
+        let _ = writeln!(
+            out,
+            "api keys: {} in the {} header",
+            config.api_keys.keys.len(),
+            config.api_keys.header
+        );
+    }
     out
+}
+
+fn describe_limit(limit: &config::LimitConfig) -> String {
+    use config::{Algorithm, Mode, OnRedisError, Scope, SyncMode};
+    let key: Vec<String> = limit.key.0.iter().map(|p| p.name()).collect();
+    let numbers = match limit.algorithm {
+        Algorithm::Concurrency => format!("{} in flight", limit.limit.unwrap_or(0)),
+        a if a.is_bucket() => format!(
+            "{}, burst {}",
+            limit.rate.map(|r| r.to_string()).unwrap_or_default(),
+            limit.burst.or(limit.rate.map(|r| r.count)).unwrap_or(0)
+        ),
+        _ => limit.rate.map(|r| r.to_string()).unwrap_or_default(),
+    };
+    let scope = match (limit.scope, limit.sync) {
+        (Scope::Local, _) => "local".to_string(),
+        (Scope::Global, SyncMode::Async) => "global async".to_string(),
+        (Scope::Global, SyncMode::Atomic) => "global atomic".to_string(),
+    };
+    let fault = match (limit.scope, limit.on_redis_error) {
+        (Scope::Local, _) => "",
+        (_, OnRedisError::Open) => ", fails open",
+        (_, OnRedisError::Closed) => ", fails closed",
+    };
+    let shadow = if limit.mode == Mode::Shadow {
+        ", shadow"
+    } else {
+        ""
+    };
+    format!(
+        "{} {numbers} per {}, {scope}{fault}{shadow}",
+        limit.algorithm.name(),
+        key.join("+")
+    )
 }

@@ -75,6 +75,19 @@ fn the_docker_config_is_valid_and_points_at_the_compose_services() {
         }
     }
 
+    // Redis is the compose service, and tollgate waits for it.
+    let redis_url = config
+        .redis
+        .as_ref()
+        .expect("the docker config uses redis")
+        .url
+        .clone();
+    assert_eq!(redis_url, "redis://redis:6379");
+    assert!(
+        tollgate["depends_on"]["redis"].is_mapping(),
+        "tollgate depends on redis"
+    );
+
     // The published ports are the ones tollgate listens on.
     let ports = strings(&tollgate["ports"]);
     for listen in config.listen.iter().chain([&config.admin.listen]) {

@@ -365,3 +365,44 @@ fn forwarded_for_counts_only_through_trusted_proxies() {
         .collect();
     assert_eq!(forwarded, [200; 4]);
 }
+
+#[test]
+fn redis_keys_are_namespaced_tagged_and_expire() {
+    let s = setup(
+        "  fw:\n    key: client_ip\n    algorithm: fixed_window\n    rate: 50/10s\n  tb:\n    key: client_ip\n    algorithm: token_bucket\n    rate: 5/s\n  log:\n    key: [client_ip, method]\n    algorithm: sliding_log\n    rate: 50/10s\n    sync: atomic",
+        "    limits: [fw, tb, log]",
+        "",
+    );
+    let agent = agent();
+    for _ in 0..3 {
+        get_with(&agent, &s.t.url("/a/x"), &[]);
+    }
+    let keys = wait_for("the sync to write its keys", Duration::from_secs(3), || {
+        let out = s._redis.cli(&["--scan"]).unwrap_or_default();
+        let keys: Vec<String> = out.lines().map(str::to_string).collect();
+        (keys.iter().filter(|k| k.contains(":rl:")).count() >= 3).then_some(keys)
+    });
+    for key in &keys {
+        assert!(key.starts_with("tollgate:"), "{key}");
+        let ttl: i64 = s._redis.cli(&["PTTL", key]).unwrap().parse().unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
+    for (policy, suffix) in [
+        ("fw", ":w10000:"),
+        ("tb", ":b200000000x5"),
+        ("log", ":l10000"),
+    ] {
+        assert!(
+            keys.iter().any(
+                |k| k.starts_with(&format!("tollgate:rl:{{{policy}|127.0.0.1"))
+                    && k.contains(suffix)
+            ),
+            "no {policy} key among {keys:?}"
+        );
+    }
+    assert!(
+        keys.iter()
+            .any(|k| k == "tollgate:rl:{log|127.0.0.1|GET}:l10000"),
+        "{keys:?}"
+    );
+}

@@ -12,9 +12,16 @@ fn setup() -> (Stub, Tollgate) {
   service_a:
     backends: [{}]
     health_check: {{ path: /health, interval: 200ms, timeout: 100ms }}
+limits:
+  lim:
+    key: client_ip
+    algorithm: sliding_window
+    rate: 1000/1m
+    scope: local
 routes:
   - prefix: /a
     upstream: service_a
+    limits: [lim]
 ",
         a.address()
     ));
@@ -63,6 +70,11 @@ fn counters_and_histograms_follow_traffic() {
         Some(1.0)
     );
     assert!(text.contains("# TYPE tollgate_upstream_errors_total counter"));
+    assert_eq!(
+        value(r#"tollgate_ratelimit_decisions_total{policy="lim",result="allowed"}"#),
+        Some(8.0)
+    );
+    assert_eq!(value("tollgate_redis_up"), Some(0.0));
     assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
 }
 

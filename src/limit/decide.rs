@@ -184,10 +184,23 @@ impl Policy {
     fn local(&self, limiter: &Limiter, hash: u64, cost: u64, nodes: u64) -> Verdict {
         let params = limiter.params.share(nodes);
         match params {
-            Params::Window { limit, sliding, .. } => match &limiter.windows {
-                Some(w) => w.check(hash, cost, limit, unix_ms(), sliding),
-                None => algorithm::fixed_window(0, cost, limit, unix_ms(), 1_000),
-            },
+            Params::Window {
+                limit,
+                window_ms,
+                sliding,
+            } => {
+                let now = unix_ms();
+                // A key this node holds a lease for keeps its exact count for the window
+                // through an outage, and what it admits is flushed once Redis is back.
+                let leased = limiter.leases.get(hash, |lease| {
+                    lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
+                });
+                match (leased, &limiter.windows) {
+                    (Some(v), _) => v,
+                    (None, Some(w)) => w.check(hash, cost, limit, now, sliding),
+                    (None, None) => algorithm::fixed_window(0, cost, limit, now, window_ms),
+                }
+            }
             Params::Log { limit, window_ms } => {
                 let now = unix_ms();
                 let exact = limiter.logs.as_ref().and_then(|logs| {
@@ -251,12 +264,6 @@ impl Policy {
         })?;
         if urgent {
             link.request_sync();
-        }
-        if verdict.allowed {
-            // Keep this node's own count current, so a Redis outage starts from it.
-            if let (Params::Window { .. }, Some(w)) = (limiter.params, &limiter.windows) {
-                w.record(hash, cost, now);
-            }
         }
         Some(verdict)
     }

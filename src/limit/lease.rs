@@ -224,6 +224,37 @@ impl Lease {
         }
     }
 
+    /// Decides one request with no Redis: this node's count for the window against its
+    /// share of the limit. What it admits becomes debt, flushed when Redis is back, so the
+    /// fleet's count for the window stays whole.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit_alone(
+        &mut self,
+        cost: u64,
+        share: u64,
+        nodes: u64,
+        now_ms: u64,
+        window_ms: u64,
+        sliding: bool,
+    ) -> Verdict {
+        self.roll(algorithm::window_of(now_ms, window_ms), sliding);
+        let verdict = if sliding {
+            let prev_share = self.known_prev.div_ceil(nodes.max(1));
+            algorithm::sliding_window(prev_share, self.used, cost, share, now_ms, window_ms)
+        } else {
+            algorithm::fixed_window(self.used, cost, share, now_ms, window_ms)
+        };
+        if verdict.allowed {
+            self.used += cost;
+            if self.used > self.granted {
+                let over = self.used - self.granted;
+                self.granted = self.used;
+                self.debt += over;
+            }
+        }
+        verdict
+    }
+
     /// Decides one request against a bucket whose tokens this node takes from Redis.
     pub fn admit_bucket(&mut self, cost: u64, burst: u64, nodes: u64, sync_ms: u64) -> Verdict {
         self.demand += cost;
@@ -553,6 +584,21 @@ mod tests {
         }
         assert_eq!(2 + more, 5, "exactly the limit, with nothing left to flush");
         assert_eq!(lease.debt, 0);
+    }
+
+    #[test]
+    fn alone_a_lease_keeps_its_count_and_owes_the_excess() {
+        let mut lease = Lease::new("k".into(), 4);
+        lease.synced = true;
+        lease.granted = 10;
+        lease.used = 8;
+        let now = 4 * W + 10;
+        // Half of 30 for this node of two: 15, of which 8 are spent.
+        let admitted = (0..20)
+            .filter(|_| lease.admit_alone(1, 15, 2, now, W, false).allowed)
+            .count();
+        assert_eq!(admitted, 7);
+        assert_eq!(lease.debt, 5, "beyond the 10 reserved, 5 are owed to Redis");
     }
 
     #[test]

@@ -81,12 +81,6 @@ impl WindowSketch {
         verdict
     }
 
-    /// Counts `cost` for `key` without deciding anything (decisions made elsewhere).
-    pub fn record(&self, key: u64, cost: u64, now_ms: u64) {
-        let window = self.roll(now_ms);
-        self.estimators[(window % 2) as usize].incr(key, cost as isize);
-    }
-
     /// This node's count for `key` in the window of `now_ms` (without counting anything).
     pub fn peek(&self, key: u64, now_ms: u64) -> u64 {
         let window = self.roll(now_ms);

@@ -1,0 +1,165 @@
+//! Micro-benchmarks of the request path's pure parts: a rate limit decision per algorithm
+//! (local, and global async from a lease) on one hot key and across 100,000 keys, with
+//! governor's keyed limiter as the in-process reference; route matching over 100 routes;
+//! and building the rate limit response headers.
+//!
+//! `cargo bench --bench decisions`
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use tollgate::config::{self, LimitConfig};
+use tollgate::limit::{headers, key, Policy, RedisLink, RequestFacts};
+use tollgate::metrics::Metrics;
+use tollgate::routing::Router;
+
+/// Runs a future that never waits (every non-atomic decision) to completion.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn limit(yaml: &str) -> LimitConfig {
+    serde_yaml::from_str(yaml).expect("bench limit config")
+}
+
+fn facts(ip: IpAddr, headers: &http::HeaderMap) -> RequestFacts<'_> {
+    RequestFacts {
+        client_ip: ip,
+        api_key_id: None,
+        tenant: None,
+        tier: None,
+        path: "/a/x",
+        method: "GET",
+        route: "/a",
+        headers,
+    }
+}
+
+/// Policies under test: (label, YAML). Limits are high enough that every decision admits,
+/// so the figures measure the steady allowed path.
+const POLICIES: &[(&str, &str)] = &[
+    ("local/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1s, scope: local}"),
+    ("local/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1s, scope: local}"),
+    ("local/token_bucket", "{key: client_ip, algorithm: token_bucket, rate: 1000000000/1s, scope: local}"),
+    ("local/gcra", "{key: client_ip, algorithm: gcra, rate: 1000000000/1s, scope: local}"),
+    ("local/sliding_log", "{key: client_ip, algorithm: sliding_log, rate: 10000/10ms, scope: local, max_keys: 200000}"),
+    ("local/concurrency", "{key: client_ip, algorithm: concurrency, limit: 1000000, scope: local}"),
+    ("global_async/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1s, max_keys: 200000}"),
+    ("global_async/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1s, max_keys: 200000}"),
+    ("global_async/token_bucket", "{key: client_ip, algorithm: token_bucket, rate: 1000000000/1s, max_keys: 200000}"),
+];
+
+fn link(metrics: &Arc<Metrics>) -> RedisLink {
+    let redis: config::RedisConfig =
+        serde_yaml::from_str("{url: 'redis://127.0.0.1:1'}").expect("redis config");
+    let link = RedisLink::new(&redis, metrics.clone()).expect("link");
+    // Decisions from leases need no connection; mark the link up as a live node would be.
+    link.mark_up();
+    link
+}
+
+fn decisions(c: &mut Criterion) {
+    let metrics = Arc::new(Metrics::new());
+    let link = link(&metrics);
+    let headers = http::HeaderMap::new();
+    let keys: Vec<IpAddr> = (0..100_000u32)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+
+    let mut group = c.benchmark_group("decision");
+    group.throughput(Throughput::Elements(1));
+    for (label, yaml) in POLICIES {
+        let policy = Policy::build(label, &limit(yaml), &metrics);
+        let limiter = policy.limiter(None);
+        group.bench_function(BenchmarkId::new("hot_key", label), |b| {
+            let f = facts(keys[0], &headers);
+            b.iter(|| {
+                ready(policy.check(limiter, black_box(&f), 1, Some(&link)))
+                    .verdict
+                    .allowed
+            })
+        });
+        group.bench_function(BenchmarkId::new("100k_keys", label), |b| {
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) % keys.len();
+                let f = facts(keys[i], &headers);
+                ready(policy.check(limiter, black_box(&f), 1, Some(&link)))
+                    .verdict
+                    .allowed
+            })
+        });
+    }
+
+    let quota = governor::Quota::per_second(NonZeroU32::new(1_000_000_000).expect("non-zero"));
+    let keyed = governor::RateLimiter::keyed(quota);
+    group.bench_function(BenchmarkId::new("hot_key", "governor/keyed"), |b| {
+        b.iter(|| keyed.check_key(black_box(&keys[0])).is_ok())
+    });
+    group.bench_function(BenchmarkId::new("100k_keys", "governor/keyed"), |b| {
+        let mut i = 0usize;
+        b.iter(|| {
+            i = (i + 1) % keys.len();
+            keyed.check_key(black_box(&keys[i])).is_ok()
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("key");
+    let f = facts(keys[0], &headers);
+    let parts = [config::KeyPart::ClientIp];
+    group.bench_function("hash/client_ip", |b| {
+        b.iter(|| key::hash(7, black_box(&parts), &f))
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let prefixes: Vec<String> = (0..100)
+        .map(|i| format!("/service{}/v{}", i % 50, i / 50 + 1))
+        .collect();
+    let router = Router::new(prefixes.iter().map(|p| (p.clone(), p.clone())));
+    let mut group = c.benchmark_group("routing");
+    group.bench_function("100_routes/hit", |b| {
+        b.iter(|| router.lookup(black_box("/service37/v2/users/42/orders")))
+    });
+    group.bench_function("100_routes/miss", |b| {
+        b.iter(|| router.lookup(black_box("/nothing/here/at/all")))
+    });
+    group.bench_function("100_routes/normalize_and_match", |b| {
+        b.iter(|| {
+            let path = tollgate::path::normalize(black_box("/service37/v2/users/42/orders"))
+                .expect("valid");
+            router.lookup(&path).is_some()
+        })
+    });
+    group.finish();
+}
+
+fn response_headers(c: &mut Criterion) {
+    let params = tollgate::limit::policy::Params::Window {
+        limit: 100,
+        window_ms: 60_000,
+        sliding: true,
+    };
+    let verdict = tollgate::limit::algorithm::Verdict {
+        allowed: false,
+        limit: 100,
+        remaining: 0,
+        reset_ms: 16_200,
+        retry_after_ms: 16_200,
+    };
+    c.bench_function("headers/ratelimit_fields", |b| {
+        b.iter(|| headers::fields(black_box("per_client"), &params, black_box(&verdict)))
+    });
+}
+
+criterion_group!(benches, decisions, routing, response_headers);
+criterion_main!(benches);
