@@ -32,6 +32,7 @@ pub fn check(path: &Path) -> (String, bool) {
         loaded.config.clone(),
         None,
         &std::sync::Arc::new(Metrics::new()),
+        &crate::decisions::DecisionHub::new(&Metrics::new()),
     ) {
         return (
             format!(

@@ -6,7 +6,8 @@
 
 use crate::config::canonical_prefix;
 use crate::config::Config;
-use crate::identity::Identity;
+use crate::decisions::{DecisionHub, RouteSeries};
+use crate::identity::{Identity, Lookup};
 use crate::limit::{Policy, RedisLink};
 use crate::metrics::Metrics;
 use crate::routing::Router;
@@ -26,6 +27,8 @@ pub struct Route {
     /// Policies applied in order; the first that refuses answers.
     pub limits: Vec<Arc<Policy>>,
     pub require_api_key: bool,
+    /// Per-second counts for the dashboard, kept across reloads.
+    pub series: Arc<RouteSeries>,
 }
 
 pub struct Gateway {
@@ -70,7 +73,9 @@ impl Gateway {
         config: Config,
         previous: Option<&Gateway>,
         metrics: &Arc<Metrics>,
+        decisions: &DecisionHub,
     ) -> Result<Gateway, BuildFailure> {
+        decisions.set_log_enabled(config.admin.decision_log.enabled);
         let mut upstreams = BTreeMap::new();
         for (name, spec) in &config.upstreams {
             let kept = previous
@@ -124,6 +129,7 @@ impl Gateway {
                     .filter_map(|name| policies.get(name).cloned())
                     .collect(),
                 require_api_key: spec.require_api_key,
+                series: decisions.series(&prefix),
             };
             routes.push((prefix, Arc::new(route)));
         }
@@ -135,6 +141,22 @@ impl Gateway {
             policies,
             redis,
         })
+    }
+
+    /// The request's API key, from the config's keys or those registered in Redis.
+    pub fn lookup_api_key(&self, headers: &http::HeaderMap) -> Lookup {
+        let Some(presented) = self.identity.api_keys.presented(headers) else {
+            return Lookup::Missing;
+        };
+        self.identity
+            .api_keys
+            .find(&presented)
+            .or_else(|| {
+                self.redis
+                    .as_ref()
+                    .and_then(|l| l.find_registered(&presented))
+            })
+            .map_or(Lookup::Unknown, Lookup::Known)
     }
 
     /// Sets `tollgate_backend_up` from the pools' health, dropping series of removed backends.

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub redis_sync_duration: Histogram,
     pub redis_errors: IntCounterVec,
     pub redis_state_changes: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_success: IntGauge,
+    pub decision_log_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -131,7 +134,35 @@ impl Metrics {
             &["state"],
         )
         .expect("valid metric");
-        for op in ["connect", "heartbeat", "sync", "atomic"] {
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reload attempts by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_last_reload_success = IntGauge::new(
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            "When the running config was loaded, in Unix seconds.",
+        )
+        .expect("valid metric");
+        let decision_log_dropped = IntCounter::new(
+            "tollgate_decision_log_dropped_total",
+            "Decisions not written to the per-client log because its writer fell behind or Redis was away.",
+        )
+        .expect("valid metric");
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        for op in [
+            "connect",
+            "heartbeat",
+            "sync",
+            "atomic",
+            "decision_log",
+            "admin",
+        ] {
             redis_errors.with_label_values(&[op]);
         }
         for state in ["up", "down"] {
@@ -152,6 +183,9 @@ impl Metrics {
             Box::new(redis_sync_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(redis_state_changes.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_reload_success.clone()),
+            Box::new(decision_log_dropped.clone()),
         ] {
             registry
                 .register(collector)
@@ -173,6 +207,9 @@ impl Metrics {
             redis_sync_duration,
             redis_errors,
             redis_state_changes,
+            config_reloads,
+            config_last_reload_success,
+            decision_log_dropped,
         }
     }
 

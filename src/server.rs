@@ -4,12 +4,15 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{self, Config};
+use crate::decision_log::DecisionLogWriter;
+use crate::decisions::DecisionHub;
 use crate::gateway::{Gateway, SharedGateway};
 use crate::health::HealthChecker;
 use crate::lifecycle::{self, InFlight};
 use crate::limit::sync::LimitSync;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::{ConfigWatcher, Reloader};
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
@@ -66,6 +69,7 @@ pub struct Prepared {
     pub config_path: PathBuf,
     pub config: Config,
     pub metrics: Arc<Metrics>,
+    pub decisions: Arc<DecisionHub>,
     pub gateway: SharedGateway,
     pub access_log: Option<Arc<AccessLog>>,
 }
@@ -77,7 +81,9 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
     }
     let config = loaded.config;
     let metrics = Arc::new(Metrics::new());
-    let gateway = Gateway::build(config.clone(), None, &metrics).map_err(StartError::Build)?;
+    let decisions = Arc::new(DecisionHub::new(&metrics));
+    let gateway =
+        Gateway::build(config.clone(), None, &metrics, &decisions).map_err(StartError::Build)?;
     if !options.upgrade {
         // During an upgrade the old process still holds the ports; they arrive over the
         // upgrade socket instead.
@@ -103,6 +109,7 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
         config_path: config_path.to_path_buf(),
         config,
         metrics,
+        decisions,
         gateway: Arc::new(ArcSwap::from_pointee(gateway)),
         access_log,
     })
@@ -128,6 +135,7 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         config_path,
         config,
         metrics,
+        decisions,
         gateway,
         access_log,
     } = prepared;
@@ -145,6 +153,7 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         metrics.clone(),
         access_log.clone(),
         in_flight.clone(),
+        decisions.clone(),
     );
     let mut proxy_service =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "tollgate proxy");
@@ -153,9 +162,20 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
     }
     proxy_service.threads = Some(config.threads);
 
+    let reloader = Arc::new(Reloader::new(
+        &config_path,
+        gateway.clone(),
+        metrics.clone(),
+        decisions.clone(),
+    ));
     let mut admin_service = Service::new(
         "tollgate admin".to_string(),
-        Admin::new(gateway.clone(), metrics.clone()),
+        Admin::new(
+            gateway.clone(),
+            metrics.clone(),
+            decisions.clone(),
+            reloader.clone(),
+        ),
     );
     admin_service.add_tcp(&config.admin.listen);
     admin_service.threads = Some(1);
@@ -169,6 +189,14 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
     server.add_service(admin_service);
     server.add_service(health);
     server.add_service(limit_sync);
+    server.add_service(background_service(
+        "config watcher",
+        ConfigWatcher::new(reloader),
+    ));
+    server.add_service(background_service(
+        "decision log",
+        DecisionLogWriter::new(gateway.clone(), decisions.clone()),
+    ));
 
     tracing::info!(
         config = %config_path.display(),

@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::process::Command;
+use std::time::Duration;
 
 fn check(yaml: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
@@ -172,11 +173,10 @@ fn run_refuses_an_invalid_config_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, BROKEN[1].0).unwrap();
-    let out = Command::new(tollgate_bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(tollgate_bin()).args(["run", "-c"]).arg(&path),
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown upstream `nope`"));
 }
@@ -196,11 +196,10 @@ fn a_taken_port_is_a_clear_startup_error() {
         .replace("listen: 0.0.0.0:8000\n", ""),
     )
     .unwrap();
-    let out = Command::new(tollgate_bin())
-        .args(["run", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(tollgate_bin()).args(["run", "-c"]).arg(&path),
+        Duration::from_secs(10),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,66 +1,394 @@
-//! The admin listener: Prometheus metrics and the admin's own health.
+//! The admin listener: Prometheus metrics, the dashboard, and the admin API under
+//! `/admin/*` (JSON in and out, described by `/admin/openapi.json`).
+//!
+//! Every `/admin/*` route needs the bearer token when one is configured (also accepted as
+//! `?access_token=`, for browsers' EventSource); the process refuses to start an admin
+//! listener reachable from other hosts without one. Each client address is rate limited.
 
+mod api;
+mod openapi;
+mod stats;
+
+use crate::decisions::DecisionHub;
 use crate::gateway::SharedGateway;
+use crate::limit::algorithm::Bucket;
+use crate::limit::sketch::TatSketch;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use async_trait::async_trait;
-use http::{Response, StatusCode};
-use pingora_core::apps::http_app::ServeHttp;
+use bytes::Bytes;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_http::ResponseHeader;
+use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+
+const DASHBOARD: &str = include_str!("assets/dashboard.html");
+const DOCS: &str = include_str!("assets/docs.html");
+
+/// The largest request body the admin API reads.
+const MAX_BODY: usize = 1 << 20;
 
 pub struct Admin {
     gateway: SharedGateway,
     metrics: Arc<Metrics>,
+    decisions: Arc<DecisionHub>,
+    reloader: Arc<Reloader>,
+    started: Instant,
+    /// Requests per client address to the admin listener.
+    limiter: TatSketch,
+}
+
+/// What a handler answers.
+pub enum Reply {
+    Json(u16, Value),
+    Body {
+        status: u16,
+        content_type: &'static str,
+        body: Bytes,
+    },
+    /// A Server-Sent Events stream of decisions, optionally filtered.
+    Events(api::EventFilter),
+}
+
+impl Reply {
+    pub fn error(status: u16, error: &str, detail: impl Into<String>) -> Reply {
+        Reply::Json(status, json!({"error": error, "detail": detail.into()}))
+    }
+}
+
+/// A parsed admin request.
+pub struct Request {
+    pub method: http::Method,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Bytes,
+    pub client: Option<IpAddr>,
+}
+
+impl Request {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits and percent-decodes a query string.
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Percent-decodes a URL component (`+` as space in queries is not used by our clients).
+pub fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let Some(v) = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl Admin {
-    pub fn new(gateway: SharedGateway, metrics: Arc<Metrics>) -> Self {
-        Admin { gateway, metrics }
+    pub fn new(
+        gateway: SharedGateway,
+        metrics: Arc<Metrics>,
+        decisions: Arc<DecisionHub>,
+        reloader: Arc<Reloader>,
+    ) -> Self {
+        Admin {
+            gateway,
+            metrics,
+            decisions,
+            reloader,
+            started: Instant::now(),
+            limiter: TatSketch::new(4096),
+        }
     }
 
-    fn metrics_text(&self) -> Vec<u8> {
-        self.gateway.load().publish_backend_health(&self.metrics);
-        self.metrics.render()
+    fn authorized(&self, session: &ServerSession, query: &[(String, String)]) -> bool {
+        let Some(expected) = self.gateway.load().config.admin.resolved_token() else {
+            return true;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::to_string)
+            .or_else(|| {
+                query
+                    .iter()
+                    .find(|(k, _)| k == "access_token")
+                    .map(|(_, v)| v.clone())
+            });
+        let Some(presented) = presented else {
+            return false;
+        };
+        // Digests have equal length whatever was sent, so the comparison's time says
+        // nothing about how much of the token was right.
+        let a = crate::identity::digest(presented.as_bytes());
+        let b = crate::identity::digest(expected.as_bytes());
+        bool::from(a.ct_eq(&b))
+    }
+
+    fn rate_limited(&self, client: Option<IpAddr>) -> Option<u64> {
+        let rate = self.gateway.load().config.admin.rate_limit;
+        let bucket = Bucket {
+            count: rate.count,
+            per_ns: rate.per.as_nanos() as u64,
+            burst: rate.count.saturating_mul(2),
+        };
+        let key =
+            crate::limit::key::fnv1a(client.map(|c| c.to_string()).unwrap_or_default().as_bytes());
+        let v = self
+            .limiter
+            .check(key, 1, bucket, crate::limit::link::unix_ns());
+        (!v.allowed).then_some(v.retry_after_ms.div_ceil(1000).max(1))
+    }
+
+    async fn route(&self, req: &Request) -> Reply {
+        use http::Method as M;
+        let segments: Vec<String> = req.path.split('/').skip(1).map(decode).collect();
+        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match (&req.method, segs.as_slice()) {
+            (&M::GET, ["admin", "openapi.json"]) => Reply::Json(200, openapi::document()),
+            (&M::GET, ["admin", "docs"]) => html(DOCS),
+            (&M::GET, ["admin", "config"]) => api::config(self),
+            (&M::POST, ["admin", "reload"]) => api::reload(self).await,
+            (&M::POST, ["admin", "check"]) => api::check(self, req).await,
+            (&M::GET, ["admin", "stats"]) => stats::snapshot(self),
+            (&M::GET, ["admin", "limits", policy, key]) => {
+                api::limit_usage(self, policy, key, req).await
+            }
+            (&M::DELETE, ["admin", "limits", policy, key]) => {
+                api::limit_reset(self, policy, key, req).await
+            }
+            (&M::GET, ["admin", "keys"]) => api::list_keys(self),
+            (&M::POST, ["admin", "keys"]) => api::register_key(self, req).await,
+            (&M::DELETE, ["admin", "keys", id]) => api::revoke_key(self, id).await,
+            (&M::GET, ["admin", "logs"]) => api::logs(self, req).await,
+            (&M::GET, ["admin", "events"]) => Reply::Events(api::EventFilter::from(req)),
+            (_, ["admin", ..]) if known_path(&segs) => Reply::error(
+                405,
+                "method_not_allowed",
+                format!("{} is not allowed here", req.method),
+            ),
+            _ => Reply::Json(404, json!({"error": "not_found", "path": req.path})),
+        }
     }
 }
 
-fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body)
-        .unwrap_or_default()
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        [
+            "admin",
+            "openapi.json"
+                | "docs"
+                | "config"
+                | "reload"
+                | "check"
+                | "stats"
+                | "keys"
+                | "logs"
+                | "events"
+        ] | ["admin", "limits", _, _]
+            | ["admin", "keys", _]
+    )
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
-    respond(status, "application/json", value.to_string().into_bytes())
+fn html(page: &'static str) -> Reply {
+    Reply::Body {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: Bytes::from_static(page.as_bytes()),
+    }
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Bytes, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(Reply::error(
+                        413,
+                        "body_too_large",
+                        "the admin API reads at most 1 MiB",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(Bytes::from(body)),
+            Err(e) => {
+                return Err(Reply::error(
+                    400,
+                    "bad_request",
+                    format!("cannot read the body: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn write(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) {
+    let Ok(mut header) = ResponseHeader::build(status, Some(4 + extra.len())) else {
+        return;
+    };
+    let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+    for (k, v) in extra {
+        let _ = header.insert_header(*k, v);
+    }
+    if session
+        .write_response_header(Box::new(header))
+        .await
+        .is_ok()
+        && !body.is_empty()
+    {
+        let _ = session.write_response_body(body, true).await;
+    }
 }
 
 #[async_trait]
-impl ServeHttp for Admin {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        let method = req.method.clone();
-        let path = req.uri.path().to_string();
-        match (method, path.as_str()) {
-            (http::Method::GET, "/metrics") => respond(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics_text(),
-            ),
-            (http::Method::GET, "/health") => {
-                json(StatusCode::OK, serde_json::json!({"status": "ok"}))
-            }
-            (_, "/metrics" | "/health") => json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"error": "method_not_allowed"}),
-            ),
-            _ => json(
-                StatusCode::NOT_FOUND,
-                serde_json::json!({"error": "not_found", "path": path}),
-            ),
+impl HttpServerApp for Admin {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            _ => return None,
         }
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let header = session.req_header();
+        let path = header.uri.path().to_string();
+        let query = parse_query(header.uri.query());
+        let method = header.method.clone();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+
+        let reply = if path == "/" || path == "/dashboard" {
+            html(DASHBOARD)
+        } else if path == "/health" {
+            Reply::Json(200, json!({"status": "ok"}))
+        } else if path == "/metrics" {
+            self.gateway.load().publish_backend_health(&self.metrics);
+            Reply::Body {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: Bytes::from(self.metrics.render()),
+            }
+        } else if !path.starts_with("/admin/") && path != "/admin" {
+            Reply::Json(404, json!({"error": "not_found", "path": path}))
+        } else if let Some(retry) = self.rate_limited(client) {
+            write(
+                &mut session,
+                429,
+                "application/json",
+                Bytes::from(json!({"error": "rate_limited", "retry_after": retry}).to_string()),
+                &[("retry-after", retry.to_string())],
+            )
+            .await;
+            return finish(session).await;
+        } else if !self.authorized(&session, &query) {
+            write(
+                &mut session,
+                401,
+                "application/json",
+                Bytes::from(json!({"error": "unauthorized", "detail": "send the admin token as `Authorization: Bearer <token>`"}).to_string()),
+                &[("www-authenticate", "Bearer realm=\"tollgate admin\"".to_string())],
+            )
+            .await;
+            return finish(session).await;
+        } else {
+            match read_body(&mut session).await {
+                Err(reply) => reply,
+                Ok(body) => {
+                    let req = Request {
+                        method,
+                        path,
+                        query,
+                        body,
+                        client,
+                    };
+                    self.route(&req).await
+                }
+            }
+        };
+
+        match reply {
+            Reply::Json(status, value) => {
+                let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+                write(
+                    &mut session,
+                    status,
+                    "application/json",
+                    Bytes::from(body),
+                    &[],
+                )
+                .await;
+            }
+            Reply::Body {
+                status,
+                content_type,
+                body,
+            } => {
+                write(&mut session, status, content_type, body, &[]).await;
+            }
+            Reply::Events(filter) => {
+                api::stream_events(self, &mut session, filter, shutdown).await;
+                return None;
+            }
+        }
+        finish(session).await
+    }
+}
+
+async fn finish(session: ServerSession) -> Option<ReusedHttpStream> {
+    let settings = HttpPersistentSettings::for_session(&session);
+    match session.finish().await {
+        Ok(stream) => stream.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+        Err(_) => None,
     }
 }

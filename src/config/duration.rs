@@ -1,6 +1,6 @@
 //! Human durations in the config: `50ms`, `2s`, `1m`, `1h`.
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serializer};
 use std::fmt;
 use std::time::Duration;
 
@@ -51,6 +51,11 @@ pub fn format_duration(d: Duration) -> String {
         }
     }
     format!("{ms}ms")
+}
+
+/// Serializes a [`Duration`] in the human form.
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
 }
 
 /// Deserializes a [`Duration`] from the human form.

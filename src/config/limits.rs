@@ -1,12 +1,12 @@
 //! Config types for rate limiting: `redis`, `trusted_proxies`, `api_keys` and `limits`.
 
 use super::duration;
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
@@ -33,7 +33,7 @@ fn default_key_prefix() -> String {
 }
 
 /// Which header carries the client chain from trusted proxies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClientIpHeader {
     #[default]
@@ -43,7 +43,7 @@ pub enum ClientIpHeader {
     Forwarded,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysConfig {
     #[serde(default = "default_api_key_header")]
@@ -65,7 +65,7 @@ fn default_api_key_header() -> String {
     "x-api-key".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     pub tenant: String,
@@ -73,7 +73,7 @@ pub struct ApiKeyConfig {
     pub tier: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Algorithm {
     FixedWindow,
@@ -108,7 +108,7 @@ impl Algorithm {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     #[default]
@@ -116,7 +116,7 @@ pub enum Scope {
     Local,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncMode {
     #[default]
@@ -124,7 +124,7 @@ pub enum SyncMode {
     Atomic,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]
@@ -132,7 +132,7 @@ pub enum Mode {
     Shadow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRedisError {
     #[default]
@@ -176,6 +176,27 @@ impl RateSpec {
 impl fmt::Display for RateSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.count, duration::format_duration(self.per))
+    }
+}
+
+impl Serialize for RateSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl Serialize for KeySpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(KeyPart::name))
+    }
+}
+
+impl Serialize for CostSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CostSpec::Fixed(n) => s.serialize_u64(*n),
+            CostSpec::Header(h) => s.serialize_str(&format!("header:{h}")),
+        }
     }
 }
 
@@ -311,7 +332,7 @@ impl<'de> Deserialize<'de> for CostSpec {
 }
 
 /// Per-tier overrides of a policy's numbers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TierConfig {
     #[serde(default)]
@@ -322,7 +343,7 @@ pub struct TierConfig {
     pub limit: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitConfig {
     pub key: KeySpec,

@@ -16,14 +16,14 @@ pub use limits::{
 };
 pub use locate::Position;
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 /// The whole config file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Proxy listeners, `ip:port`; one address or a list.
@@ -57,22 +57,90 @@ pub struct Config {
     pub limits: BTreeMap<String, LimitConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// The bearer token guarding `/admin/*`. Prefer `token_env`: secrets stay out of files.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The environment variable holding the token; it wins over `token`.
+    #[serde(default = "default_token_env")]
+    pub token_env: String,
+    /// Requests per client address to the admin listener.
+    #[serde(default = "default_admin_rate")]
+    pub rate_limit: RateSpec,
+    #[serde(default)]
+    pub decision_log: DecisionLogConfig,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            token: None,
+            token_env: default_token_env(),
+            rate_limit: default_admin_rate(),
+            decision_log: DecisionLogConfig::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+impl AdminConfig {
+    /// The admin token from the environment or the config, if either has one.
+    pub fn resolved_token(&self) -> Option<String> {
+        std::env::var(&self.token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone().filter(|t| !t.is_empty()))
+    }
+}
+
+/// Per-client decision history, kept in Redis for `GET /admin/logs`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Most recent decisions kept per client.
+    #[serde(default = "default_max_per_client")]
+    pub max_per_client: usize,
+    /// How long a quiet client's history is kept.
+    #[serde(default = "default_log_ttl", with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for DecisionLogConfig {
+    fn default() -> Self {
+        DecisionLogConfig {
+            enabled: true,
+            max_per_client: default_max_per_client(),
+            ttl: default_log_ttl(),
+        }
+    }
+}
+
+fn default_token_env() -> String {
+    "TOLLGATE_ADMIN_TOKEN".into()
+}
+fn default_admin_rate() -> RateSpec {
+    RateSpec {
+        count: 50,
+        per: Duration::from_secs(1),
+    }
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_per_client() -> usize {
+    1000
+}
+fn default_log_ttl() -> Duration {
+    Duration::from_secs(86_400)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A `tracing` filter such as `info` or `info,tollgate=debug`; `RUST_LOG` wins over it.
@@ -93,7 +161,7 @@ impl Default for LogConfig {
 }
 
 /// Process-level settings handed to Pingora.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests before exiting (the process exits
@@ -121,7 +189,7 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub backends: Vec<BackendConfig>,
@@ -140,13 +208,13 @@ pub struct UpstreamConfig {
 }
 
 /// One backend: `host:port`, or `{ address: host:port, weight: 3 }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct BackendConfig {
     pub address: String,
     pub weight: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     #[serde(default = "default_health_path")]
@@ -163,7 +231,7 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
@@ -184,6 +252,30 @@ pub struct RouteConfig {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<ConfigError>,
+}
+
+/// The config as JSON for the admin API, with secrets out: API keys by public id, the
+/// admin token and the Redis password as `***`.
+pub fn redacted_json(config: &Config) -> serde_json::Value {
+    let mut value = serde_json::to_value(config).unwrap_or_default();
+    if config.admin.token.is_some() {
+        value["admin"]["token"] = serde_json::json!("***");
+    }
+    if let Some(redis) = &config.redis {
+        value["redis"]["url"] = serde_json::json!(crate::limit::link::redacted(&redis.url));
+    }
+    let keys: Vec<serde_json::Value> = config
+        .api_keys
+        .keys
+        .iter()
+        .map(|(secret, spec)| {
+            let record =
+                crate::identity::KeyRecord::new(secret, &spec.tenant, spec.tier.as_deref());
+            serde_json::json!({"id": record.id, "tenant": spec.tenant, "tier": spec.tier})
+        })
+        .collect();
+    value["api_keys"]["keys"] = serde_json::json!(keys);
+    value
 }
 
 /// Reads and validates a config file.

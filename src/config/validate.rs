@@ -56,6 +56,20 @@ fn check_listeners(config: &Config, report: &mut Report) {
             }
         }
     }
+    if config.admin.decision_log.max_per_client == 0
+        || config.admin.decision_log.max_per_client > 100_000
+    {
+        report.error(
+            "admin.decision_log.max_per_client",
+            "must be between 1 and 100000",
+        );
+    }
+    if config.admin.resolved_token().is_some_and(|t| t.len() < 16) {
+        report.warn(
+            "admin.token",
+            "an admin token shorter than 16 characters is easy to guess",
+        );
+    }
     match config.admin.listen.parse::<SocketAddr>() {
         Err(_) => report.error(
             "admin.listen",
@@ -70,6 +84,15 @@ fn check_listeners(config: &Config, report: &mut Report) {
                     "admin.listen",
                     format!(
                         "`{sa}` is also a proxy listener; the admin listener needs its own port"
+                    ),
+                );
+            }
+            if !sa.ip().is_loopback() && config.admin.resolved_token().is_none() {
+                report.error(
+                    "admin.listen",
+                    format!(
+                        "`{sa}` is reachable from other hosts, so the admin API needs a token: set ${} (or admin.token), or listen on 127.0.0.1",
+                        config.admin.token_env
                     ),
                 );
             }

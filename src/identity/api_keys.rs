@@ -11,13 +11,20 @@ use subtle::ConstantTimeEq;
 
 pub type KeyDigest = [u8; 32];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRecord {
-    digest: KeyDigest,
+    #[serde(skip)]
+    pub digest: KeyDigest,
     /// A non-secret id: the first 16 hex digits of the digest.
     pub id: String,
     pub tenant: String,
     pub tier: Option<String>,
+    /// The application's name, for registered keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When a registered key was created (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
 }
 
 /// What a request's key header amounts to.
@@ -43,12 +50,17 @@ pub fn hex(bytes: &[u8]) -> String {
 
 impl KeyRecord {
     pub fn new(secret: &str, tenant: &str, tier: Option<&str>) -> KeyRecord {
-        let digest = digest(secret.as_bytes());
+        KeyRecord::from_digest(digest(secret.as_bytes()), tenant, tier)
+    }
+
+    pub fn from_digest(digest: KeyDigest, tenant: &str, tier: Option<&str>) -> KeyRecord {
         KeyRecord {
             id: hex(&digest[..8]),
             digest,
             tenant: tenant.to_string(),
             tier: tier.map(str::to_string),
+            name: None,
+            created: None,
         }
     }
 }
@@ -73,16 +85,23 @@ impl ApiKeyStore {
     }
 
     pub fn lookup(&self, headers: &HeaderMap) -> Lookup {
-        let Some(presented) = headers.get(&self.header) else {
-            return Lookup::Missing;
-        };
-        let presented = digest(presented.as_bytes());
-        match self.by_digest.get(&presented) {
-            Some(record) if bool::from(record.digest.ct_eq(&presented)) => {
-                Lookup::Known(record.clone())
-            }
-            _ => Lookup::Unknown,
+        match self.presented(headers) {
+            None => Lookup::Missing,
+            Some(d) => self.find(&d).map_or(Lookup::Unknown, Lookup::Known),
         }
+    }
+
+    /// The digest of the key a request presents, if it presents one.
+    pub fn presented(&self, headers: &HeaderMap) -> Option<KeyDigest> {
+        headers.get(&self.header).map(|v| digest(v.as_bytes()))
+    }
+
+    pub fn find(&self, presented: &KeyDigest) -> Option<Arc<KeyRecord>> {
+        find(&self.by_digest, presented)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Arc<KeyRecord>> {
+        self.by_digest.values()
     }
 
     pub fn len(&self) -> usize {
@@ -92,6 +111,16 @@ impl ApiKeyStore {
     pub fn is_empty(&self) -> bool {
         self.by_digest.is_empty()
     }
+}
+
+/// Finds a key by digest, confirming the match in constant time.
+pub fn find(
+    keys: &HashMap<KeyDigest, Arc<KeyRecord>>,
+    presented: &KeyDigest,
+) -> Option<Arc<KeyRecord>> {
+    keys.get(presented)
+        .filter(|record| bool::from(record.digest.ct_eq(presented)))
+        .cloned()
 }
 
 #[cfg(test)]

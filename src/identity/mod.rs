@@ -3,8 +3,9 @@
 
 mod api_keys;
 mod client_ip;
+pub mod registry;
 
-pub use api_keys::{ApiKeyStore, KeyRecord, Lookup};
+pub use api_keys::{digest, find, hex, ApiKeyStore, KeyDigest, KeyRecord, Lookup};
 pub use client_ip::ClientIpResolver;
 
 use crate::config::Config;

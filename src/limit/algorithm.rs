@@ -139,6 +139,14 @@ impl SlidingLog {
         }
     }
 
+    /// Entries still inside the window at `now_ms`.
+    pub fn len_at(&self, now_ms: u64, window_ms: u64) -> u64 {
+        self.admitted
+            .iter()
+            .filter(|&&t| t + window_ms > now_ms)
+            .count() as u64
+    }
+
     /// Drops entries that left the window; returns whether any are left.
     pub fn prune(&mut self, now_ms: u64, window_ms: u64) -> bool {
         // An entry leaves the window once a whole window has passed since it.

@@ -52,10 +52,83 @@ static SEED: LazyLock<ahash::RandomState> = LazyLock::new(ahash::RandomState::ne
 
 /// The 64-bit identity of a request's key under `parts` (and `scope`, the policy's id).
 pub fn hash(scope: u64, parts: &[KeyPart], facts: &RequestFacts<'_>) -> u64 {
+    hash_values(scope, parts.iter().map(|p| value(p, facts)))
+}
+
+/// The identity of a key given as text (as the admin API receives it), the inverse of
+/// [`text`]: parts split on `|`, `-` for a missing value, `%XX` unescaped.
+pub fn hash_from_text(scope: u64, parts: &[KeyPart], text: &str) -> Result<u64, String> {
+    if text.starts_with('#') {
+        return Err(
+            "this key was too long to keep as text; it can only be reached by requests".into(),
+        );
+    }
+    let pieces: Vec<&str> = text.split('|').collect();
+    if pieces.len() != parts.len() {
+        return Err(format!(
+            "the key has {} part(s) but the policy's key has {} ({})",
+            pieces.len(),
+            parts.len(),
+            parts.iter().map(|p| p.name()).collect::<Vec<_>>().join("|")
+        ));
+    }
+    let mut owned: Vec<Vec<u8>> = Vec::with_capacity(pieces.len());
+    let mut kinds = Vec::with_capacity(pieces.len());
+    for (part, piece) in parts.iter().zip(&pieces) {
+        if *piece == "-" {
+            kinds.push(0u8);
+            owned.push(Vec::new());
+        } else if *part == KeyPart::ClientIp {
+            let ip: IpAddr = piece
+                .parse()
+                .map_err(|_| format!("`{piece}` is not an IP address"))?;
+            kinds.push(1);
+            owned.push(ip.to_string().into_bytes());
+        } else {
+            kinds.push(2);
+            owned.push(unescape(piece)?);
+        }
+    }
+    let values = kinds.iter().zip(&owned).map(|(kind, bytes)| match kind {
+        0 => Value::Missing,
+        1 => Value::Ip(
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0])),
+        ),
+        _ => Value::Text(bytes),
+    });
+    Ok(hash_values(scope, values))
+}
+
+fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("`{text}` has a broken %-escape"))?;
+            out.push(
+                u8::from_str_radix(hex, 16)
+                    .map_err(|_| format!("`{text}` has a broken %-escape"))?,
+            );
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn hash_values<'a>(scope: u64, values: impl Iterator<Item = Value<'a>>) -> u64 {
     let mut h = SEED.build_hasher();
     scope.hash(&mut h);
-    for part in parts {
-        match value(part, facts) {
+    for v in values {
+        match v {
             Value::Ip(ip) => {
                 0u8.hash(&mut h);
                 ip.hash(&mut h);
@@ -148,6 +221,26 @@ mod tests {
         assert_ne!(
             hash(1, &ip, &facts(&h, "10.0.0.1", None)),
             hash(2, &ip, &facts(&h, "10.0.0.1", None))
+        );
+    }
+
+    #[test]
+    fn text_hashes_like_the_request() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", "a b|c".parse().unwrap());
+        let parts = [
+            KeyPart::ClientIp,
+            KeyPart::Header("x-user".into()),
+            KeyPart::Tenant,
+        ];
+        let f = facts(&h, "10.1.2.3", None);
+        let t = text(&parts, &f);
+        assert_eq!(t, "10.1.2.3|a%20b%7Cc|-");
+        assert_eq!(hash_from_text(9, &parts, &t), Ok(hash(9, &parts, &f)));
+        assert!(hash_from_text(9, &parts, "x|y|z").is_err(), "not an IP");
+        assert!(
+            hash_from_text(9, &parts, "10.1.2.3").is_err(),
+            "too few parts"
         );
     }
 

@@ -224,6 +224,25 @@ impl Lease {
         }
     }
 
+    /// Gives back quota reserved for `window` and not spent (the node is leaving); the
+    /// next sync sends it with any debt, and asks for nothing more.
+    pub fn release(&mut self, window: u64) {
+        if self.window != window {
+            return;
+        }
+        let correction = self.debt as i64 - self.held() as i64;
+        if correction != 0 {
+            self.stale_debt.push((self.window, correction));
+        }
+        if let Some(next) = self.next.take().filter(|p| p.granted > 0) {
+            self.stale_debt.push((next.window, -(next.granted as i64)));
+        }
+        self.debt = 0;
+        self.granted = self.used;
+        self.exhausted = true;
+        self.rate = 0.0;
+    }
+
     /// Decides one request with no Redis: this node's count for the window against its
     /// share of the limit. What it admits becomes debt, flushed when Redis is back, so the
     /// fleet's count for the window stays whole.

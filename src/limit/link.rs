@@ -5,10 +5,13 @@
 //! backoff. Each change between up and down is logged once and counted.
 
 use crate::config::RedisConfig;
+use crate::identity::{self, KeyDigest, KeyRecord};
 use crate::metrics::Metrics;
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,7 +27,24 @@ pub struct RedisLink {
     metrics: Arc<Metrics>,
     /// Wakes the sync task early (a new key, or a lease that ran dry).
     pub sync_wanted: tokio::sync::Notify,
+    /// API keys registered through the admin API, refreshed when their version changes.
+    registered: ArcSwap<HashMap<KeyDigest, Arc<KeyRecord>>>,
+    registered_version: AtomicU64,
+    /// The newest reset notice applied (Unix ms).
+    last_reset_ms: AtomicU64,
+    /// Recent sync durations in ms, for the dashboard.
+    sync_ms: Mutex<VecDeque<f64>>,
 }
+
+/// A fleet-wide reset of one key's count, published by `DELETE /admin/limits/...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetNotice {
+    pub policy: String,
+    pub key: String,
+}
+
+/// A registered-key set that matches nothing, for links that never loaded one.
+const NEVER_LOADED: u64 = u64::MAX;
 
 /// The most a (re)connection attempt may take; the sync loop must not stall behind it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -64,6 +84,10 @@ impl RedisLink {
             sequence: AtomicU64::new(0),
             metrics,
             sync_wanted: tokio::sync::Notify::new(),
+            registered: ArcSwap::from_pointee(HashMap::new()),
+            registered_version: AtomicU64::new(NEVER_LOADED),
+            last_reset_ms: AtomicU64::new(unix_ms()),
+            sync_ms: Mutex::new(VecDeque::with_capacity(SYNC_HISTORY)),
         })
     }
 
@@ -176,6 +200,86 @@ impl RedisLink {
         (self.config.sync_interval.as_millis() as u64 * 10).max(1_000)
     }
 
+    /// A registered API key by digest (constant-time confirmed).
+    pub fn find_registered(&self, presented: &KeyDigest) -> Option<Arc<KeyRecord>> {
+        identity::find(&self.registered.load(), presented)
+    }
+
+    pub fn registered(&self) -> Arc<HashMap<KeyDigest, Arc<KeyRecord>>> {
+        self.registered.load_full()
+    }
+
+    /// Reloads registered keys if their version moved, and returns reset notices published
+    /// since the last call; one round trip when nothing changed.
+    pub async fn refresh_control(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> redis::RedisResult<Vec<ResetNotice>> {
+        let prefix = &self.config.key_prefix;
+        let since = self.last_reset_ms.load(Ordering::Relaxed);
+        let (version, resets): (Option<u64>, Vec<(String, u64)>) = redis::pipe()
+            .cmd("GET")
+            .arg(identity::registry::version_key(prefix))
+            .cmd("ZRANGEBYSCORE")
+            .arg(resets_key(prefix))
+            .arg(format!("({since}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .query_async(connection)
+            .await?;
+        let version = version.unwrap_or(0);
+        if version != self.registered_version.load(Ordering::Relaxed) {
+            let keys = identity::registry::load(connection, prefix).await?;
+            self.registered.store(Arc::new(keys));
+            self.registered_version.store(version, Ordering::Relaxed);
+        }
+        if let Some(newest) = resets.iter().map(|(_, score)| *score).max() {
+            self.last_reset_ms.fetch_max(newest, Ordering::Relaxed);
+        }
+        Ok(resets
+            .into_iter()
+            .filter_map(|(member, _)| {
+                let mut parts = member.splitn(3, '\u{0}');
+                let policy = parts.next()?.to_string();
+                let key = parts.next()?.to_string();
+                Some(ResetNotice { policy, key })
+            })
+            .collect())
+    }
+
+    /// Applies this node's own registration or revocation at once; the next refresh
+    /// reloads the whole set from Redis.
+    pub fn registered_changed(&self, added: Option<KeyRecord>, removed: Option<&str>) {
+        let mut keys = (*self.registered.load_full()).clone();
+        if let Some(record) = added {
+            keys.insert(record.digest, Arc::new(record));
+        }
+        if let Some(id) = removed {
+            keys.retain(|_, r| r.id != id);
+        }
+        self.registered.store(Arc::new(keys));
+        self.registered_version
+            .store(NEVER_LOADED, Ordering::Relaxed);
+    }
+
+    pub fn record_sync(&self, seconds: f64) {
+        let mut history = self.sync_ms.lock();
+        if history.len() == SYNC_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(seconds * 1000.0);
+    }
+
+    /// (last, p50, p99) of recent sync durations, in ms.
+    pub fn sync_summary(&self) -> Option<(f64, f64, f64)> {
+        let history = self.sync_ms.lock();
+        let last = *history.back()?;
+        let mut sorted: Vec<f64> = history.iter().copied().collect();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        Some((last, at(0.5), at(0.99)))
+    }
+
     /// Removes this node from the live set (on shutdown), so the others' shares grow at once.
     pub async fn leave(&self) {
         if let Some(mut c) = self.connection() {
@@ -186,6 +290,14 @@ impl RedisLink {
                 tokio::time::timeout(self.config.timeout * 4, cmd.query_async::<i64>(&mut c)).await;
         }
     }
+}
+
+/// Syncs remembered for the latency summary.
+const SYNC_HISTORY: usize = 256;
+
+/// The sorted set of reset notices.
+pub fn resets_key(prefix: &str) -> String {
+    format!("{prefix}:resets")
 }
 
 /// The URL without its password, for logs and the admin API.

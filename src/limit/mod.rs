@@ -4,6 +4,7 @@
 pub mod algorithm;
 mod decide;
 pub mod headers;
+pub mod inspect;
 pub mod key;
 pub mod lease;
 pub mod link;

@@ -159,7 +159,7 @@ pub struct Counters {
 }
 
 pub struct Policy {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The definition, so a reload can keep this policy (and its counters) when unchanged.
     pub config: LimitConfig,
     pub key: Vec<KeyPart>,
@@ -261,7 +261,7 @@ impl Policy {
             active_keys: metrics.ratelimit_active_keys.with_label_values(&[name]),
         };
         Policy {
-            name: name.to_string(),
+            name: name.into(),
             config: config.clone(),
             key: config.key.0.clone(),
             cost: config.cost.clone(),

@@ -81,6 +81,31 @@ impl WindowSketch {
         verdict
     }
 
+    /// This node's counts for `key` in the previous and current windows of `now_ms`.
+    pub fn peek_both(&self, key: u64, now_ms: u64) -> (u64, u64) {
+        let window = self.roll(now_ms);
+        let prev = if self.previous_valid.load(Ordering::Acquire) == 1 {
+            self.estimators[((window + 1) % 2) as usize].get(key).max(0) as u64
+        } else {
+            0
+        };
+        (
+            prev,
+            self.estimators[(window % 2) as usize].get(key).max(0) as u64,
+        )
+    }
+
+    /// Takes `key`'s counts out (an admin reset). Keys sharing its counters lose as much,
+    /// which can only make their limits more lenient for the rest of the window.
+    pub fn forget(&self, key: u64, now_ms: u64) {
+        let (prev, cur) = self.peek_both(key, now_ms);
+        let window = self.roll(now_ms);
+        self.estimators[(window % 2) as usize].decr(key, cur as isize);
+        if prev > 0 {
+            self.estimators[((window + 1) % 2) as usize].decr(key, prev as isize);
+        }
+    }
+
     /// This node's count for `key` in the window of `now_ms` (without counting anything).
     pub fn peek(&self, key: u64, now_ms: u64) -> u64 {
         let window = self.roll(now_ms);
@@ -111,6 +136,21 @@ impl TatSketch {
         let h1 = key as u32 as u64;
         let h2 = (key >> 32) | 1;
         (h1.wrapping_add((row as u64).wrapping_mul(h2)) % self.slots as u64) as usize
+    }
+
+    /// The estimated theoretical arrival time of `key` (0 for a full bucket).
+    pub fn peek(&self, key: u64) -> u64 {
+        (0..HASHES)
+            .map(|row| self.rows[row][self.slot(key, row)].load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Fills `key`'s bucket again (an admin reset); keys sharing its slots are refilled too.
+    pub fn forget(&self, key: u64) {
+        for row in 0..HASHES {
+            self.rows[row][self.slot(key, row)].store(0, Ordering::Release);
+        }
     }
 
     pub fn check(&self, key: u64, cost: u64, bucket: Bucket, now_ns: u64) -> Verdict {

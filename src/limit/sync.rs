@@ -111,10 +111,20 @@ impl BackgroundService for LimitSync {
                 _ = shutdown.changed() => break,
             }
         }
-        // Flush what was admitted since the last sync so the fleet's counts stay right.
+        // Flush what was admitted since the last sync, and hand back quota this node
+        // reserved but will not spend, so the fleet's counts stay right.
         let gateway = self.gateway.load_full();
         if let Some(link) = &gateway.redis {
             if let Some(connection) = link.connection() {
+                let now = unix_ms();
+                for policy in gateway.policies.values().filter(|p| p.is_leased()) {
+                    for limiter in policy.limiters() {
+                        if let Params::Window { window_ms, .. } = limiter.params {
+                            let window = algorithm::window_of(now, window_ms);
+                            limiter.leases.for_each(|_, lease| lease.release(window));
+                        }
+                    }
+                }
                 sync_once(link, connection, &gateway.policies, false).await;
             }
             link.leave().await;
@@ -155,6 +165,21 @@ async fn sync_once(
                 return link.mark_down("heartbeat", &format!("no answer within {deadline:?}"))
             }
         }
+        // Registered API keys and fleet-wide resets travel with the heartbeat.
+        match tokio::time::timeout(deadline, link.refresh_control(&mut connection)).await {
+            Ok(Ok(resets)) => {
+                let now = unix_ms();
+                for reset in resets {
+                    if let Some(policy) = policies.get(&reset.policy) {
+                        policy.forget_locally(&reset.key, now);
+                    }
+                }
+            }
+            Ok(Err(e)) => return link.mark_down("heartbeat", &e),
+            Err(_) => {
+                return link.mark_down("heartbeat", &format!("no answer within {deadline:?}"))
+            }
+        }
     }
     let now = unix_ms();
     let nodes = link.nodes();
@@ -184,9 +209,9 @@ async fn sync_once(
     if let Some(e) = failed {
         return link.mark_down("sync", &e);
     }
-    link.metrics()
-        .redis_sync_duration
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed().as_secs_f64();
+    link.metrics().redis_sync_duration.observe(took);
+    link.record_sync(took);
 }
 
 /// Drops keys that went quiet, keeping memory to what is in use.

@@ -3,6 +3,7 @@
 //! an allowed request carries the headers of the most restrictive policy that applied.
 
 use crate::config::Mode;
+use crate::decisions::Summary;
 use crate::gateway::{Gateway, Route};
 use crate::identity::Lookup;
 use crate::limit::{headers, Outcome, RequestFacts};
@@ -15,12 +16,13 @@ pub enum Admission {
     Pass {
         headers: Fields,
         guards: Vec<Guard>,
+        summary: Option<Summary>,
     },
     Refuse {
         status: u16,
         body: Value,
         headers: Fields,
-        policy: Option<String>,
+        summary: Summary,
     },
 }
 
@@ -43,23 +45,43 @@ pub fn require_key(route: &Route, lookup: &Lookup, header: &str) -> Option<Admis
         status: 401,
         body: json!({"error": error, "detail": detail}),
         headers: vec![("www-authenticate", format!("ApiKey header=\"{header}\""))],
-        policy: None,
+        summary: Summary {
+            policy: None,
+            outcome: "unauthorized",
+            remaining: None,
+        },
     })
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Allowed => "allowed",
+        Outcome::Limited => "limited",
+        Outcome::ShadowLimited => "shadow_limited",
+        Outcome::FailedOpen => "failed_open",
+        Outcome::Unavailable => "unavailable",
+    }
 }
 
 pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>) -> Admission {
     let mut best: Option<(f64, Fields)> = None;
+    let mut summary: Option<(f64, Summary)> = None;
     let mut guards = Vec::new();
     for policy in &route.limits {
         let limiter = policy.limiter(facts.tier);
+        let name = Some(policy.name.clone());
         let cost = match policy.cost_of(facts.headers, limiter) {
             Ok(cost) => cost,
             Err(e) => {
                 return Admission::Refuse {
                     status: 400,
-                    body: json!({"error": "invalid_cost", "policy": policy.name, "detail": e.to_string()}),
+                    body: json!({"error": "invalid_cost", "policy": &*policy.name, "detail": e.to_string()}),
                     headers: Vec::new(),
-                    policy: Some(policy.name.clone()),
+                    summary: Summary {
+                        policy: name,
+                        outcome: "invalid_cost",
+                        remaining: None,
+                    },
                 }
             }
         };
@@ -67,13 +89,18 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
             .check(limiter, facts, cost, gateway.redis.as_deref())
             .await;
         guards.extend(check.guard);
+        let v = &check.verdict;
         match check.outcome {
             Outcome::Limited => {
                 return Admission::Refuse {
                     status: policy.status,
-                    body: headers::limited_body(&policy.name, &check.verdict),
-                    headers: headers::fields(&policy.name, &limiter.params, &check.verdict),
-                    policy: Some(policy.name.clone()),
+                    body: headers::limited_body(&policy.name, v),
+                    headers: headers::fields(&policy.name, &limiter.params, v),
+                    summary: Summary {
+                        policy: name,
+                        outcome: "limited",
+                        remaining: Some(v.remaining),
+                    },
                 }
             }
             Outcome::Unavailable => {
@@ -81,18 +108,36 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                     status: 503,
                     body: headers::unavailable_body(&policy.name),
                     headers: vec![("retry-after", "1".to_string())],
-                    policy: Some(policy.name.clone()),
+                    summary: Summary {
+                        policy: name,
+                        outcome: "unavailable",
+                        remaining: None,
+                    },
                 }
             }
-            Outcome::ShadowLimited => {}
-            Outcome::Allowed | Outcome::FailedOpen => {
+            outcome => {
+                let left = v.remaining as f64 / v.limit.max(1) as f64;
+                // The summary follows the tightest policy, shadow refusals first.
+                let rank = if outcome == Outcome::ShadowLimited {
+                    -1.0
+                } else {
+                    left
+                };
+                if summary.as_ref().is_none_or(|(b, _)| rank < *b) {
+                    let s = Summary {
+                        policy: name,
+                        outcome: outcome_name(outcome),
+                        remaining: Some(v.remaining),
+                    };
+                    summary = Some((rank, s));
+                }
                 // Shadow policies stay invisible to clients.
-                if policy.headers && policy.mode == Mode::Enforce {
-                    let v = &check.verdict;
-                    let left = v.remaining as f64 / v.limit.max(1) as f64;
-                    if best.as_ref().is_none_or(|(b, _)| left < *b) {
-                        best = Some((left, headers::fields(&policy.name, &limiter.params, v)));
-                    }
+                if outcome != Outcome::ShadowLimited
+                    && policy.headers
+                    && policy.mode == Mode::Enforce
+                    && best.as_ref().is_none_or(|(b, _)| left < *b)
+                {
+                    best = Some((left, headers::fields(&policy.name, &limiter.params, v)));
                 }
             }
         }
@@ -100,5 +145,6 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
     Admission::Pass {
         headers: best.map(|(_, f)| f).unwrap_or_default(),
         guards,
+        summary: summary.map(|(_, s)| s),
     }
 }

@@ -39,8 +39,10 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// Rate limit fields for the response of an allowed request.
     pub rate_headers: Vec<(&'static str, String)>,
-    /// The policy that refused the request, for the access log.
-    pub limited_by: Option<String>,
+    /// What the route's limits came to (the refusing policy, or the tightest one).
+    pub summary: Option<crate::decisions::Summary>,
+    /// The request's API key, when it carried a known one.
+    pub api_key: Option<std::sync::Arc<crate::identity::KeyRecord>>,
     /// Concurrency slots, released when the request ends.
     pub _guards: Vec<Guard>,
     _in_flight: InFlightGuard,
@@ -59,7 +61,8 @@ impl RequestCtx {
             failure_status: None,
             client_ip: None,
             rate_headers: Vec::new(),
-            limited_by: None,
+            summary: None,
+            api_key: None,
             _guards: Vec::new(),
             _in_flight: in_flight,
         }

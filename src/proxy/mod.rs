@@ -13,6 +13,7 @@ mod respond;
 pub use ctx::{LocalAnswer, RequestCtx};
 
 use crate::access_log::{self, AccessLog};
+use crate::decisions::{Decision, DecisionHub, Kind};
 use crate::gateway::SharedGateway;
 use crate::identity::Lookup;
 use crate::lifecycle::InFlight;
@@ -36,20 +37,67 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
     in_flight: InFlight,
+    decisions: Arc<DecisionHub>,
 }
 
 impl Proxy {
+    /// Feeds the dashboard's series, the live stream and the per-client log.
+    fn record_decision(&self, session: &Session, ctx: &RequestCtx, status: u16) {
+        let Some(route) = &ctx.route else {
+            return;
+        };
+        let now_s = crate::limit::link::unix_ms() / 1000;
+        let refused_by_limit = ctx.answer == Some(LocalAnswer::Refused)
+            && ctx.summary.as_ref().is_some_and(|s| s.policy.is_some());
+        let kind = if refused_by_limit {
+            Kind::Limited
+        } else if status >= 500 {
+            Kind::Error
+        } else {
+            Kind::Allowed
+        };
+        route.series.record(now_s, kind);
+        let (Some(summary), Some(client)) = (&ctx.summary, ctx.client_ip) else {
+            return;
+        };
+        if refused_by_limit {
+            if let Some(policy) = &summary.policy {
+                self.decisions.note_limited(client, policy, now_s);
+            }
+        }
+        if !self.decisions.wants_detail() {
+            return;
+        }
+        let req = session.req_header();
+        self.decisions.publish(Decision {
+            ts: crate::access_log::now_rfc3339(),
+            request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
+            route: route.prefix.clone(),
+            client,
+            api_key_id: ctx.api_key.as_ref().map(|k| k.id.clone()),
+            tenant: ctx.api_key.as_ref().map(|k| k.tenant.clone()),
+            method: req.method.as_str().to_string(),
+            path: req.uri.path().to_string(),
+            status,
+            policy: summary.policy.as_deref().map(str::to_string),
+            outcome: summary.outcome,
+            remaining: summary.remaining,
+        });
+    }
+
     pub fn new(
         gateway: SharedGateway,
         metrics: Arc<Metrics>,
         access_log: Option<Arc<AccessLog>>,
         in_flight: InFlight,
+        decisions: Arc<DecisionHub>,
     ) -> Self {
         Proxy {
             gateway,
             metrics,
             access_log,
             in_flight,
+            decisions,
         }
     }
 }
@@ -113,7 +161,10 @@ impl ProxyHttp for Proxy {
             .client_ip
             .resolve(client_ip(session), &req.headers);
         ctx.client_ip = Some(client);
-        let key = gateway.identity.api_keys.lookup(&req.headers);
+        let key = gateway.lookup_api_key(&req.headers);
+        if let Lookup::Known(record) = &key {
+            ctx.api_key = Some(record.clone());
+        }
         let header_name = gateway.identity.api_keys.header().as_str();
         let admission = match admission::require_key(&route, &key, header_name) {
             Some(refusal) => refusal,
@@ -137,19 +188,24 @@ impl ProxyHttp for Proxy {
             }
         };
         match admission {
-            Admission::Pass { headers, guards } => {
+            Admission::Pass {
+                headers,
+                guards,
+                summary,
+            } => {
                 ctx.rate_headers = headers;
                 ctx._guards = guards;
+                ctx.summary = summary;
                 Ok(false)
             }
             Admission::Refuse {
                 status,
                 body,
                 headers,
-                policy,
+                summary,
             } => {
                 ctx.answer = Some(LocalAnswer::Refused);
-                ctx.limited_by = policy;
+                ctx.summary = Some(summary);
                 respond::json(session, status, &body, &ctx.request_id, &headers).await?;
                 Ok(true)
             }
@@ -331,6 +387,7 @@ impl ProxyHttp for Proxy {
                 );
             }
         }
+        self.record_decision(session, ctx, status);
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             let entry = access_log::Entry {
@@ -351,7 +408,11 @@ impl ProxyHttp for Proxy {
                 duration_ms: elapsed.as_secs_f64() * 1000.0,
                 bytes_sent: session.body_bytes_sent(),
                 error: e.map(|e| e.etype().as_str().to_string()),
-                limited_by: ctx.limited_by.as_deref(),
+                limited_by: ctx
+                    .summary
+                    .as_ref()
+                    .filter(|_| ctx.answer == Some(LocalAnswer::Refused))
+                    .and_then(|s| s.policy.as_deref()),
             };
             log.record(&entry);
         }

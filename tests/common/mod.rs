@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod cdp;
 pub mod clock;
 pub mod http;
 pub mod procs;

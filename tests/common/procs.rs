@@ -440,3 +440,23 @@ impl Drop for Redis {
         self.kill();
     }
 }
+
+/// Runs a command to completion, killing it (and failing) if it outlives `timeout`.
+pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    match wait_exit(&mut child, timeout) {
+        Some(_) => child.wait_with_output().expect("output"),
+        None => {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{command:?} still running after {timeout:?}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The admin API's OpenAPI 3.0 description, served at `/admin/openapi.json` and rendered
+//! by `/admin/docs`.
+
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn json_response(description: &str, schema: Value, example: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema, "example": example}}})
+}
+
+pub fn document() -> Value {
+    let unauthorized = error_response("The bearer token is missing or wrong.");
+    let limited = error_response("Too many admin requests from this address (see Retry-After).");
+    let redis_down = error_response("Redis is needed and not reachable.");
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "tollgate admin API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Operate a tollgate node: its config and reloads, rate limit decisions and usage, API keys, per-client decision logs and a live stream of decisions. Every /admin route needs `Authorization: Bearer <token>` when a token is configured (`access_token` as a query parameter also works, for EventSource). Each client address is rate limited (`admin.rate_limit`)."
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/admin/config": {"get": {
+                "summary": "The running config",
+                "description": "The effective config, with secrets redacted (API keys appear by id, the admin token and Redis password as ***), the file it came from, and the last reload's time and result (with located errors when the file on disk is invalid).",
+                "responses": {"200": json_response("The config", json!({"type": "object"}), json!({"source": "config.yaml", "reload": {"time": "2026-11-22T07:14:05.723Z", "result": "ok", "trigger": "file", "generation": 3}, "config": {"listen": ["0.0.0.0:8000"]}})), "401": unauthorized, "429": limited}
+            }},
+            "/admin/reload": {"post": {
+                "summary": "Reload the config file now",
+                "description": "Validates and builds the file completely, then swaps it in atomically. An invalid file changes nothing. The file is also watched (changes apply within a second) and SIGHUP reloads too.",
+                "responses": {
+                    "200": json_response("Reloaded", json!({"$ref": "#/components/schemas/ReloadStatus"}), json!({"time": "2026-11-22T07:14:05.723Z", "result": "ok", "trigger": "api", "generation": 4})),
+                    "422": json_response("The file is invalid; the running config is unchanged", json!({"$ref": "#/components/schemas/ReloadStatus"}), json!({"time": "2026-11-22T07:14:05.723Z", "result": "error", "trigger": "api", "generation": 3, "error": {"message": "config.yaml is not valid", "errors": ["config.yaml:12:15: routes[1].upstream: unknown upstream `c` (defined upstreams: service_a, service_b)"]}})),
+                    "401": unauthorized, "429": limited
+                }
+            }},
+            "/admin/check": {"post": {
+                "summary": "Decide a request without proxying it",
+                "description": "Runs the route's policies for a described request, so services that are not behind the proxy can ask for a decision. With `dry_run` the decision is computed from current usage and nothing is consumed.",
+                "requestBody": {"required": true, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/CheckRequest"},
+                    "example": {"path": "/a/orders", "method": "GET", "client_ip": "203.0.113.7", "api_key": "demo-pro-key", "headers": {"x-user": "alice"}, "cost": 1, "dry_run": true}
+                }}},
+                "responses": {
+                    "200": json_response("The decision", json!({"$ref": "#/components/schemas/CheckResult"}), json!({"route": "/a", "upstream": "service_a", "allowed": true, "status": 200, "dry_run": true, "decisions": [{"policy": "per_client", "key": "203.0.113.7", "tier": null, "cost": 1, "allowed": true, "outcome": "allowed", "limit": 100, "remaining": 87, "reset_seconds": 41, "retry_after_seconds": 0}], "headers": {}})),
+                    "400": error_response("The request description is invalid."),
+                    "404": error_response("No route matches the path."),
+                    "401": unauthorized, "429": limited, "503": redis_down
+                }
+            }},
+            "/admin/stats": {"get": {
+                "summary": "A snapshot for the dashboard",
+                "description": "Per-route requests allowed, limited and failed per second over the last minute, the clients limited most, each policy's decisions and active keys, Redis health and sync latency, backend health and the last reload.",
+                "responses": {"200": json_response("The snapshot", json!({"type": "object"}), json!({"time": "2026-11-22T07:14:05.723Z", "series": {"seconds": [1795333000], "routes": {"/a": {"allowed": [12], "limited": [3], "errors": [0]}}}})), "401": unauthorized, "429": limited}
+            }},
+            "/admin/limits/{policy}/{key}": {
+                "parameters": [
+                    {"name": "policy", "in": "path", "required": true, "schema": {"type": "string"}, "example": "per_client"},
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The key as text: an address for client_ip, parts joined by | for composite keys, - for a missing part.", "example": "127.0.0.1"}
+                ],
+                "get": {
+                    "summary": "One key's current usage",
+                    "description": "Used, remaining and time to reset. Global policies report the fleet's count from Redis (including quota nodes have reserved); local ones this node's.",
+                    "parameters": [{"name": "tier", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Use a tier's numbers."}],
+                    "responses": {"200": json_response("Usage", json!({"$ref": "#/components/schemas/Usage"}), json!({"policy": "per_client", "key": "127.0.0.1", "tier": null, "algorithm": "sliding_window", "scope": "global", "sync": "async", "source": "redis", "limit": 100, "window_ms": 60000, "used": 12, "remaining": 88, "reset_ms": 4200, "window": {"current": 10, "previous": 5, "elapsed_ms": 5800}, "bucket": null})), "400": error_response("The key does not fit the policy's key."), "404": error_response("No such policy."), "401": unauthorized, "429": limited, "503": redis_down}
+                },
+                "delete": {
+                    "summary": "Reset one key",
+                    "description": "Global policies: deletes the key's state in Redis and every node drops its lease for it within a heartbeat. Local policies: this node's count.",
+                    "responses": {"200": json_response("Reset", json!({"type": "object"}), json!({"reset": true, "policy": "per_client", "key": "127.0.0.1", "scope": "fleet"})), "400": error_response("The key does not fit the policy's key."), "404": error_response("No such policy."), "401": unauthorized, "429": limited, "503": redis_down}
+                }
+            },
+            "/admin/keys": {
+                "get": {"summary": "List API keys", "description": "Keys from the config and keys registered through this API, by id. Secrets are never shown.", "responses": {"200": json_response("The keys", json!({"type": "object"}), json!({"keys": [{"id": "3f2a9c0e1b7d4a55", "name": "my-app", "tenant": "my-app", "tier": "pro", "created": "2026-11-22T07:14:05.723Z", "source": "registered"}]})), "401": unauthorized, "429": limited}},
+                "post": {
+                    "summary": "Register an application",
+                    "description": "Creates a new API key with a tenant and tier. The key is returned once; Redis keeps only its digest, and every node of the fleet honours it within a heartbeat.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RegisterRequest"}, "example": {"name": "my-app", "tenant": "acme", "tier": "pro"}}}},
+                    "responses": {"201": json_response("Registered", json!({"type": "object"}), json!({"id": "3f2a9c0e1b7d4a55", "key": "tg_...", "name": "my-app", "tenant": "acme", "tier": "pro", "created": "2026-11-22T07:14:05.723Z"})), "400": error_response("Invalid body."), "409": error_response("No Redis is configured."), "401": unauthorized, "429": limited, "503": redis_down}
+                }
+            },
+            "/admin/keys/{id}": {"delete": {
+                "summary": "Revoke a registered key",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": json_response("Revoked", json!({"type": "object"}), json!({"revoked": "3f2a9c0e1b7d4a55"})), "404": error_response("No such registered key."), "409": error_response("The key is defined in the config file."), "401": unauthorized, "429": limited, "503": redis_down}
+            }},
+            "/admin/logs": {"get": {
+                "summary": "A client's recent decisions",
+                "description": "The most recent decisions for a client, newest first (up to admin.decision_log.max_per_client, 1000 by default), written to Redis in batches off the request path.",
+                "parameters": [
+                    {"name": "client", "in": "query", "required": true, "schema": {"type": "string"}, "description": "A client address, or key:<id> for an API key.", "example": "127.0.0.1"},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "default": 100}}
+                ],
+                "responses": {"200": json_response("The entries", json!({"type": "object"}), json!({"client": "127.0.0.1", "count": 1, "entries": [{"ts": "2026-11-22T07:14:05.723Z", "route": "/a", "client": "127.0.0.1", "method": "GET", "path": "/a/x", "status": 429, "policy": "per_client", "outcome": "limited", "remaining": 0}]})), "400": error_response("Missing client."), "401": unauthorized, "429": limited, "503": redis_down}
+            }},
+            "/admin/events": {"get": {
+                "summary": "Live decisions (Server-Sent Events)",
+                "description": "One `decision` event per request decided by a route with limits or an API key requirement. Optional filters: client, route, policy, outcome.",
+                "parameters": [
+                    {"name": "client", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "route", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "policy", "in": "query", "required": false, "schema": {"type": "string"}},
+                    {"name": "outcome", "in": "query", "required": false, "schema": {"type": "string", "enum": ["allowed", "limited", "shadow_limited", "failed_open", "unavailable", "unauthorized"]}}
+                ],
+                "responses": {"200": {"description": "An event stream", "content": {"text/event-stream": {"schema": {"type": "string"}, "example": "event: decision\ndata: {\"route\":\"/a\",\"outcome\":\"limited\"}\n\n"}}}, "401": unauthorized, "429": limited}
+            }},
+            "/admin/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}},
+            "/admin/docs": {"get": {"summary": "This document, browsable", "responses": {"200": {"description": "HTML"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "Text exposition format"}}}},
+            "/health": {"get": {"summary": "Liveness of the admin listener", "security": [], "responses": {"200": {"description": "ok"}}}}
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}, "required": ["error"]},
+                "ReloadStatus": {"type": "object", "properties": {
+                    "time": {"type": "string", "format": "date-time"}, "result": {"type": "string", "enum": ["ok", "error"]},
+                    "trigger": {"type": "string", "enum": ["startup", "file", "sighup", "api"]}, "generation": {"type": "integer"},
+                    "error": {"type": "object", "properties": {"message": {"type": "string"}, "errors": {"type": "array", "items": {"type": "string"}}}},
+                    "restart_required": {"type": "array", "items": {"type": "string"}},
+                    "warnings": {"type": "array", "items": {"type": "string"}}
+                }},
+                "CheckRequest": {"type": "object", "properties": {
+                    "path": {"type": "string", "description": "The request path; or give route"}, "route": {"type": "string"},
+                    "method": {"type": "string", "default": "GET"}, "client_ip": {"type": "string", "default": "127.0.0.1"},
+                    "api_key": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "cost": {"type": "integer", "description": "Overrides the policies' cost"}, "dry_run": {"type": "boolean", "default": false}
+                }},
+                "CheckResult": {"type": "object", "properties": {
+                    "route": {"type": "string"}, "upstream": {"type": "string"}, "allowed": {"type": "boolean"}, "status": {"type": "integer"},
+                    "dry_run": {"type": "boolean"}, "decisions": {"type": "array", "items": {"type": "object"}}, "headers": {"type": "object"}
+                }},
+                "RegisterRequest": {"type": "object", "required": ["name"], "properties": {
+                    "name": {"type": "string"}, "tenant": {"type": "string", "description": "Defaults to the name"}, "tier": {"type": "string"}
+                }},
+                "Usage": {"type": "object", "properties": {
+                    "policy": {"type": "string"}, "key": {"type": "string"}, "tier": {"type": "string", "nullable": true},
+                    "algorithm": {"type": "string"}, "scope": {"type": "string"}, "sync": {"type": "string"}, "source": {"type": "string", "enum": ["redis", "local"]},
+                    "limit": {"type": "integer"}, "window_ms": {"type": "integer", "nullable": true}, "used": {"type": "integer"},
+                    "remaining": {"type": "integer"}, "reset_ms": {"type": "integer"},
+                    "window": {"type": "object", "nullable": true}, "bucket": {"type": "object", "nullable": true}
+                }}
+            }
+        }
+    })
+}

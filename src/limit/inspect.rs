@@ -1,0 +1,399 @@
+//! Looking at and resetting one key's count, for the admin API: `GET` and
+//! `DELETE /admin/limits/{policy}/{key}`, and dry-run checks.
+//!
+//! Global counts are read from Redis (the fleet's view, including quota nodes have
+//! reserved but not yet spent); local ones from this node's estimators.
+
+use super::algorithm::{self, window_of};
+use super::key;
+use super::link::{resets_key, unix_ms, RedisLink};
+use super::policy::{self, Limiter, Params, Policy};
+use crate::config::{Scope, SyncMode};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Usage {
+    pub policy: String,
+    pub key: String,
+    pub tier: Option<String>,
+    pub algorithm: &'static str,
+    pub scope: &'static str,
+    pub sync: &'static str,
+    /// Where the figures come from: `redis` (the fleet) or `local` (this node).
+    pub source: &'static str,
+    pub limit: u64,
+    pub window_ms: Option<u64>,
+    pub used: u64,
+    pub remaining: u64,
+    pub reset_ms: u64,
+    pub window: Option<WindowUsage>,
+    pub bucket: Option<BucketUsage>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowUsage {
+    pub current: u64,
+    pub previous: u64,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BucketUsage {
+    pub tokens: u64,
+    pub burst: u64,
+    pub ms_per_token: u64,
+}
+
+#[derive(Debug)]
+pub enum InspectError {
+    /// The key text does not fit the policy's key.
+    BadKey(String),
+    /// Redis is needed and did not answer.
+    Redis(String),
+}
+
+impl std::fmt::Display for InspectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InspectError::BadKey(e) => f.write_str(e),
+            InspectError::Redis(e) => write!(f, "redis: {e}"),
+        }
+    }
+}
+
+fn scope_name(p: &Policy) -> &'static str {
+    match p.scope {
+        Scope::Global => "global",
+        Scope::Local => "local",
+    }
+}
+
+fn sync_name(p: &Policy) -> &'static str {
+    match p.sync {
+        SyncMode::Async => "async",
+        SyncMode::Atomic => "atomic",
+    }
+}
+
+impl Policy {
+    fn uses_redis(&self, link: Option<&RedisLink>) -> bool {
+        self.scope == Scope::Global
+            && !matches!(self.base.params, Params::Concurrency { .. })
+            && link.is_some_and(|l| l.is_up())
+    }
+
+    /// One key's usage now.
+    pub async fn usage(
+        &self,
+        limiter: &Limiter,
+        key_text: &str,
+        link: Option<&RedisLink>,
+    ) -> Result<Usage, InspectError> {
+        let hash =
+            key::hash_from_text(limiter.id, &self.key, key_text).map_err(InspectError::BadKey)?;
+        let now = unix_ms();
+        let mut usage = Usage {
+            policy: self.name.to_string(),
+            key: key_text.to_string(),
+            tier: limiter.tier.clone(),
+            algorithm: self.algorithm.name(),
+            scope: scope_name(self),
+            sync: sync_name(self),
+            source: "local",
+            limit: limiter.params.quota(),
+            window_ms: None,
+            used: 0,
+            remaining: 0,
+            reset_ms: 0,
+            window: None,
+            bucket: None,
+        };
+        let remote = match link {
+            Some(link) if self.uses_redis(Some(link)) => Some(link),
+            _ => None,
+        };
+        match limiter.params {
+            Params::Window {
+                limit,
+                window_ms,
+                sliding,
+            } => {
+                let (previous, current) = match remote {
+                    Some(link) => {
+                        let w = window_of(now, window_ms);
+                        let keys = [
+                            self.redis_key(
+                                &link.config.key_prefix,
+                                key_text,
+                                &policy::window_suffix(window_ms, w.wrapping_sub(1)),
+                            ),
+                            self.redis_key(
+                                &link.config.key_prefix,
+                                key_text,
+                                &policy::window_suffix(window_ms, w),
+                            ),
+                        ];
+                        let mut mget = redis::cmd("MGET");
+                        mget.arg(&keys[..]);
+                        let values: Vec<Option<u64>> = query(link, &mget).await?;
+                        (
+                            values.first().copied().flatten().unwrap_or(0),
+                            values.get(1).copied().flatten().unwrap_or(0),
+                        )
+                    }
+                    None => limiter
+                        .windows
+                        .as_ref()
+                        .map_or((0, 0), |w| w.peek_both(hash, now)),
+                };
+                // Redis counts quota reserved by nodes as used; take out what this node
+                // holds unspent, so a lone node reports exactly what it admitted.
+                let held = if remote.is_some() {
+                    let w = window_of(now, window_ms);
+                    limiter
+                        .leases
+                        .get(hash, |l| {
+                            if l.window == w {
+                                l.granted.saturating_sub(l.used)
+                            } else {
+                                0
+                            }
+                        })
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                let current = current.saturating_sub(held);
+                let elapsed = now % window_ms;
+                let weighted = if sliding {
+                    (previous as u128 * (window_ms - elapsed) as u128).div_ceil(window_ms as u128)
+                        as u64
+                } else {
+                    0
+                };
+                usage.used = weighted + current;
+                usage.remaining = limit.saturating_sub(usage.used);
+                usage.reset_ms = window_ms - elapsed;
+                usage.window_ms = Some(window_ms);
+                usage.window = Some(WindowUsage {
+                    current,
+                    previous: if sliding { previous } else { 0 },
+                    elapsed_ms: elapsed,
+                });
+            }
+            Params::Log { limit, window_ms } => {
+                usage.used = match remote {
+                    Some(link) => {
+                        let k = self.redis_key(
+                            &link.config.key_prefix,
+                            key_text,
+                            &policy::log_suffix(window_ms),
+                        );
+                        let mut zcount = redis::cmd("ZCOUNT");
+                        zcount
+                            .arg(k)
+                            .arg(format!("({}", now.saturating_sub(window_ms)))
+                            .arg("+inf");
+                        query(link, &zcount).await?
+                    }
+                    None => limiter
+                        .logs
+                        .as_ref()
+                        .and_then(|logs| logs.get(hash, |log| log.len_at(now, window_ms)))
+                        .unwrap_or(0),
+                };
+                usage.remaining = limit.saturating_sub(usage.used);
+                usage.window_ms = Some(window_ms);
+                usage.reset_ms = window_ms;
+            }
+            Params::Bucket(b) => {
+                let now_ns = super::link::unix_ns();
+                let tat_ns = match remote {
+                    Some(link) => {
+                        let k = self.redis_key(
+                            &link.config.key_prefix,
+                            key_text,
+                            &policy::bucket_suffix(&b),
+                        );
+                        let mut get = redis::cmd("GET");
+                        get.arg(k);
+                        let tat_us: Option<u64> = query(link, &get).await?;
+                        tat_us.unwrap_or(0).saturating_mul(1_000)
+                    }
+                    None => limiter.tats.as_ref().map_or(0, |t| t.peek(hash)),
+                };
+                let held = tat_ns.max(now_ns) - now_ns;
+                let t = b.interval_ns();
+                let unspent = if remote.is_some() {
+                    limiter
+                        .leases
+                        .get(hash, |l| l.granted.saturating_sub(l.used))
+                        .unwrap_or(0)
+                } else {
+                    0
+                };
+                let tokens = (b.tolerance_ns().saturating_sub(held) / t + unspent).min(b.burst);
+                usage.used = b.burst - tokens.min(b.burst);
+                usage.remaining = tokens;
+                usage.reset_ms = held.div_ceil(1_000_000);
+                usage.window_ms = Some(b.per_ns / 1_000_000);
+                usage.bucket = Some(BucketUsage {
+                    tokens,
+                    burst: b.burst,
+                    ms_per_token: t.div_ceil(1_000_000),
+                });
+            }
+            Params::Concurrency { max } => {
+                if let Some(inflight) = &limiter.inflight {
+                    let (_guard, count) = inflight.incr(hash, 0);
+                    usage.used = count.max(0) as u64;
+                }
+                usage.remaining = max.saturating_sub(usage.used);
+            }
+        }
+        if remote.is_some() {
+            usage.source = "redis";
+        }
+        Ok(usage)
+    }
+
+    /// Resets one key: fleet-wide for global policies (the Redis state is deleted and every
+    /// node drops its lease for the key on its next heartbeat), on this node for local ones.
+    pub async fn reset(
+        &self,
+        limiter: &Limiter,
+        key_text: &str,
+        link: Option<&RedisLink>,
+    ) -> Result<(), InspectError> {
+        key::hash_from_text(limiter.id, &self.key, key_text).map_err(InspectError::BadKey)?;
+        let now = unix_ms();
+        if self.scope == Scope::Global && !matches!(limiter.params, Params::Concurrency { .. }) {
+            let link = link
+                .filter(|l| l.is_up())
+                .ok_or_else(|| InspectError::Redis("not connected".into()))?;
+            let prefix = &link.config.key_prefix;
+            let mut keys = Vec::new();
+            for l in self.limiters() {
+                match l.params {
+                    Params::Window { window_ms, .. } => {
+                        let w = window_of(now, window_ms);
+                        for window in [w.wrapping_sub(1), w, w + 1] {
+                            keys.push(self.redis_key(
+                                prefix,
+                                key_text,
+                                &policy::window_suffix(window_ms, window),
+                            ));
+                        }
+                    }
+                    Params::Log { window_ms, .. } => {
+                        keys.push(self.redis_key(prefix, key_text, &policy::log_suffix(window_ms)))
+                    }
+                    Params::Bucket(b) => {
+                        keys.push(self.redis_key(prefix, key_text, &policy::bucket_suffix(&b)))
+                    }
+                    Params::Concurrency { .. } => {}
+                }
+            }
+            let notice = format!("{}\u{0}{key_text}\u{0}{}", self.name, rand::random::<u32>());
+            let mut pipe = redis::pipe();
+            pipe.cmd("DEL").arg(&keys[..]).ignore();
+            pipe.cmd("ZADD")
+                .arg(resets_key(prefix))
+                .arg(now)
+                .arg(notice)
+                .ignore();
+            pipe.cmd("ZREMRANGEBYSCORE")
+                .arg(resets_key(prefix))
+                .arg("-inf")
+                .arg(now.saturating_sub(60_000))
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(resets_key(prefix))
+                .arg(120_000)
+                .ignore();
+            query::<(), _>(link, &pipe).await?;
+        }
+        self.forget_locally(key_text, now);
+        Ok(())
+    }
+
+    /// Drops this node's state for a key (after a reset, here or announced by another node).
+    pub fn forget_locally(&self, key_text: &str, now: u64) {
+        for limiter in self.limiters() {
+            let Ok(hash) = key::hash_from_text(limiter.id, &self.key, key_text) else {
+                continue;
+            };
+            limiter.leases.remove(hash);
+            if let Some(w) = &limiter.windows {
+                w.forget(hash, now);
+            }
+            if let Some(t) = &limiter.tats {
+                t.forget(hash);
+            }
+            if let Some(logs) = &limiter.logs {
+                logs.remove(hash);
+            }
+        }
+    }
+}
+
+async fn query<T: redis::FromRedisValue, C: Runnable>(
+    link: &RedisLink,
+    cmd: &C,
+) -> Result<T, InspectError> {
+    let mut connection = link
+        .connection()
+        .ok_or_else(|| InspectError::Redis("not connected".into()))?;
+    let deadline = (link.config.timeout * 10).max(std::time::Duration::from_millis(250));
+    match tokio::time::timeout(deadline, cmd.run(&mut connection)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(InspectError::Redis(e.to_string())),
+        Err(_) => Err(InspectError::Redis(format!(
+            "no answer within {deadline:?}"
+        ))),
+    }
+}
+
+/// A command or a pipeline: both can run on a connection.
+pub trait Runnable {
+    fn run<'a, T: redis::FromRedisValue + 'a>(
+        &'a self,
+        connection: &'a mut redis::aio::MultiplexedConnection,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>;
+}
+
+impl Runnable for redis::Cmd {
+    fn run<'a, T: redis::FromRedisValue + 'a>(
+        &'a self,
+        connection: &'a mut redis::aio::MultiplexedConnection,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>
+    {
+        Box::pin(self.query_async(connection))
+    }
+}
+
+impl Runnable for redis::Pipeline {
+    fn run<'a, T: redis::FromRedisValue + 'a>(
+        &'a self,
+        connection: &'a mut redis::aio::MultiplexedConnection,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>
+    {
+        Box::pin(self.query_async(connection))
+    }
+}
+
+/// A request's would-be verdict without consuming anything: the key's usage against `cost`.
+pub fn dry_verdict(usage: &Usage, cost: u64) -> algorithm::Verdict {
+    let allowed = usage.remaining >= cost;
+    algorithm::Verdict {
+        allowed,
+        limit: usage.limit,
+        remaining: if allowed {
+            usage.remaining - cost
+        } else {
+            usage.remaining
+        },
+        reset_ms: usage.reset_ms,
+        retry_after_ms: if allowed { 0 } else { usage.reset_ms.max(1) },
+    }
+}
