@@ -3,6 +3,11 @@
 #![deny(clippy::unwrap_used)]
 
 use clap::{Args, Parser, Subcommand};
+
+/// mimalloc: the request path allocates and frees many small buffers per request, which
+/// glibc's allocator handled at about a tenth of the proxy's CPU time.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tollgate::server::{self, ProcessOptions, StartError};

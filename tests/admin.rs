@@ -231,6 +231,12 @@ fn limits_show_usage_and_reset_fleet_wide() {
     let body = config(&redis, &stub, "");
     let one = Tollgate::start(&body);
     let two = Tollgate::start(&body);
+    wait_for("each node to see the other", Duration::from_secs(5), || {
+        [&one, &two]
+            .iter()
+            .all(|n| n.metric("tollgate_redis_nodes") == Some(2.0))
+            .then_some(())
+    });
     wait_until_in_window(60_000, 0, 50_000);
     let agent = agent();
     for node in [&one, &two, &one, &two, &one] {
@@ -239,11 +245,19 @@ fn limits_show_usage_and_reset_fleet_wide() {
     wait_for("both nodes refusing", Duration::from_secs(3), || {
         (get_with(&agent, &two.url("/a/x"), &[]).status == 429).then_some(())
     });
-    let usage = admin_get(&one, "/admin/limits/per_client/127.0.0.1").json();
+    // Each node reports what it admitted within a sync.
+    let usage = wait_for(
+        "both nodes' admissions reported",
+        Duration::from_secs(2),
+        || {
+            let u = admin_get(&one, "/admin/limits/per_client/127.0.0.1").json();
+            (u["window"]["current"].as_u64() == Some(5)).then_some(u)
+        },
+    );
     assert_eq!(usage["source"], "redis");
     assert_eq!(usage["limit"], 5);
     assert_eq!(usage["remaining"], 0, "{usage}");
-    assert!(usage["window"]["current"].as_u64().unwrap() >= 5);
+    assert_eq!(usage["used"], 5, "{usage}");
 
     let r = admin_send(&one, "DELETE", "/admin/limits/per_client/127.0.0.1", "");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -349,10 +363,15 @@ fn per_client_logs_keep_the_last_thousand_decisions() {
         );
         assert!(matches!(r.status, 200 | 429));
     }
-    let logs = wait_for("1000 entries", Duration::from_secs(3), || {
-        let r = admin_get(&t, "/admin/logs?client=198.51.100.77&limit=1000").json();
-        (r["count"] == 1000).then_some(r)
-    });
+    let logs = wait_for(
+        "the last decision to be logged",
+        Duration::from_secs(3),
+        || {
+            let r = admin_get(&t, "/admin/logs?client=198.51.100.77&limit=1000").json();
+            (r["entries"][0]["path"] == "/a/1049").then_some(r)
+        },
+    );
+    assert_eq!(logs["count"], 1000);
     let entries = logs["entries"].as_array().unwrap();
     assert_eq!(entries[0]["path"], "/a/1049", "newest first");
     assert_eq!(entries[999]["path"], "/a/50", "the oldest 50 were dropped");

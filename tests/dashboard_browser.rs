@@ -62,6 +62,9 @@ routes:
 
     let mut browser = Browser::start(1400, 1800);
     browser.navigate(&t.admin_url("/"));
+    wait_for("the page to load", Duration::from_secs(10), || {
+        (browser.eval("document.readyState") == "complete").then_some(())
+    });
     let number = |b: &mut Browser, js: &str| b.eval(js).as_f64().unwrap_or(0.0);
     wait_for(
         "non-zero live figures on the dashboard",
@@ -69,15 +72,15 @@ routes:
         || {
             let allowed = number(
                 &mut browser,
-                "Number(document.querySelector('#chart-routes').dataset.totalAllowed)",
+                "Number(document.querySelector('#chart-routes')?.dataset.totalAllowed)",
             );
             let limited = number(
                 &mut browser,
-                "Number(document.querySelector('#chart-routes').dataset.totalLimited)",
+                "Number(document.querySelector('#chart-routes')?.dataset.totalLimited)",
             );
             let rps = number(
                 &mut browser,
-                "Number(document.querySelector('#kpi-allowed-rps').dataset.value || 0)",
+                "Number(document.querySelector('#kpi-allowed-rps')?.dataset.value || 0)",
             );
             let events = number(
                 &mut browser,

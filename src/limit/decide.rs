@@ -288,7 +288,7 @@ impl Policy {
                 } => {
                     let now = unix_ms();
                     let window = algorithm::window_of(now, window_ms);
-                    let (total, grant, prev): (u64, u64, u64) = scripts::WINDOW_SCRIPT
+                    let (total, grant, prev, _used): (u64, u64, u64, u64) = scripts::WINDOW_SCRIPT
                         .key(self.redis_key(
                             prefix,
                             &text,
@@ -299,6 +299,7 @@ impl Policy {
                             &text,
                             &policy::window_suffix(window_ms, window.wrapping_sub(1)),
                         ))
+                        .arg(0)
                         .arg(0)
                         .arg(cost)
                         .arg(limit)

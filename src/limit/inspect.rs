@@ -24,6 +24,8 @@ pub struct Usage {
     pub limit: u64,
     pub window_ms: Option<u64>,
     pub used: u64,
+    /// Quota other nodes reserved and have not spent yet (global window limits).
+    pub reserved: u64,
     pub remaining: u64,
     pub reset_ms: u64,
     pub window: Option<WindowUsage>,
@@ -103,6 +105,7 @@ impl Policy {
             limit: limiter.params.quota(),
             window_ms: None,
             used: 0,
+            reserved: 0,
             remaining: 0,
             reset_ms: 0,
             window: None,
@@ -118,52 +121,50 @@ impl Policy {
                 window_ms,
                 sliding,
             } => {
-                let (previous, current) = match remote {
+                // Redis holds what the fleet admitted and reported (`u`) and quota nodes
+                // reserved but have not spent (`r`). This node adds what it admitted since
+                // its last report and takes out its own unspent reservation, so a lone node
+                // reports exactly what it admitted.
+                let (previous, current, others_reserved) = match remote {
                     Some(link) => {
                         let w = window_of(now, window_ms);
-                        let keys = [
+                        let key = |window: u64| {
                             self.redis_key(
                                 &link.config.key_prefix,
                                 key_text,
-                                &policy::window_suffix(window_ms, w.wrapping_sub(1)),
-                            ),
-                            self.redis_key(
-                                &link.config.key_prefix,
-                                key_text,
-                                &policy::window_suffix(window_ms, w),
-                            ),
-                        ];
-                        let mut mget = redis::cmd("MGET");
-                        mget.arg(&keys[..]);
-                        let values: Vec<Option<u64>> = query(link, &mget).await?;
+                                &policy::window_suffix(window_ms, window),
+                            )
+                        };
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("HGET").arg(key(w.wrapping_sub(1))).arg("u");
+                        pipe.cmd("HMGET").arg(key(w)).arg("u").arg("r");
+                        let (prev, (used, reserved)): (Option<u64>, (Option<u64>, Option<u64>)) =
+                            query(link, &pipe).await?;
+                        let (unreported, mine) = limiter
+                            .leases
+                            .get(hash, |l| {
+                                if l.window == w {
+                                    (l.unreported, l.reserved)
+                                } else {
+                                    (0, 0)
+                                }
+                            })
+                            .unwrap_or((0, 0));
                         (
-                            values.first().copied().flatten().unwrap_or(0),
-                            values.get(1).copied().flatten().unwrap_or(0),
+                            prev.unwrap_or(0),
+                            used.unwrap_or(0) + unreported,
+                            reserved.unwrap_or(0).saturating_sub(mine),
                         )
                     }
-                    None => limiter
-                        .windows
-                        .as_ref()
-                        .map_or((0, 0), |w| w.peek_both(hash, now)),
+                    None => {
+                        let (p, c) = limiter
+                            .windows
+                            .as_ref()
+                            .map_or((0, 0), |w| w.peek_both(hash, now));
+                        (p, c, 0)
+                    }
                 };
-                // Redis counts quota reserved by nodes as used; take out what this node
-                // holds unspent, so a lone node reports exactly what it admitted.
-                let held = if remote.is_some() {
-                    let w = window_of(now, window_ms);
-                    limiter
-                        .leases
-                        .get(hash, |l| {
-                            if l.window == w {
-                                l.granted.saturating_sub(l.used)
-                            } else {
-                                0
-                            }
-                        })
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                let current = current.saturating_sub(held);
+                usage.reserved = others_reserved;
                 let elapsed = now % window_ms;
                 let weighted = if sliding {
                     (previous as u128 * (window_ms - elapsed) as u128).div_ceil(window_ms as u128)
@@ -172,7 +173,7 @@ impl Policy {
                     0
                 };
                 usage.used = weighted + current;
-                usage.remaining = limit.saturating_sub(usage.used);
+                usage.remaining = limit.saturating_sub(usage.used + others_reserved);
                 usage.reset_ms = window_ms - elapsed;
                 usage.window_ms = Some(window_ms);
                 usage.window = Some(WindowUsage {

@@ -1,17 +1,22 @@
 //! Quota leases: how a node decides fleet-wide limits without a Redis round trip per
 //! request.
 //!
-//! Every unit a node admits is backed by quota it reserved in Redis beforehand (a lease),
-//! except for a provisional allowance before its first sync for a key in a window. The
-//! sync task refills a lease when it runs low against the key's recent demand, taking this
-//! node's share of what is left (`remaining / live nodes`), and reserves the next window's
-//! quota shortly before it starts. Redis only grants quota that fits under the limit, so
-//! nodes can never all spend the same remainder.
+//! Redis keeps two numbers per key and window: `used` (what the fleet admitted and
+//! reported) and `reserved` (quota nodes took and have not spent yet). Every unit a node
+//! admits is backed by quota it reserved beforehand (a lease), except for a provisional
+//! allowance before its first sync for a key in a window. The sync task refills a lease
+//! when it runs low against the key's recent demand, taking this node's fair share of what
+//! is left (`remaining / live nodes`), reports what the node admitted (moving it from
+//! reserved to used), and reserves the next window's quota shortly before it starts. A Lua
+//! script grants only quota that fits under the limit, so nodes can never all spend the
+//! same remainder. Sliding windows weigh the previous window's `used` only, so quota a node
+//! reserved and never spent does not shrink the next window.
 //!
 //! A provisional admission, and a refusal while the fleet still has quota, ask for a sync
-//! at once (`urgent`), so a new key's debt reaches Redis within a round trip rather than a
-//! whole sync interval: that is the only window in which the fleet can overshoot. The
-//! fleet under-admits by at most what nodes hold unused when a window ends.
+//! at once (`urgent`), so a new key's count reaches Redis within a round trip rather than a
+//! whole sync interval: that is the only span in which the fleet can overshoot. The fleet
+//! under-admits by at most what nodes hold unused when a window ends; a node that stops
+//! hands its unspent reservations back.
 
 use super::algorithm::{self, Verdict};
 
@@ -20,6 +25,10 @@ const LEASE_SYNCS: f64 = 2.0;
 
 /// Syncs without any demand after which an entry with nothing pending is dropped.
 pub const IDLE_SYNCS: u32 = 40;
+
+/// Quiet syncs after which a key hands its unspent window reservation back, so a node
+/// whose clients went elsewhere does not keep quota other nodes need.
+const QUIET_RELEASE_SYNCS: u32 = 4;
 
 /// Syncs after which tokens held for a bucket go back (they would be stale by then).
 const BUCKET_HOLD_SYNCS: u32 = 2;
@@ -40,6 +49,21 @@ pub struct Prefetch {
     pub prev: u64,
 }
 
+/// What a window's numbers in Redis must change by: units admitted and not yet reported
+/// (`delta`, added to `used`) and reservations to drop (`unreserve`: spent ones, now in
+/// `used`, and unspent ones handed back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Report {
+    pub delta: u64,
+    pub unreserve: u64,
+}
+
+impl Report {
+    pub fn is_empty(&self) -> bool {
+        self.delta == 0 && self.unreserve == 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Lease {
     /// The key's text, used in Redis key names.
@@ -51,20 +75,26 @@ pub struct Lease {
     pub granted: u64,
     /// Units admitted in `window` (windows) or tokens spent (buckets).
     pub used: u64,
-    /// Units admitted provisionally, not yet counted in Redis.
+    /// Windows: units admitted and not yet reported to Redis.
+    pub unreported: u64,
+    /// Windows: of those, admitted provisionally (no reservation behind them).
+    pub unreported_provisional: u64,
+    /// Windows: units Redis reserved for this node and this node has not reported spent.
+    pub reserved: u64,
+    /// Buckets: units admitted provisionally, not yet charged to the bucket.
     pub debt: u64,
-    /// Corrections for windows that have ended: (window, units), positive for debt that
-    /// was not flushed in time, negative for reserved quota that went unused (sliding
-    /// windows return it, since the next window weighs this one's count).
-    pub stale_debt: Vec<(u64, i64)>,
+    /// Reports for windows that have ended: (window, report).
+    pub stale: Vec<(u64, Report)>,
     pub provisional: u64,
+    /// Provisional admissions since the lease last became unsynced, against the allowance.
+    pub provisional_spell: u64,
     /// Whether a sync has answered for `window` (buckets: ever).
     pub synced: bool,
     /// Redis refused quota: the window (or bucket) is spent fleet-wide.
     pub exhausted: bool,
-    /// Windows: Redis count for `window`, reservations included. Buckets: tokens left.
+    /// Windows: Redis `used + reserved` for `window`. Buckets: tokens left.
     pub known_total: u64,
-    /// Windows: Redis count for the window before `window`. Buckets: ms until one token.
+    /// Windows: Redis `used` of the window before `window`. Buckets: ms until one token.
     pub known_prev: u64,
     pub next: Option<Prefetch>,
     /// Units asked for since the last sync, admitted or not.
@@ -85,9 +115,13 @@ impl Lease {
             window,
             granted: 0,
             used: 0,
+            unreported: 0,
+            unreported_provisional: 0,
+            reserved: 0,
             debt: 0,
-            stale_debt: Vec::new(),
+            stale: Vec::new(),
             provisional: 0,
+            provisional_spell: 0,
             synced: false,
             exhausted: false,
             known_total: 0,
@@ -101,29 +135,43 @@ impl Lease {
         }
     }
 
+    /// Units this node still holds: granted, minus what it spent from grants.
     fn held(&self) -> u64 {
-        self.granted.saturating_sub(self.used)
+        self.granted
+            .saturating_sub(self.used - self.provisional.min(self.used))
     }
 
-    /// Moves the lease into `window`, carrying unflushed debt and any prefetched quota.
-    pub fn roll(&mut self, window: u64, sliding: bool) {
+    /// Takes out what Redis has not heard yet: admissions, and how many of them were spent
+    /// from reservations. `release` also hands back the unspent reservations.
+    fn take_report(&mut self, release: bool) -> Report {
+        let delta = std::mem::take(&mut self.unreported);
+        let provisional = std::mem::take(&mut self.unreported_provisional);
+        let spent = (delta - provisional.min(delta)).min(self.reserved);
+        self.reserved -= spent;
+        let unreserve = if release {
+            spent + std::mem::take(&mut self.reserved)
+        } else {
+            spent
+        };
+        Report { delta, unreserve }
+    }
+
+    /// Moves the lease into `window`, reporting the old window's tail and handing back its
+    /// unspent reservations, and taking up any prefetched quota.
+    pub fn roll(&mut self, window: u64) {
         if window <= self.window {
             return;
         }
-        let unused = if sliding { self.held() } else { 0 };
-        let correction = self.debt as i64 - unused as i64;
-        if correction != 0 {
-            self.stale_debt.push((self.window, correction));
+        let report = self.take_report(true);
+        if !report.is_empty() {
+            self.stale.push((self.window, report));
         }
         let contiguous = window == self.window + 1;
-        let prev = if contiguous {
-            self.known_total.max(self.used)
-        } else {
-            0
-        };
+        let prev = if contiguous { self.used } else { 0 };
         match self.next.take().filter(|p| p.window == window) {
             Some(p) => {
                 self.granted = p.granted;
+                self.reserved = p.granted;
                 self.known_total = p.total;
                 self.known_prev = p.prev;
                 self.synced = true;
@@ -133,14 +181,14 @@ impl Lease {
                 self.known_total = 0;
                 self.known_prev = prev;
                 self.synced = false;
-                self.exhausted = false;
             }
         }
         self.exhausted = false;
         self.window = window;
         self.used = 0;
-        self.debt = 0;
         self.provisional = 0;
+        self.provisional_spell = 0;
+        self.unreported_provisional = 0;
     }
 
     /// The limit left in this window once the previous one's weighted count is taken off.
@@ -166,16 +214,17 @@ impl Lease {
         nodes: u64,
         sync_ms: u64,
     ) -> Verdict {
-        self.roll(algorithm::window_of(now_ms, window_ms), sliding);
+        self.roll(algorithm::window_of(now_ms, window_ms));
         self.demand += cost;
-        let allowed = if self.used + cost <= self.granted {
+        let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
+        let allowed = if self.held() >= cost {
             true
-        } else if !self.synced && self.provisional + cost <= provisional_cap(limit, nodes) {
-            self.urgent |= self.provisional == 0;
+        } else if !self.synced && self.provisional_spell + cost <= provisional_cap(effective, nodes)
+        {
+            self.urgent |= self.provisional_spell == 0;
             self.provisional += cost;
-            self.debt += cost;
-            // Quota this node granted itself; the debt makes Redis count it.
-            self.granted += cost;
+            self.provisional_spell += cost;
+            self.unreported_provisional += cost;
             true
         } else {
             self.urgent |= !self.exhausted;
@@ -183,8 +232,8 @@ impl Lease {
         };
         if allowed {
             self.used += cost;
+            self.unreported += cost;
         }
-        let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
         let remaining = if self.synced {
             effective.saturating_sub(self.known_total) + self.held()
         } else {
@@ -225,27 +274,32 @@ impl Lease {
     }
 
     /// Gives back quota reserved for `window` and not spent (the node is leaving); the
-    /// next sync sends it with any debt, and asks for nothing more.
+    /// next sync sends it with the last report, and asks for nothing more.
     pub fn release(&mut self, window: u64) {
         if self.window != window {
             return;
         }
-        let correction = self.debt as i64 - self.held() as i64;
-        if correction != 0 {
-            self.stale_debt.push((self.window, correction));
+        let report = self.take_report(true);
+        if !report.is_empty() {
+            self.stale.push((self.window, report));
         }
         if let Some(next) = self.next.take().filter(|p| p.granted > 0) {
-            self.stale_debt.push((next.window, -(next.granted as i64)));
+            self.stale.push((
+                next.window,
+                Report {
+                    delta: 0,
+                    unreserve: next.granted,
+                },
+            ));
         }
-        self.debt = 0;
-        self.granted = self.used;
+        self.granted = self.used - self.provisional.min(self.used);
         self.exhausted = true;
         self.rate = 0.0;
     }
 
     /// Decides one request with no Redis: this node's count for the window against its
-    /// share of the limit. What it admits becomes debt, flushed when Redis is back, so the
-    /// fleet's count for the window stays whole.
+    /// share of the limit. What it admits is reported when Redis is back, so the fleet's
+    /// count for the window stays whole.
     #[allow(clippy::too_many_arguments)]
     pub fn admit_alone(
         &mut self,
@@ -256,7 +310,7 @@ impl Lease {
         window_ms: u64,
         sliding: bool,
     ) -> Verdict {
-        self.roll(algorithm::window_of(now_ms, window_ms), sliding);
+        self.roll(algorithm::window_of(now_ms, window_ms));
         let verdict = if sliding {
             let prev_share = self.known_prev.div_ceil(nodes.max(1));
             algorithm::sliding_window(prev_share, self.used, cost, share, now_ms, window_ms)
@@ -264,12 +318,11 @@ impl Lease {
             algorithm::fixed_window(self.used, cost, share, now_ms, window_ms)
         };
         if verdict.allowed {
+            // Admitted with no reservation behind it, like a provisional admission.
             self.used += cost;
-            if self.used > self.granted {
-                let over = self.used - self.granted;
-                self.granted = self.used;
-                self.debt += over;
-            }
+            self.provisional += cost;
+            self.unreported += cost;
+            self.unreported_provisional += cost;
         }
         verdict
     }
@@ -277,14 +330,13 @@ impl Lease {
     /// Decides one request against a bucket whose tokens this node takes from Redis.
     pub fn admit_bucket(&mut self, cost: u64, burst: u64, nodes: u64, sync_ms: u64) -> Verdict {
         self.demand += cost;
-        let allowed = if self.used + cost <= self.granted {
+        let allowed = if self.held() >= cost {
             true
-        } else if !self.synced && self.provisional + cost <= provisional_cap(burst, nodes) {
-            self.urgent |= self.provisional == 0;
+        } else if !self.synced && self.provisional_spell + cost <= provisional_cap(burst, nodes) {
+            self.urgent |= self.provisional_spell == 0;
             self.provisional += cost;
+            self.provisional_spell += cost;
             self.debt += cost;
-            // Quota this node granted itself; the debt makes Redis count it.
-            self.granted += cost;
             true
         } else {
             self.urgent |= !self.exhausted;
@@ -344,8 +396,8 @@ impl Lease {
         (fair.max(low_water) - self.held()).min(unreserved.max(1))
     }
 
-    /// What to send to Redis for a window limit at this sync, taking the debt out of the
-    /// lease until the answer arrives (or [`Lease::restore`] puts it back).
+    /// What to send to Redis for a window limit at this sync, taking the report out of the
+    /// lease until the answer arrives (or [`Lease::restore_window`] puts it back).
     #[allow(clippy::too_many_arguments)]
     pub fn plan_window(
         &mut self,
@@ -357,7 +409,7 @@ impl Lease {
         sync_ms: u64,
     ) -> Option<WindowPlan> {
         let window = algorithm::window_of(now_ms, window_ms);
-        self.roll(window, sliding);
+        self.roll(window);
         let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
         let unreserved = if self.synced {
             effective.saturating_sub(self.known_total)
@@ -370,42 +422,72 @@ impl Lease {
             self.exhausted = false;
         }
         let want = self.window_top_up(unreserved, fair);
-        let debt = std::mem::take(&mut self.debt);
-        let stale = std::mem::take(&mut self.stale_debt);
+        let quiet = self.idle_syncs >= QUIET_RELEASE_SYNCS && self.held() > 0;
+        let report = self.take_report(quiet);
+        if quiet {
+            self.granted = self.used - self.provisional.min(self.used);
+            // The key starts over like a new one: its next burst gets the provisional
+            // allowance and an early sync, instead of refusals until the next refill.
+            self.synced = false;
+            self.provisional_spell = 0;
+        }
+        let stale = std::mem::take(&mut self.stale);
         // Near the end of a busy window, reserve the next one so it starts with quota.
         let until_end = window_ms - now_ms % window_ms.max(1);
         let prefetch = (self.rate > 0.0
             && until_end <= sync_ms * 5 / 2
             && self.next.is_none_or(|p| p.window != window + 1))
         .then(|| (limit / nodes.max(1)).max(1));
-        let needed = want > 0 || debt > 0 || !stale.is_empty() || prefetch.is_some();
+        let needed = want > 0 || !report.is_empty() || !stale.is_empty() || prefetch.is_some();
         if !needed {
             return None;
         }
         Some(WindowPlan {
             window,
-            debt,
+            report,
             want,
             stale,
             prefetch,
+            released: quiet,
         })
     }
 
     pub fn apply_window(&mut self, plan: &WindowPlan, answer: &WindowAnswer) {
         if self.window == plan.window {
             // Provisional admissions made while the sync was under way are paid for from
-            // the fresh grant rather than flushed on top of it.
-            let cover = answer.grant.min(self.debt);
-            self.debt -= cover;
-            self.granted += answer.grant - cover;
+            // the fresh grant rather than reported on top of it.
+            let cover = answer.grant.min(self.unreported_provisional);
+            self.unreported_provisional -= cover;
+            self.provisional -= cover;
+            self.granted += answer.grant;
+            self.reserved += answer.grant;
             self.known_total = answer.total;
             self.known_prev = answer.prev;
-            self.synced = true;
+            // A key that just handed its quota back stays unsynced: its next burst starts
+            // with the provisional allowance.
+            self.synced |= !plan.released;
             self.exhausted = answer.grant < plan.want;
+        } else if answer.grant > 0 {
+            // The window ended while the sync was under way: hand the grant back.
+            self.stale.push((
+                plan.window,
+                Report {
+                    delta: 0,
+                    unreserve: answer.grant,
+                },
+            ));
         }
         if let Some(next) = answer.next {
             if self.window < next.window {
                 self.next = Some(next);
+            } else if next.granted > 0 && self.window > next.window {
+                self.stale.push((
+                    next.window,
+                    Report {
+                        delta: 0,
+                        unreserve: next.granted,
+                    },
+                ));
             }
         }
     }
@@ -413,11 +495,14 @@ impl Lease {
     /// Puts back what a failed sync took out.
     pub fn restore_window(&mut self, plan: WindowPlan) {
         if self.window == plan.window {
-            self.debt += plan.debt;
-        } else if plan.debt > 0 {
-            self.stale_debt.push((plan.window, plan.debt as i64));
+            self.unreported += plan.report.delta;
+            self.unreported_provisional +=
+                plan.report.delta - plan.report.unreserve.min(plan.report.delta);
+            self.reserved += plan.report.unreserve;
+        } else if !plan.report.is_empty() {
+            self.stale.push((plan.window, plan.report));
         }
-        self.stale_debt.extend(plan.stale);
+        self.stale.extend(plan.stale);
     }
 
     pub fn plan_bucket(&mut self, burst: u64, nodes: u64) -> Option<BucketPlan> {
@@ -426,14 +511,14 @@ impl Lease {
         if self.held_syncs > BUCKET_HOLD_SYNCS {
             // Tokens held this long were taken when the bucket was fuller than it may be
             // now; spending them later would exceed the burst.
-            self.granted = self.used;
+            self.granted = self.used - self.provisional.min(self.used);
             if idle {
                 // A quiet key starts over like a new one: its next burst is admitted
                 // provisionally (this node's share of the burst) and charged to the bucket
                 // at once, instead of being refused while tokens are fetched one sync at a
                 // time.
                 self.synced = false;
-                self.provisional = 0;
+                self.provisional_spell = 0;
             }
         }
         let share = if self.synced {
@@ -456,10 +541,12 @@ impl Lease {
 
     pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer) {
         if answer.grant > 0 {
+            // Provisional admissions made meanwhile are paid from the new tokens.
             let cover = answer.grant.min(self.debt);
             self.debt -= cover;
+            self.provisional -= cover.min(self.provisional);
+            self.granted += answer.grant;
             // Start the hold period afresh with the new tokens.
-            self.granted = self.used + self.held() + answer.grant - cover;
             self.held_syncs = 0;
         }
         self.known_total = answer.tokens;
@@ -474,8 +561,8 @@ impl Lease {
 
     /// Whether nothing is pending and the key has gone quiet, so the entry can go.
     pub fn is_idle(&self, window: Option<u64>) -> bool {
-        let pending = self.debt > 0 || !self.stale_debt.is_empty();
-        let current = window.is_some_and(|w| self.window >= w && self.held() > 0);
+        let pending = self.debt > 0 || self.unreported > 0 || !self.stale.is_empty();
+        let current = window.is_some_and(|w| self.window >= w && self.reserved > 0);
         !pending && !current && self.idle_syncs >= IDLE_SYNCS
     }
 }
@@ -484,17 +571,21 @@ impl Lease {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowPlan {
     pub window: u64,
-    pub debt: u64,
+    pub report: Report,
     pub want: u64,
-    pub stale: Vec<(u64, i64)>,
+    pub stale: Vec<(u64, Report)>,
     /// Units to reserve in the next window.
     pub prefetch: Option<u64>,
+    /// The key went quiet and handed its reservation back.
+    pub released: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowAnswer {
+    /// `used + reserved` after the script.
     pub total: u64,
     pub grant: u64,
+    /// The previous window's `used`.
     pub prev: u64,
     pub next: Option<Prefetch>,
 }
@@ -520,16 +611,27 @@ mod tests {
     const W: u64 = 1_000;
     const SYNC: u64 = 50;
 
-    /// A stand-in for the Redis window script: grants what fits under the limit.
-    fn redis_window(total: &mut u64, plan: &WindowPlan, limit: u64) -> WindowAnswer {
-        *total += plan.debt;
-        let grant = plan.want.min(limit.saturating_sub(*total));
-        *total += grant;
-        WindowAnswer {
-            total: *total,
-            grant,
-            prev: 0,
-            next: None,
+    /// A stand-in for the Redis window script: `used` and `reserved`, granting what fits.
+    #[derive(Default)]
+    struct Redis {
+        used: u64,
+        reserved: u64,
+    }
+
+    impl Redis {
+        fn apply(&mut self, plan: &WindowPlan, limit: u64) -> WindowAnswer {
+            self.used += plan.report.delta;
+            self.reserved = self.reserved.saturating_sub(plan.report.unreserve);
+            let grant = plan
+                .want
+                .min(limit.saturating_sub(self.used + self.reserved));
+            self.reserved += grant;
+            WindowAnswer {
+                total: self.used + self.reserved,
+                grant,
+                prev: 0,
+                next: None,
+            }
         }
     }
 
@@ -544,12 +646,18 @@ mod tests {
             assert!(lease.admit_window(1, 100, now, W, false, 2, SYNC).allowed);
         }
         assert!(!lease.admit_window(1, 100, now, W, false, 2, SYNC).allowed);
-        let mut total = 0;
+        let mut redis = Redis::default();
         let plan = lease.plan_window(100, now + 10, W, false, 2, SYNC).unwrap();
         assert!(!lease.urgent);
-        assert_eq!(plan.debt, 50);
+        assert_eq!(
+            plan.report,
+            Report {
+                delta: 50,
+                unreserve: 0
+            }
+        );
         assert!(plan.want >= 1);
-        let answer = redis_window(&mut total, &plan, 100);
+        let answer = redis.apply(&plan, 100);
         lease.apply_window(&plan, &answer);
         assert!(
             lease
@@ -562,20 +670,19 @@ mod tests {
     fn two_nodes_never_exceed_the_limit_once_synced() {
         let limit = 50;
         let mut nodes = [Lease::new("k".into(), 0), Lease::new("k".into(), 0)];
-        let mut total = 0;
+        let mut redis = Redis::default();
         let mut admitted = 0;
         let start = 20 * W;
         for step in 0..18u64 {
             let now = start + step * SYNC;
             for lease in nodes.iter_mut() {
-                // 40 requests per node per sync interval: far more than the limit allows.
                 for _ in 0..40 {
                     if lease.admit_window(1, limit, now, W, false, 2, SYNC).allowed {
                         admitted += 1;
                     }
                 }
                 if let Some(plan) = lease.plan_window(limit, now + 1, W, false, 2, SYNC) {
-                    let answer = redis_window(&mut total, &plan, limit);
+                    let answer = redis.apply(&plan, limit);
                     lease.apply_window(&plan, &answer);
                 }
             }
@@ -583,72 +690,105 @@ mod tests {
         let provisional = 2 * provisional_cap(limit, 2);
         assert!(admitted <= limit + provisional, "admitted {admitted}");
         assert!(admitted >= limit - 5, "admitted {admitted}");
+        // Everything admitted was reported as used; nothing is left reserved but unspent
+        // beyond what the nodes still hold.
+        assert_eq!(
+            redis.used + nodes.iter().map(|l| l.unreported).sum::<u64>(),
+            admitted
+        );
     }
 
     #[test]
-    fn admissions_during_a_sync_are_paid_from_its_grant() {
+    fn admissions_during_a_sync_are_covered_by_its_grant() {
         let mut lease = Lease::new("k".into(), 0);
         let now = 3 * W;
         lease.admit_window(1, 5, now, W, false, 1, SYNC);
         let plan = lease.plan_window(5, now, W, false, 1, SYNC).unwrap();
         // A second provisional admission before the answer arrives.
         assert!(lease.admit_window(1, 5, now, W, false, 1, SYNC).allowed);
-        let mut total = 0;
-        let answer = redis_window(&mut total, &plan, 5);
+        let mut redis = Redis::default();
+        let answer = redis.apply(&plan, 5);
         assert_eq!((answer.total, answer.grant), (5, 4));
         lease.apply_window(&plan, &answer);
         let mut more = 0;
         while lease.admit_window(1, 5, now, W, false, 1, SYNC).allowed {
             more += 1;
         }
-        assert_eq!(2 + more, 5, "exactly the limit, with nothing left to flush");
-        assert_eq!(lease.debt, 0);
+        assert_eq!(2 + more, 5, "exactly the limit");
+        let plan = lease.plan_window(5, now + 1, W, false, 1, SYNC).unwrap();
+        let answer = redis.apply(&plan, 5);
+        lease.apply_window(&plan, &answer);
+        assert_eq!(
+            (redis.used, redis.reserved),
+            (5, 0),
+            "all reported, nothing reserved"
+        );
     }
 
     #[test]
-    fn alone_a_lease_keeps_its_count_and_owes_the_excess() {
-        let mut lease = Lease::new("k".into(), 4);
-        lease.synced = true;
-        lease.granted = 10;
-        lease.used = 8;
-        let now = 4 * W + 10;
-        // Half of 30 for this node of two: 15, of which 8 are spent.
-        let admitted = (0..20)
-            .filter(|_| lease.admit_alone(1, 15, 2, now, W, false).allowed)
-            .count();
-        assert_eq!(admitted, 7);
-        assert_eq!(lease.debt, 5, "beyond the 10 reserved, 5 are owed to Redis");
-    }
-
-    #[test]
-    fn a_failed_sync_keeps_the_debt() {
+    fn a_failed_sync_keeps_the_report() {
         let mut lease = Lease::new("k".into(), 0);
         lease.admit_window(1, 100, 5 * W, W, false, 1, SYNC);
         let plan = lease
             .plan_window(100, 5 * W + 1, W, false, 1, SYNC)
             .unwrap();
-        assert_eq!(lease.debt, 0);
+        assert_eq!(lease.unreported, 0);
         lease.restore_window(plan);
-        assert_eq!(lease.debt, 1);
+        assert_eq!(lease.unreported, 1);
     }
 
     #[test]
-    fn debt_of_an_ended_window_is_kept_for_that_window() {
-        let mut lease = Lease::new("k".into(), 0);
-        lease.admit_window(1, 100, 5 * W + 990, W, false, 1, SYNC);
-        lease.roll(6, false);
-        assert_eq!(lease.stale_debt, vec![(5, 1)]);
-        assert_eq!((lease.used, lease.debt), (0, 0));
-    }
-
-    #[test]
-    fn sliding_windows_return_unused_quota_when_they_end() {
+    fn an_ended_window_reports_its_tail_and_returns_unspent_quota() {
         let mut lease = Lease::new("k".into(), 5);
         lease.granted = 10;
+        lease.reserved = 9;
         lease.used = 4;
+        lease.unreported = 3;
+        lease.unreported_provisional = 0;
         lease.synced = true;
-        lease.roll(6, true);
-        assert_eq!(lease.stale_debt, vec![(5, -6)]);
+        lease.roll(6);
+        // 3 admitted since the last report, spent from the reservation; 6 unspent back.
+        assert_eq!(
+            lease.stale,
+            vec![(
+                5,
+                Report {
+                    delta: 3,
+                    unreserve: 9
+                }
+            )]
+        );
+        assert_eq!((lease.used, lease.unreported, lease.reserved), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_quiet_key_hands_its_reservation_back() {
+        let mut lease = Lease::new("k".into(), 7);
+        lease.synced = true;
+        lease.granted = 10;
+        lease.reserved = 10;
+        lease.used = 2;
+        lease.unreported = 2;
+        let now = 7 * W + 10;
+        let reports: Vec<Report> = (0..QUIET_RELEASE_SYNCS as u64 + 2)
+            .filter_map(|step| lease.plan_window(100, now + step, W, false, 2, SYNC))
+            .map(|plan| plan.report)
+            .collect();
+        assert_eq!(
+            reports.first(),
+            Some(&Report {
+                delta: 2,
+                unreserve: 2
+            })
+        );
+        assert_eq!(
+            reports.last(),
+            Some(&Report {
+                delta: 0,
+                unreserve: 8
+            })
+        );
+        assert_eq!(lease.held(), 0);
     }
 
     #[test]
@@ -678,11 +818,27 @@ mod tests {
             lease.synced,
             "the prefetch counts as a sync: no provisional admissions"
         );
-        assert_eq!(lease.granted, 5);
+        assert_eq!((lease.granted, lease.reserved), (5, 5));
     }
 
     #[test]
-    fn buckets_spend_taken_tokens_and_return_stale_ones() {
+    fn alone_a_lease_keeps_its_count_and_reports_it_later() {
+        let mut lease = Lease::new("k".into(), 4);
+        lease.synced = true;
+        lease.granted = 10;
+        lease.reserved = 2;
+        lease.used = 8;
+        let now = 4 * W + 10;
+        // Half of 30 for this node of two: 15, of which 8 are spent.
+        let admitted = (0..20)
+            .filter(|_| lease.admit_alone(1, 15, 2, now, W, false).allowed)
+            .count();
+        assert_eq!(admitted, 7);
+        assert_eq!(lease.unreported, 7, "reported when Redis is back");
+    }
+
+    #[test]
+    fn buckets_spend_taken_tokens() {
         let mut lease = Lease::new("k".into(), 0);
         assert!(lease.admit_bucket(1, 10, 1, SYNC).allowed, "provisional");
         let plan = lease.plan_bucket(10, 1).unwrap();

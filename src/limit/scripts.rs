@@ -3,44 +3,49 @@
 
 use std::sync::LazyLock;
 
-/// Window counters (fixed and sliding). Reserves quota for a node (async leases, `exact`
-/// = 0: as much of `want` as fits) or admits one request (atomic mode, `exact` = 1: all of
-/// `want` or nothing). `debt` is quota already spent; it is counted whatever the room. A
-/// negative `debt` returns reserved quota that went unused.
+/// Window counters (fixed and sliding), kept as a hash of `u` (units the fleet admitted and
+/// reported) and `r` (units reserved by nodes and not yet reported spent). Reports what a
+/// node admitted, then reserves quota for it (async leases, `exact` = 0: as much of `want`
+/// as fits) or admits one request (atomic mode, `exact` = 1: all of `want` or nothing,
+/// counted as used at once). The limit applies to `u + r`; a sliding window weighs the
+/// previous window's `u` only, so reservations never spent do not shrink the next window.
 ///
-/// KEYS[1] this window's counter, KEYS[2] the previous window's counter
-/// ARGV: debt, want, limit, elapsed_ms (into the window), window_ms, sliding (0/1), exact (0/1)
-/// Returns {total after, granted, previous window's total}.
+/// KEYS[1] this window's hash, KEYS[2] the previous window's hash
+/// ARGV: delta (add to u), unreserve (take from r), want, limit, elapsed_ms (into the
+/// window), window_ms, sliding (0/1), exact (0/1)
+/// Returns {u + r after, granted, previous window's u, u after}.
 pub const WINDOW: &str = r#"
-local debt = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local elapsed = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local current = redis.call('GET', KEYS[1])
-if not current and debt < 0 then
-  -- A correction for a window that has already expired: nothing left to correct.
-  debt = 0
-end
-local total = math.max(0, tonumber(current or '0') + debt)
+local delta = tonumber(ARGV[1])
+local unreserve = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local elapsed = tonumber(ARGV[5])
+local window = tonumber(ARGV[6])
+local state = redis.call('HMGET', KEYS[1], 'u', 'r')
+local used = tonumber(state[1] or '0') + delta
+local reserved = math.max(0, tonumber(state[2] or '0') - unreserve)
 local prev = 0
 local effective = limit
-if ARGV[6] == '1' then
-  prev = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[7] == '1' then
+  prev = tonumber(redis.call('HGET', KEYS[2], 'u') or '0')
   effective = limit - math.ceil(prev * (window - elapsed) / window)
 end
-local room = effective - total
+local room = effective - used - reserved
 local grant = 0
-if ARGV[7] == '1' then
-  if room >= want then grant = want end
+if ARGV[8] == '1' then
+  if room >= want then
+    grant = want
+    used = used + grant
+  end
 elseif room > 0 then
   grant = math.min(want, room)
+  reserved = reserved + grant
 end
-total = total + grant
-if debt ~= 0 or grant > 0 then
-  redis.call('SET', KEYS[1], total, 'PX', 2 * window + 1000)
+if delta > 0 or unreserve > 0 or grant > 0 then
+  redis.call('HSET', KEYS[1], 'u', used, 'r', reserved)
+  redis.call('PEXPIRE', KEYS[1], 2 * window + 1000)
 end
-return {total, grant, prev}
+return {used + reserved, grant, prev, used}
 "#;
 
 /// A token bucket kept as its theoretical arrival time in microseconds (GCRA), timed by the

@@ -3,7 +3,7 @@
 //! the connection alive (reconnecting with backoff) and the live-node count current.
 
 use super::algorithm;
-use super::lease::{BucketAnswer, BucketPlan, Prefetch, WindowAnswer, WindowPlan};
+use super::lease::{BucketAnswer, BucketPlan, Prefetch, Report, WindowAnswer, WindowPlan};
 use super::link::{unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
@@ -297,12 +297,13 @@ async fn run_chunk(
                 let key =
                     |w: u64| policy.redis_key(prefix, key, &policy::window_suffix(window_ms, w));
                 let elapsed = now % window_ms;
-                let mut add = |current: u64, debt: i64, want: u64, elapsed: u64| {
+                let mut add = |current: u64, report: Report, want: u64, elapsed: u64| {
                     pipe.invoke_script(
                         scripts::WINDOW_SCRIPT
                             .key(key(current))
                             .key(key(current.wrapping_sub(1)))
-                            .arg(debt)
+                            .arg(report.delta)
+                            .arg(report.unreserve)
                             .arg(want)
                             .arg(limit)
                             .arg(elapsed)
@@ -313,12 +314,12 @@ async fn run_chunk(
                 };
                 // Corrections to ended windows go first, so this window's script reads the
                 // previous window's corrected count.
-                for (window, debt) in &plan.stale {
-                    add(*window, *debt, 0, 0);
+                for (window, report) in &plan.stale {
+                    add(*window, *report, 0, 0);
                 }
-                add(plan.window, plan.debt as i64, plan.want, elapsed);
+                add(plan.window, plan.report, plan.want, elapsed);
                 if let Some(want) = plan.prefetch {
-                    add(plan.window + 1, 0, want, 0);
+                    add(plan.window + 1, Report::default(), want, 0);
                 }
             }
             Slot::Bucket {

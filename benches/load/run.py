@@ -1,0 +1,976 @@
+#!/usr/bin/env python3
+"""Side-by-side load harness: tollgate next to nginx and HAProxy, on one machine.
+
+    python3 benches/load/run.py                 # 3 interleaved rounds of 10 s per target
+    python3 benches/load/run.py --rounds 5 --out results.md --json results.json
+    python3 benches/load/run.py --fleet         # also the three-node fleet accuracy run
+    python3 benches/load/run.py --quick         # ~30 s smoke test of the harness (CI)
+
+What it measures
+----------------
+Every target is the same prefix proxy, `/a/*` to one `stub-service` backend, with a
+rate limit per client address that is set high enough never to refuse (so the figures are
+the cost of proxying *and* of counting):
+
+  nginx                   limit_req (a shared-memory leaky bucket), one worker process
+  HAProxy                 a stick table tracking http_req_rate(10s), one thread
+  tollgate, no limits     the bare proxy
+  tollgate, local         a sliding window counted on this node only
+  tollgate, global async  a fleet-wide sliding window in Redis, decided from this node's
+                          lease (no Redis round trip per request)
+  tollgate, global atomic the same limit decided by a Redis script on every request
+  tollgate, refusing      global async with a 10/1s limit: nearly every request is refused
+                          with 429, which shows what refusing costs next to proxying
+
+For each target: the median requests/s over the rounds, the median p50 and p99 latency
+(`wrk --latency`), the peak resident memory of the process doing the work (`VmHWM` of the
+nginx worker, the HAProxy process, the tollgate process), and for the targets that use
+Redis the Redis commands per request (`INFO commandstats`, all commands except the
+harness's own INFO, taken just before and after each of the target's wrk runs).
+`--fleet` adds three tollgate nodes sharing one Redis under a 300/1s limit, each driven by
+its own wrk, and reports how many requests per second the fleet admitted against the
+limit.
+
+Why it is run this way
+----------------------
+* One worker each (nginx `worker_processes 1`, HAProxy `nbthread 1`, tollgate
+  `threads: 1`): per-core throughput is what compares fairly, and the load generator, the
+  backend and Redis need the other cores.
+* Keep-alive everywhere: wrk reuses its connections, and every proxy pools its
+  connections to the backend (nginx `keepalive 64`, HAProxy `http-reuse always`,
+  tollgate's pool), so the figures are request handling, not TCP handshakes.
+* Interleaved rounds (A B C ..., A B C ..., ...): every target is started once, on a port
+  of its own, and stays up; the rounds take turns so that a slow minute of the machine
+  (another process, thermal throttling, a noisy neighbour) spreads over all targets
+  instead of penalising one. Only one wrk runs at a time. Medians over the rounds.
+* The stub backend runs two threads (`--threads 2`) so that it is never the bottleneck.
+* Each Redis-backed target has a `redis-server` of its own (`--save "" --appendonly no`):
+  the targets use the same policy name and key, so on a shared Redis they would share
+  counters, count each other as live nodes, and mix their command counts.
+* Nothing is pinned to a core: the machine may have only two, so the harness interleaves
+  rather than isolates. Figures from a busy or virtualised machine are only comparable
+  with each other, within one run.
+
+The harness installs nginx, HAProxy, wrk and redis-server with apt-get when they are
+missing, builds the release binaries when they are missing, and stops every process it
+started on exit, on failure and on Ctrl-C. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+LUA_SCRIPT = HERE / "count.lua"
+
+# tool -> Debian package
+TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "redis-server": "redis-server"}
+SBIN_PATH = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin:/usr/local/sbin"
+
+# Limits high enough that nothing is refused in the normal runs.
+TOLLGATE_HIGH_RATE = "100000000/1m"
+NGINX_RATE = 1_000_000  # requests/s of limit_req, and its burst
+HAPROXY_LIMIT = 100_000_000  # requests per 10 s of the stick table
+REFUSAL_RATE = "10/1s"
+FLEET_LIMIT_PER_S = 300
+FLEET_NODES = 3
+FLEET_SECONDS = 5
+FLEET_CONNECTIONS = 10
+STUB_THREADS = 2
+START_DEADLINE_S = 20.0
+SCRIPT_COMMANDS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
+
+
+class HarnessError(Exception):
+    """A failure the harness reports and exits non-zero on."""
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """A child process in a process group of its own, logging into its own directory."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path, stop_signal=signal.SIGTERM,
+                 env: dict | None = None, extra_logs: tuple[Path, ...] = ()):
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.stop_signal = stop_signal
+        self.stdout_path = workdir / f"{name}.stdout"
+        self.stderr_path = workdir / f"{name}.stderr"
+        self.extra_logs = extra_logs
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL,
+                                          stdout=out, stderr=err, env=env,
+                                          start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exited(self) -> int | None:
+        return self.popen.poll()
+
+    def tail(self, lines: int = 25) -> str:
+        parts = []
+        for path in (self.stderr_path, self.stdout_path, *self.extra_logs):
+            try:
+                text = path.read_text(errors="replace").rstrip()
+            except OSError:
+                continue
+            if text:
+                body = "\n".join(text.splitlines()[-lines:])
+                parts.append(f"--- {path.name} (last {lines} lines) ---\n{body}")
+        return "\n".join(parts) or "(no output)"
+
+    def stop(self, timeout: float = 3.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        for sig, wait in ((self.stop_signal, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.popen.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # A group may outlive its leader (nginx workers): make sure none is left.
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Supervisor:
+    """Starts processes and stops all of them, newest first, whatever happens."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[Proc] = []
+
+    def start(self, *args, **kwargs) -> Proc:
+        proc = Proc(*args, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def forget(self, proc: Proc) -> None:
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        while self.procs:
+            self.procs.pop().stop()
+
+
+def wait_until(what: str, check, proc: Proc | None = None,
+               deadline_s: float = START_DEADLINE_S) -> None:
+    """Polls `check()` until it is true; fails if `proc` exits or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        if proc is not None and proc.exited() is not None:
+            raise HarnessError(f"{what}: the process exited with status {proc.exited()}\n"
+                               f"{proc.tail()}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            tail = f"\n{proc.tail()}" if proc else ""
+            raise HarnessError(f"{what}: not ready after {deadline_s:.0f} s{tail}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- small clients
+
+_handed_out: set[int] = set()
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+
+
+def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def http_text(port: int, path: str, timeout: float = 2.0) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def metric_sum(exposition: str, name: str, **labels: str) -> float:
+    """Sums every sample of `name` whose labels include `labels` (Prometheus text)."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        series, _, value = line.rpartition(" ")
+        series_name, _, label_text = series.partition("{")
+        if series_name != name:
+            continue
+        if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+class RedisClient:
+    """Just enough RESP for PING and INFO."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def command(self, *args: str) -> str:
+        payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(payload.encode())
+            reader = sock.makefile("rb")
+            line = reader.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:].decode()
+            if kind in (b"+", b":"):
+                return rest
+            if kind == b"-":
+                raise HarnessError(f"redis on {self.port}: {rest}")
+            if kind == b"$":
+                length = int(rest)
+                return "" if length < 0 else reader.read(length + 2)[:length].decode()
+            raise HarnessError(f"redis on {self.port}: unexpected reply {line!r}")
+
+    def ping(self) -> bool:
+        return self.command("PING") == "PONG"
+
+    def command_calls(self) -> dict[str, int]:
+        """Calls since start, from INFO commandstats, leaving out the harness's own INFO.
+
+        `total` is every command Redis executed, including the ones Lua scripts run (Redis
+        counts those too); `scripts` is the EVAL/EVALSHA/FCALL calls among them, i.e.
+        scripts run, each one a single command sent by a client.
+        """
+        calls = {"total": 0, "scripts": 0}
+        for line in self.command("INFO", "commandstats").splitlines():
+            if not line.startswith("cmdstat_") or line.startswith("cmdstat_info:"):
+                continue
+            name, _, stats = line[len("cmdstat_"):].partition(":")
+            for part in stats.split(","):
+                if part.startswith("calls="):
+                    n = int(part[len("calls="):])
+                    calls["total"] += n
+                    if name in SCRIPT_COMMANDS:
+                        calls["scripts"] += n
+        return calls
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...; comm may hold spaces, so split after the last ')'
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry.name))
+    return kids
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def which(tool: str) -> str | None:
+    return shutil.which(tool, path=SBIN_PATH)
+
+
+def ensure_tools(allow_install: bool) -> dict[str, str]:
+    missing = [tool for tool in TOOLS if which(tool) is None]
+    if missing:
+        packages = sorted({TOOLS[t] for t in missing})
+        command = f"apt-get update && apt-get install -y {' '.join(packages)}"
+        if not allow_install:
+            raise HarnessError(f"missing {', '.join(missing)}; install them with: {command}")
+        if shutil.which("apt-get") is None:
+            raise HarnessError(f"missing {', '.join(missing)}, and there is no apt-get to "
+                               f"install them with; install {', '.join(packages)} yourself")
+        prefix: list[str] = []
+        if os.geteuid() != 0:
+            if shutil.which("sudo") is None:
+                raise HarnessError(f"missing {', '.join(missing)}; installing needs root: "
+                                   f"run `sudo sh -c '{command}'` or run this as root")
+            prefix = ["sudo", "-n"]
+        print(f"installing {' '.join(packages)} with apt-get ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for argv in (prefix + ["apt-get", "update"],
+                     prefix + ["apt-get", "install", "-y", *packages]):
+            if subprocess.run(argv, env=env).returncode != 0:
+                raise HarnessError(f"`{shlex.join(argv)}` failed; install {', '.join(packages)} "
+                                   "by hand and run the harness again")
+        still = [tool for tool in TOOLS if which(tool) is None]
+        if still:
+            raise HarnessError(f"apt-get ran but {', '.join(still)} is still missing")
+    return {tool: which(tool) for tool in TOOLS}
+
+
+def release_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release"
+
+
+def ensure_binaries() -> tuple[Path, Path]:
+    tollgate, stub = release_dir() / "tollgate", release_dir() / "stub-service"
+    if not (tollgate.is_file() and stub.is_file()):
+        if shutil.which("cargo") is None:
+            raise HarnessError(f"{tollgate} or {stub} is missing and cargo is not installed")
+        print("release binaries missing: running `cargo build --release --workspace` "
+              "(this may take ~6 minutes) ...", flush=True)
+        if subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT).returncode:
+            raise HarnessError("cargo build --release --workspace failed")
+    for path in (tollgate, stub):
+        if not path.is_file():
+            raise HarnessError(f"{path} is still missing after the build")
+    return tollgate, stub
+
+
+def render(template: Path, dest: Path, values: dict[str, object]) -> Path:
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@@{key}@@", str(value))
+    for line in text.splitlines():
+        if "@@" in line and not line.lstrip().startswith("#"):
+            raise HarnessError(f"{template.name}: placeholder left unfilled: {line.strip()}")
+    dest.write_text(text)
+    return dest
+
+
+def run_quiet(argv: list[str], what: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HarnessError(f"{what} failed (exit {done.returncode}): {shlex.join(argv)}\n"
+                           f"{(done.stdout + done.stderr).strip()}")
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Target:
+    name: str
+    label: str
+    proc: Proc
+    port: int
+    refusing: bool = False  # expected to answer 429 (the refusal run)
+    admin_port: int | None = None  # tollgate's admin listener
+    redis: RedisClient | None = None
+    worker_pid: int | None = None  # the process doing the work (nginx: the worker)
+    peak_rss_kb: int | None = None
+    rounds: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/a/x"
+
+
+class Lab:
+    """Everything the harness starts, under one temporary directory."""
+
+    def __init__(self, sup: Supervisor, tmp: Path, tools: dict[str, str],
+                 tollgate_bin: Path, stub_bin: Path):
+        self.sup, self.tmp, self.tools = sup, tmp, tools
+        self.tollgate_bin, self.stub_bin = tollgate_bin, stub_bin
+        self.stub_port = 0
+
+    def workdir(self, name: str) -> Path:
+        path = self.tmp / name
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    def start_stub(self) -> Proc:
+        self.stub_port = free_port()
+        proc = self.sup.start("stub", [str(self.stub_bin), "--name", "a", "--listen",
+                                       f"127.0.0.1:{self.stub_port}", "--threads",
+                                       str(STUB_THREADS)], self.workdir("stub"))
+        wait_until("stub-service", lambda: http_status(self.stub_port, "/health") == 200, proc)
+        return proc
+
+    def start_redis(self, name: str) -> RedisClient:
+        port = free_port()
+        workdir = self.workdir(name)
+        proc = self.sup.start(name, [self.tools["redis-server"], "--port", str(port),
+                                     "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                     "--protected-mode", "no", "--dir", str(workdir)], workdir)
+        client = RedisClient(port)
+        wait_until(f"redis-server ({name})", client.ping, proc)
+        return client
+
+    def _ready_200(self, name: str, port: int, proc: Proc) -> None:
+        wait_until(f"{name} on port {port}", lambda: http_status(port, "/a/x") == 200, proc)
+
+    def start_nginx(self) -> Target:
+        port, workdir = free_port(), self.workdir("nginx")
+        workdir.chmod(0o755)  # the worker may run as an unprivileged user
+        conf = render(HERE / "nginx.conf", workdir / "nginx.conf",
+                      {"DIR": workdir, "PORT": port, "STUB_PORT": self.stub_port,
+                       "RATE": NGINX_RATE, "BURST": NGINX_RATE})
+        base = [self.tools["nginx"], "-p", str(workdir), "-e", str(workdir / "error.log"),
+                "-c", str(conf)]
+        run_quiet(base + ["-t", "-q"], "nginx -t")
+        proc = self.sup.start("nginx", base, workdir, stop_signal=signal.SIGTERM,
+                              extra_logs=(workdir / "error.log",))
+        self._ready_200("nginx", port, proc)
+        workers = children_of(proc.pid)
+        if len(workers) != 1:
+            raise HarnessError(f"nginx: expected one worker process, found {workers}")
+        return Target("nginx", "nginx (limit_req)", proc, port, worker_pid=workers[0])
+
+    def start_haproxy(self) -> Target:
+        port, workdir = free_port(), self.workdir("haproxy")
+        cfg = render(HERE / "haproxy.cfg", workdir / "haproxy.cfg",
+                     {"DIR": workdir, "PORT": port, "STUB_PORT": self.stub_port,
+                      "LIMIT": HAPROXY_LIMIT})
+        run_quiet([self.tools["haproxy"], "-c", "-q", "-f", str(cfg)], "haproxy -c")
+        proc = self.sup.start("haproxy", [self.tools["haproxy"], "-db", "-f", str(cfg)], workdir)
+        self._ready_200("haproxy", port, proc)
+        return Target("haproxy", "HAProxy (stick table)", proc, port, worker_pid=proc.pid)
+
+    def start_tollgate(self, name: str, label: str, template: str, rate: str | None = None,
+                       redis: RedisClient | None = None, refusing: bool = False) -> Target:
+        port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
+        values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
+                  "STUB_PORT": self.stub_port}
+        if rate is not None:
+            values["RATE"] = rate
+        if redis is not None:
+            values["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}"
+        config = render(HERE / template, workdir / "config.yaml", values)
+        run_quiet([str(self.tollgate_bin), "check", "-c", str(config)], f"tollgate check ({name})")
+        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
+        proc = self.sup.start(name, [str(self.tollgate_bin), "run", "-c", str(config)], workdir,
+                              stop_signal=signal.SIGINT, env=env)
+        wait_until(f"{name} on port {port}",
+                   lambda: http_status(port, "/health") == 200
+                   and http_status(admin_port, "/health") == 200, proc)
+        self._ready_200(name, port, proc)
+        return Target(name, label, proc, port, refusing=refusing, admin_port=admin_port,
+                      redis=redis, worker_pid=proc.pid)
+
+
+TARGET_NAMES = ["nginx", "haproxy", "tollgate-none", "tollgate-local", "tollgate-global-async",
+                "tollgate-global-atomic", "tollgate-refusing"]
+
+
+def start_targets(lab: Lab, names: list[str]) -> list[Target]:
+    targets = []
+    for name in names:
+        if name == "nginx":
+            target = lab.start_nginx()
+        elif name == "haproxy":
+            target = lab.start_haproxy()
+        elif name == "tollgate-none":
+            target = lab.start_tollgate(name, "tollgate, no limits", "tollgate-none.yaml")
+        elif name == "tollgate-local":
+            target = lab.start_tollgate(name, "tollgate, local sliding window",
+                                        "tollgate-local.yaml", TOLLGATE_HIGH_RATE)
+        elif name == "tollgate-global-async":
+            target = lab.start_tollgate(name, "tollgate, global async (Redis leases)",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-async"))
+        elif name == "tollgate-global-atomic":
+            target = lab.start_tollgate(name, "tollgate, global atomic (Redis per request)",
+                                        "tollgate-global-atomic.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-atomic"))
+        elif name == "tollgate-refusing":
+            target = lab.start_tollgate(name, f"tollgate, global async at {REFUSAL_RATE} "
+                                        "(refusing)", "tollgate-global-async.yaml",
+                                        REFUSAL_RATE, lab.start_redis("redis-refusing"),
+                                        refusing=True)
+        else:
+            raise HarnessError(f"unknown target {name}")
+        print(f"  started {target.label:<45} port {target.port}, pid {target.worker_pid}",
+              flush=True)
+        targets.append(target)
+    return targets
+
+
+# --------------------------------------------------------------------------- load
+
+
+def run_wrk(sup: Supervisor, wrk: str, url: str, threads: int, connections: int,
+            seconds: int, lua_args: tuple[str, ...] = ()) -> Proc:
+    """Starts one wrk; `finish_wrk` collects it."""
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
+            "-s", str(LUA_SCRIPT), url]
+    if lua_args:
+        argv += ["--", *lua_args]
+    workdir = Path(tempfile.mkdtemp(prefix="wrk-", dir=sup.tmp))
+    return sup.start("wrk", argv, workdir)
+
+
+def finish_wrk(sup: Supervisor, proc: Proc, seconds: int) -> dict:
+    try:
+        proc.popen.wait(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"wrk did not finish: {shlex.join(proc.argv)}")
+    finally:
+        proc.stop()  # nothing to do unless interrupted
+        sup.forget(proc)
+    output = proc.stdout_path.read_text(errors="replace")
+    for line in output.splitlines():
+        if line.startswith("WRK_JSON "):
+            result = json.loads(line[len("WRK_JSON "):])
+            result["statuses"] = {int(k): v for k, v in result["statuses"].items()}
+            result["ok_per_second"] = {int(k): v for k, v in result["ok_per_second"].items()}
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise HarnessError(f"wrk printed no result (exit {proc.exited()}): {shlex.join(proc.argv)}\n"
+                       f"{proc.tail()}")
+
+
+def measure(sup: Supervisor, wrk: str, target: Target, args, seconds: int) -> dict:
+    before = target.redis.command_calls() if target.redis else None
+    proc = run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections, seconds)
+    result = finish_wrk(sup, proc, seconds)
+    if target.redis:
+        after = target.redis.command_calls()
+        result["redis_calls"] = after["total"] - before["total"]
+        result["redis_script_calls"] = after["scripts"] - before["scripts"]
+    return result
+
+
+def check_run(target: Target, result: dict) -> list[str]:
+    """What was wrong with one run: refusals, errors, a dead target."""
+    problems = []
+    allowed = {200, 429} if target.refusing else {200}
+    bad = {code: n for code, n in result["statuses"].items() if code not in allowed}
+    if bad:
+        problems.append(f"{target.name}: unexpected statuses {bad}")
+    if not result["statuses"].get(200):
+        problems.append(f"{target.name}: no 200 answers")
+    if target.proc.exited() is not None:
+        problems.append(f"{target.name}: exited with status {target.proc.exited()}\n"
+                        f"{target.proc.tail()}")
+    return problems
+
+
+def socket_errors(result: dict) -> int:
+    e = result["errors"]
+    return e["connect"] + e["read"] + e["write"] + e["timeout"]
+
+
+def run_rounds(sup: Supervisor, wrk: str, targets: list[Target], args) -> list[str]:
+    problems: list[str] = []
+    if args.warmup:
+        print(f"warm-up: {args.warmup} s per target", flush=True)
+        for target in targets:
+            finish_wrk(sup, run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections,
+                                    args.warmup), args.warmup)
+    for number in range(1, args.rounds + 1):
+        print(f"round {number}/{args.rounds}", flush=True)
+        for target in targets:
+            result = measure(sup, wrk, target, args, args.duration)
+            target.rounds.append(result)
+            problems += check_run(target, result)
+            line = (f"  {target.label:<45} {result['rps']:>10,.0f} req/s  "
+                    f"p50 {fmt_ms(result['latency_us']['p50'])}  "
+                    f"p99 {fmt_ms(result['latency_us']['p99'])}")
+            others = {c: n for c, n in result["statuses"].items() if c != 200}
+            if others:
+                line += f"  non-200: {others}"
+            if socket_errors(result):
+                line += f"  socket errors: {result['errors']}"
+            print(line, flush=True)
+    return problems
+
+
+def collect_after(targets: list[Target]) -> None:
+    """Peak memory, and tollgate's own account of failed-open decisions and Redis errors."""
+    for target in targets:
+        target.peak_rss_kb = proc_status_kb(target.worker_pid, "VmHWM")
+        if target.admin_port is None:
+            continue
+        try:
+            text = http_text(target.admin_port, "/metrics")
+        except OSError:
+            continue
+        failed_open = metric_sum(text, "tollgate_ratelimit_decisions_total", result="failed_open")
+        redis_errors = {op: metric_sum(text, "tollgate_redis_errors_total", op=op)
+                        for op in ("connect", "heartbeat", "sync", "atomic", "decision_log",
+                                   "admin")}
+        redis_errors = {op: int(n) for op, n in redis_errors.items() if n}
+        if failed_open:
+            target.notes.append(f"{target.name}: {failed_open:.0f} decisions failed open "
+                                "(Redis slower than redis.timeout or down): its Redis "
+                                "figures undercount")
+        if redis_errors:
+            target.notes.append(f"{target.name}: Redis errors by operation {redis_errors} "
+                                "(tollgate_redis_errors_total; timeouts count here)")
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def run_fleet(sup: Supervisor, lab: Lab, wrk: str) -> tuple[dict, list[str]]:
+    """Three nodes, one Redis, a low limit, three concurrent wrk: admitted vs the limit."""
+    rate = f"{FLEET_LIMIT_PER_S}/1s"
+    print(f"fleet: {FLEET_NODES} tollgate nodes, global async {rate} per client address, "
+          f"one Redis; {FLEET_NODES} concurrent wrk -t1 -c{FLEET_CONNECTIONS} "
+          f"-d{FLEET_SECONDS}s", flush=True)
+    redis = lab.start_redis("redis-fleet")
+    nodes = [lab.start_tollgate(f"fleet-{i + 1}", f"fleet node {i + 1}",
+                                "tollgate-global-async.yaml", rate, redis, refusing=True)
+             for i in range(FLEET_NODES)]
+
+    def all_see_fleet() -> bool:
+        return all(metric_sum(http_text(n.admin_port, "/metrics"), "tollgate_redis_nodes")
+                   == FLEET_NODES for n in nodes)
+
+    wait_until(f"every fleet node seeing {FLEET_NODES} live nodes", all_see_fleet)
+    procs = [run_wrk(sup, wrk, n.url, 1, FLEET_CONNECTIONS, FLEET_SECONDS, ("per-second",))
+             for n in nodes]
+    results = [finish_wrk(sup, p, FLEET_SECONDS) for p in procs]
+    problems = []
+    for node, result in zip(nodes, results):
+        problems += check_run(node, result)
+    statuses: dict[int, int] = {}
+    per_second: dict[int, int] = {}
+    for result in results:
+        for code, n in result["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+        for second, n in result["ok_per_second"].items():
+            per_second[second] = per_second.get(second, 0) + n
+    duration_s = max(r["duration_us"] for r in results) / 1e6
+    requests = sum(r["requests"] for r in results)
+    admitted = statuses.get(200, 0)
+    # Whole epoch seconds only: the first and last second of the run are partial.
+    seconds = sorted(per_second)
+    full = [per_second[s] for s in seconds[1:-1]]
+    fleet = {
+        "nodes": FLEET_NODES, "limit_per_s": FLEET_LIMIT_PER_S, "duration_s": duration_s,
+        "requests": requests, "requests_per_s": requests / duration_s, "statuses": statuses,
+        "admitted": admitted, "admitted_per_s": admitted / duration_s,
+        "ratio": admitted / duration_s / FLEET_LIMIT_PER_S,
+        "admitted_per_full_second": full,
+        "ratio_full_seconds": (statistics.mean(full) / FLEET_LIMIT_PER_S) if full else None,
+        "per_node": results,
+    }
+    for node in nodes:
+        node.proc.stop()
+        sup.forget(node.proc)
+    return fleet, problems
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_ms(us: float) -> str:
+    return f"{us / 1000:.2f} ms"
+
+
+def fmt_cmds(summary: dict) -> str:
+    if summary["redis_cmds_per_request"] is None:
+        return "—"
+    return (f"{summary['redis_cmds_per_request']:.4f} "
+            f"({summary['redis_scripts_per_request']:.4f})")
+
+
+def fmt_mib(kb: int | None) -> str:
+    return "n/a" if kb is None else f"{kb / 1024:.1f} MiB"
+
+
+def summarize(target: Target) -> dict:
+    rounds = target.rounds
+    requests = sum(r["requests"] for r in rounds)
+    summary = {
+        "rps_median": statistics.median(r["rps"] for r in rounds),
+        "p50_us_median": statistics.median(r["latency_us"]["p50"] for r in rounds),
+        "p99_us_median": statistics.median(r["latency_us"]["p99"] for r in rounds),
+        "peak_rss_kb": target.peak_rss_kb,
+        "requests": requests,
+        "share_429": sum(r["statuses"].get(429, 0) for r in rounds) / requests if requests else 0,
+        "redis_cmds_per_request": None,
+        "redis_scripts_per_request": None,
+    }
+    if target.redis and requests:
+        summary["redis_cmds_per_request"] = sum(r["redis_calls"] for r in rounds) / requests
+        summary["redis_scripts_per_request"] = (sum(r["redis_script_calls"] for r in rounds)
+                                                / requests)
+    return summary
+
+
+def machine_info() -> dict:
+    meminfo = Path("/proc/meminfo").read_text()
+    mem_kb = int(next(l for l in meminfo.splitlines() if l.startswith("MemTotal:")).split()[1])
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    return {"cores": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
+            "memory_gib": round(mem_kb / 1024 / 1024, 1), "cpu": cpu,
+            "kernel": os.uname().release}
+
+
+def versions(tools: dict[str, str], tollgate_bin: Path) -> dict:
+    def first_line(argv: list[str]) -> str:
+        done = subprocess.run(argv, capture_output=True, text=True)
+        lines = (done.stdout + done.stderr).strip().splitlines()
+        return lines[0] if lines else "?"
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "?"
+    return {"tollgate": f"{first_line([str(tollgate_bin), '--version'])} ({commit})",
+            "nginx": first_line([tools["nginx"], "-v"]),
+            "haproxy": first_line([tools["haproxy"], "-v"]),
+            "wrk": first_line([tools["wrk"], "-v"]),
+            "redis": first_line([tools["redis-server"], "--version"])}
+
+
+def report(targets: list[Target], fleet: dict | None, context: dict, problems: list[str],
+           notes: list[str]) -> str:
+    s = context["settings"]
+    m = context["machine"]
+    lines = [
+        "## tollgate load comparison",
+        "",
+        f"- date: {context['date']}",
+        f"- machine: {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB memory, "
+        f"Linux {m['kernel']}",
+        f"- command: `{context['command']}`",
+        f"- load: `wrk -t{s['wrk_threads']} -c{s['connections']} -d{s['duration_s']}s --latency` "
+        f"on `/a/x` over keep-alive connections, {s['rounds']} interleaved round(s), "
+        f"one wrk at a time, warm-up {s['warmup_s']} s per target",
+        f"- every target runs one worker (nginx `worker_processes 1`, HAProxy `nbthread 1`, "
+        f"tollgate `threads: 1`) and proxies to one `stub-service --threads {STUB_THREADS}` "
+        "(two threads, so the backend is never the bottleneck)",
+        "- versions: " + "; ".join(f"{v}" for v in context["versions"].values()),
+        "",
+    ]
+    summaries = {t.name: summarize(t) for t in targets}
+    baselines = [summaries[n]["rps_median"] for n in ("nginx", "haproxy") if n in summaries]
+    baseline = max(baselines) if baselines else None
+    lines += ["| target | req/s (median) | p50 | p99 | peak RSS | Redis cmds/req | "
+              "ratio to faster of nginx/HAProxy |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for target in targets:
+        if target.refusing:
+            continue
+        sm = summaries[target.name]
+        cmds = fmt_cmds(sm)
+        ratio = f"{sm['rps_median'] / baseline:.2f}" if baseline else "n/a"
+        lines.append(f"| {target.label} | {sm['rps_median']:,.0f} | {fmt_ms(sm['p50_us_median'])} "
+                     f"| {fmt_ms(sm['p99_us_median'])} | {fmt_mib(sm['peak_rss_kb'])} | {cmds} "
+                     f"| {ratio} |")
+    if any(t.redis for t in targets):
+        lines += ["", "Redis cmds/req: every command the target's own Redis executed during "
+                  "its runs, divided by the requests answered; `INFO commandstats` counts the "
+                  "commands a Lua script runs too. In parentheses: scripts run (EVALSHA) per "
+                  "request, each one command sent by tollgate (atomic mode: one per request)."]
+    refusing = [t for t in targets if t.refusing]
+    if refusing:
+        proxying = summaries.get("tollgate-global-async", {}).get("rps_median")
+        lines += ["", "Refusal run: the same global async policy at a low limit, so nearly "
+                  "every request is answered 429 by tollgate without reaching the backend.", "",
+                  "| target | req/s (median) | p50 | p99 | 429 share | Redis cmds/req | "
+                  "ratio to global async proxying |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for target in refusing:
+            sm = summaries[target.name]
+            cmds = fmt_cmds(sm)
+            ratio = f"{sm['rps_median'] / proxying:.2f}" if proxying else "n/a"
+            lines.append(f"| {target.label} | {sm['rps_median']:,.0f} | "
+                         f"{fmt_ms(sm['p50_us_median'])} | {fmt_ms(sm['p99_us_median'])} | "
+                         f"{sm['share_429'] * 100:.2f}% | {cmds} | {ratio} |")
+    if fleet:
+        full = fleet["admitted_per_full_second"]
+        full_text = ", ".join(str(n) for n in full) or "none"
+        ratio_full = ("n/a" if fleet["ratio_full_seconds"] is None
+                      else f"{fleet['ratio_full_seconds']:.3f}")
+        lines += ["", f"Fleet: {fleet['nodes']} tollgate nodes (1 thread each), global async "
+                  f"{fleet['limit_per_s']}/1s per client address on one Redis, "
+                  f"{fleet['nodes']} concurrent wrk (one per node, -t1 -c{FLEET_CONNECTIONS}, "
+                  f"{fleet['duration_s']:.2f} s).", "",
+                  "| requests/s (fleet) | admitted/s | limit/s | admitted/limit ratio | "
+                  "admitted per whole second | admitted/limit ratio (whole seconds) |",
+                  "| ---: | ---: | ---: | ---: | --- | ---: |",
+                  f"| {fleet['requests_per_s']:,.0f} | {fleet['admitted_per_s']:.1f} | "
+                  f"{fleet['limit_per_s']} | {fleet['ratio']:.3f} | {full_text} | {ratio_full} |",
+                  "", "The whole-run ratio counts the first and last partial seconds: a fresh "
+                  "window admits its quota at once, so a run that starts or ends just inside "
+                  "a window reads high; the whole-second ratio is the fleet's accuracy."]
+    if notes:
+        lines += ["", "Notes:", *[f"- {n}" for n in notes]]
+    if problems:
+        lines += ["", "**Problems (the figures above are not valid):**",
+                  *[f"- {p.splitlines()[0]}" for p in problems]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Side-by-side load comparison of tollgate, nginx and HAProxy "
+                    "(see the docstring of this file for what is measured and why).")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--duration", type=int, default=10,
+                        help="seconds of each wrk run (default 10)")
+    parser.add_argument("--connections", type=int, default=50,
+                        help="wrk keep-alive connections (default 50)")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of unmeasured load per target before the rounds "
+                             "(default 2; 0 for none)")
+    parser.add_argument("--targets", default=",".join(TARGET_NAMES),
+                        help="comma-separated subset of: " + ", ".join(TARGET_NAMES))
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test of the harness (~30 s): 1 round of 2 s, 10 "
+                             "connections, no warm-up; fails unless every target answers 200")
+    parser.add_argument("--fleet", action="store_true",
+                        help=f"also run {FLEET_NODES} tollgate nodes on one Redis at "
+                             f"{FLEET_LIMIT_PER_S}/1s and report admitted/limit")
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--json", type=Path, help="write every raw per-round figure here")
+    parser.add_argument("--no-install", action="store_true",
+                        help="fail instead of installing missing tools with apt-get")
+    parser.add_argument("--keep-tmp", action="store_true",
+                        help="keep the temporary directory (configs and logs)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration, args.connections, args.warmup = 1, 2, 10, 0
+    args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in args.target_names if n not in TARGET_NAMES]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; "
+                     f"choose from {', '.join(TARGET_NAMES)}")
+    if args.rounds < 1 or args.duration < 1 or args.connections < 1:
+        parser.error("--rounds, --duration and --connections must be at least 1")
+    return args
+
+
+def raise_on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, raise_on_signal)
+    command = shlex.join(["python3", *sys.argv]) if argv is None else shlex.join(argv)
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-load-"))
+    sup = Supervisor(tmp)
+    try:
+        tools = ensure_tools(allow_install=not args.no_install)
+        tollgate_bin, stub_bin = ensure_binaries()
+        context = {
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "command": command,
+            "machine": machine_info(),
+            "versions": versions(tools, tollgate_bin),
+            "settings": {"rounds": args.rounds, "duration_s": args.duration,
+                         "connections": args.connections, "wrk_threads": args.wrk_threads,
+                         "warmup_s": args.warmup, "quick": args.quick,
+                         "stub_threads": STUB_THREADS},
+        }
+        lab = Lab(sup, tmp, tools, tollgate_bin, stub_bin)
+        print(f"starting targets under {tmp} (stub-service with --threads {STUB_THREADS}, so "
+              "the backend is never the bottleneck)", flush=True)
+        lab.start_stub()
+        targets = start_targets(lab, args.target_names)
+        problems = run_rounds(sup, tools["wrk"], targets, args)
+        collect_after(targets)
+        fleet = None
+        if args.fleet:
+            fleet, fleet_problems = run_fleet(sup, lab, tools["wrk"])
+            problems += fleet_problems
+        notes = [n for t in targets for n in t.notes]
+        for target in targets:
+            if any(socket_errors(r) for r in target.rounds):
+                notes.append(f"{target.name}: wrk saw socket errors "
+                             f"{[r['errors'] for r in target.rounds]}")
+        text = report(targets, fleet, context, problems, notes)
+        print()
+        print(text, end="")
+        if args.out:
+            args.out.write_text(text)
+            print(f"\nwrote {args.out}")
+        if args.json:
+            dump = dict(context, targets={
+                t.name: {"label": t.label, "pid": t.worker_pid, "rounds": t.rounds,
+                         "summary": summarize(t), "notes": t.notes} for t in targets},
+                fleet=fleet, problems=problems)
+            args.json.write_text(json.dumps(dump, indent=2, default=str) + "\n")
+            print(f"wrote {args.json}")
+        print(f"\n(harness ran {time.monotonic() - started:.0f} s)")
+        if problems:
+            print("\nFAILED:", file=sys.stderr)
+            for p in problems:
+                print(f"  {p}", file=sys.stderr)
+            return 1
+        return 0
+    except HarnessError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        if not args.keep_tmp:
+            print("(run with --keep-tmp to keep every config and log)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; stopping everything the harness started", file=sys.stderr)
+        return 130
+    finally:
+        sup.stop_all()
+        if args.keep_tmp:
+            print(f"kept {tmp} (configs and logs)", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
