@@ -25,6 +25,24 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// One decision the way the proxy makes it: on the spot, or through Redis for atomic
+/// policies (none here).
+fn decide(
+    policy: &Policy,
+    limiter: &tollgate::limit::policy::Limiter,
+    facts: &RequestFacts<'_>,
+    link: &RedisLink,
+) -> bool {
+    match policy.decide_now(limiter, facts, 1, Some(link)) {
+        Some(check) => check.verdict.allowed,
+        None => {
+            ready(policy.check(limiter, facts, 1, Some(link)))
+                .verdict
+                .allowed
+        }
+    }
+}
+
 fn limit(yaml: &str) -> LimitConfig {
     serde_yaml::from_str(yaml).expect("bench limit config")
 }

@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod decision_log;
 pub mod decisions;

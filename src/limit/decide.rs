@@ -90,6 +90,47 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Check {
+        if let Some(decided) = self.decide_now(limiter, facts, cost, link) {
+            return decided;
+        }
+        // Only atomic policies with Redis up reach here.
+        let Some(link) = link else {
+            return self.finish(
+                self.local(limiter, key::hash(limiter.id, &self.key, facts), cost, 1),
+                false,
+                None,
+            );
+        };
+        match self.atomic(limiter, facts, cost, link).await {
+            Ok(v) => self.finish(v, false, None),
+            Err(e) => {
+                link.mark_down("atomic", &e);
+                match self.on_redis_error {
+                    OnRedisError::Closed => self.unavailable(limiter),
+                    OnRedisError::Open => {
+                        let hash = key::hash(limiter.id, &self.key, facts);
+                        self.finish(self.local(limiter, hash, cost, link.nodes()), true, None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decides one request on the spot, with no Redis round trip; `None` when the policy
+    /// needs one (atomic mode with Redis up), then use [`Policy::check`]. Keeping this
+    /// path free of futures makes the common decision cheaper.
+    pub fn decide_now(
+        &self,
+        limiter: &Limiter,
+        facts: &RequestFacts<'_>,
+        cost: u64,
+        link: Option<&RedisLink>,
+    ) -> Option<Check> {
+        if let (Scope::Global, Some(link), SyncMode::Atomic) = (self.scope, link, self.sync) {
+            if link.is_up() && !matches!(limiter.params, Params::Concurrency { .. }) {
+                return None;
+            }
+        }
         let hash = key::hash(limiter.id, &self.key, facts);
         let mut guard = None;
         let (verdict, failed_open) = match (limiter.params, self.scope, link) {
@@ -109,37 +150,22 @@ impl Policy {
             (_, Scope::Local, _) | (_, Scope::Global, None) => {
                 (self.local(limiter, hash, cost, 1), false)
             }
-            (_, Scope::Global, Some(link)) => {
-                if !link.is_up() {
-                    match self.on_redis_error {
-                        OnRedisError::Closed => return self.unavailable(limiter),
-                        OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
-                    }
-                } else {
-                    match self.sync {
-                        SyncMode::Async => match self.leased(limiter, hash, facts, cost, link) {
-                            Some(v) => (v, false),
-                            None => {
-                                self.counters.untracked.inc();
-                                (self.local(limiter, hash, cost, link.nodes()), false)
-                            }
-                        },
-                        SyncMode::Atomic => match self.atomic(limiter, facts, cost, link).await {
-                            Ok(v) => (v, false),
-                            Err(e) => {
-                                link.mark_down("atomic", &e);
-                                match self.on_redis_error {
-                                    OnRedisError::Closed => return self.unavailable(limiter),
-                                    OnRedisError::Open => {
-                                        (self.local(limiter, hash, cost, link.nodes()), true)
-                                    }
-                                }
-                            }
-                        },
-                    }
+            (_, Scope::Global, Some(link)) if !link.is_up() => match self.on_redis_error {
+                OnRedisError::Closed => return Some(self.unavailable(limiter)),
+                OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
+            },
+            (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
+                Some(v) => (v, false),
+                None => {
+                    self.counters.untracked.inc();
+                    (self.local(limiter, hash, cost, link.nodes()), false)
                 }
-            }
+            },
         };
+        Some(self.finish(verdict, failed_open, guard))
+    }
+
+    fn finish(&self, verdict: Verdict, failed_open: bool, guard: Option<Guard>) -> Check {
         let outcome = match (verdict.allowed, self.mode) {
             (true, _) if failed_open => Outcome::FailedOpen,
             (true, _) => Outcome::Allowed,
@@ -260,7 +286,9 @@ impl Policy {
                     algorithm::concurrency(limit + 1, limit)
                 }
             };
-            (verdict, lease.urgent)
+            let signal = lease.urgent && !lease.signalled;
+            lease.signalled |= signal;
+            (verdict, signal)
         })?;
         if urgent {
             link.request_sync();

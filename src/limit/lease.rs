@@ -106,6 +106,8 @@ pub struct Lease {
     pub held_syncs: u32,
     /// This key needs a sync before the next scheduled one.
     pub urgent: bool,
+    /// The sync task has been woken for this key since its last sync.
+    pub signalled: bool,
 }
 
 impl Lease {
@@ -132,6 +134,7 @@ impl Lease {
             idle_syncs: 0,
             held_syncs: 0,
             urgent: false,
+            signalled: false,
         }
     }
 
@@ -196,9 +199,14 @@ impl Lease {
         if !sliding {
             return limit;
         }
-        let w = window_ms.max(1) as u128;
-        let remaining_part = w - (now_ms % window_ms.max(1)) as u128;
-        let weighted = (self.known_prev as u128 * remaining_part).div_ceil(w) as u64;
+        let w = window_ms.max(1);
+        let remaining_part = w - now_ms % w;
+        // 64-bit arithmetic unless the product could overflow (it never does for windows
+        // under a day and counts under four billion): 128-bit division is slow.
+        let weighted = match self.known_prev.checked_mul(remaining_part) {
+            Some(product) => product.div_ceil(w),
+            None => (self.known_prev as u128 * remaining_part as u128).div_ceil(w as u128) as u64,
+        };
         limit.saturating_sub(weighted)
     }
 
@@ -366,6 +374,7 @@ impl Lease {
     /// Folds this sync's demand into the smoothed rate.
     fn observe_demand(&mut self) {
         self.urgent = false;
+        self.signalled = false;
         let demand = std::mem::take(&mut self.demand) as f64;
         self.rate = if self.rate == 0.0 {
             demand

@@ -14,7 +14,7 @@ use redis::AsyncConnectionConfig;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub struct RedisLink {
     pub config: RedisConfig,
@@ -49,18 +49,14 @@ const NEVER_LOADED: u64 = u64::MAX;
 /// The most a (re)connection attempt may take; the sync loop must not stall behind it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Unix time in ms, from the coarse clock (see [`crate::clock`]).
 pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
+/// Unix time in ns, from the coarse clock (see [`crate::clock`]).
 pub fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ns()
 }
 
 impl RedisLink {

@@ -85,9 +85,11 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 }
             }
         };
-        let check = policy
-            .check(limiter, facts, cost, gateway.redis.as_deref())
-            .await;
+        let link = gateway.redis.as_deref();
+        let check = match policy.decide_now(limiter, facts, cost, link) {
+            Some(decided) => decided,
+            None => policy.check(limiter, facts, cost, link).await,
+        };
         guards.extend(check.guard);
         let v = &check.verdict;
         match check.outcome {
