@@ -98,20 +98,14 @@ fn decisions(c: &mut Criterion) {
         let limiter = policy.limiter(None);
         group.bench_function(BenchmarkId::new("hot_key", label), |b| {
             let f = facts(keys[0], &headers);
-            b.iter(|| {
-                ready(policy.check(limiter, black_box(&f), 1, Some(&link)))
-                    .verdict
-                    .allowed
-            })
+            b.iter(|| decide(&policy, limiter, black_box(&f), &link))
         });
         group.bench_function(BenchmarkId::new("100k_keys", label), |b| {
             let mut i = 0usize;
             b.iter(|| {
                 i = (i + 1) % keys.len();
                 let f = facts(keys[i], &headers);
-                ready(policy.check(limiter, black_box(&f), 1, Some(&link)))
-                    .verdict
-                    .allowed
+                decide(&policy, limiter, black_box(&f), &link)
             })
         });
     }

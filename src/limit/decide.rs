@@ -81,8 +81,9 @@ impl Policy {
         Ok(cost)
     }
 
-    /// Decides one request. Never waits on Redis except in atomic mode, and then at most
-    /// `redis.timeout`.
+    /// Decides one request. Waits on Redis only in atomic mode, or when this node's lease
+    /// for the key ran dry while the fleet still has quota (the refill is already on its
+    /// way), and then at most `redis.timeout`.
     pub async fn check(
         &self,
         limiter: &Limiter,
@@ -90,10 +91,9 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Check {
-        if let Some(decided) = self.decide_now(limiter, facts, cost, link) {
+        if let Some(decided) = self.decide(limiter, facts, cost, link, true) {
             return decided;
         }
-        // Only atomic policies with Redis up reach here.
         let Some(link) = link else {
             return self.finish(
                 self.local(limiter, key::hash(limiter.id, &self.key, facts), cost, 1),
@@ -101,6 +101,19 @@ impl Policy {
                 None,
             );
         };
+        if self.sync == SyncMode::Async {
+            // Rather than refuse a request the fleet has room for, wait for the refill this
+            // node has already asked for (a round under way may not carry it yet).
+            let deadline = std::time::Instant::now() + link.config.timeout;
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                link.wait_for_sync(link.sync_generation(), left).await;
+                let may_wait = std::time::Instant::now() < deadline;
+                if let Some(decided) = self.decide(limiter, facts, cost, Some(link), may_wait) {
+                    return decided;
+                }
+            }
+        }
         match self.atomic(limiter, facts, cost, link).await {
             Ok(v) => self.finish(v, false, None),
             Err(e) => {
@@ -116,15 +129,26 @@ impl Policy {
         }
     }
 
-    /// Decides one request on the spot, with no Redis round trip; `None` when the policy
-    /// needs one (atomic mode with Redis up), then use [`Policy::check`]. Keeping this
-    /// path free of futures makes the common decision cheaper.
+    /// Decides one request on the spot, with no Redis round trip; `None` when the decision
+    /// needs to wait (atomic mode, or a refill on its way), then use [`Policy::check`].
+    /// Keeping this path free of futures makes the common decision cheaper.
     pub fn decide_now(
         &self,
         limiter: &Limiter,
         facts: &RequestFacts<'_>,
         cost: u64,
         link: Option<&RedisLink>,
+    ) -> Option<Check> {
+        self.decide(limiter, facts, cost, link, true)
+    }
+
+    fn decide(
+        &self,
+        limiter: &Limiter,
+        facts: &RequestFacts<'_>,
+        cost: u64,
+        link: Option<&RedisLink>,
+        may_wait: bool,
     ) -> Option<Check> {
         if let (Scope::Global, Some(link), SyncMode::Atomic) = (self.scope, link, self.sync) {
             if link.is_up() && !matches!(limiter.params, Params::Concurrency { .. }) {
@@ -155,7 +179,8 @@ impl Policy {
                 OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
             },
             (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
-                Some(v) => (v, false),
+                Some((_, true)) if may_wait => return None,
+                Some((v, _)) => (v, false),
                 None => {
                     self.counters.untracked.inc();
                     (self.local(limiter, hash, cost, link.nodes()), false)
@@ -261,7 +286,7 @@ impl Policy {
         facts: &RequestFacts<'_>,
         cost: u64,
         link: &RedisLink,
-    ) -> Option<Verdict> {
+    ) -> Option<(Verdict, bool)> {
         let now = unix_ms();
         let nodes = link.nodes();
         let sync_ms = link.config.sync_interval.as_millis() as u64;
@@ -272,7 +297,7 @@ impl Policy {
             };
             Lease::new(key::text(&self.key, facts).into(), window)
         };
-        let (verdict, urgent) = limiter.leases.with(hash, make, |lease| {
+        let (verdict, urgent, pending) = limiter.leases.with(hash, make, |lease| {
             let verdict = match limiter.params {
                 Params::Window {
                     limit,
@@ -288,12 +313,14 @@ impl Policy {
             };
             let signal = lease.urgent && !lease.signalled;
             lease.signalled |= signal;
-            (verdict, signal)
+            // Refused only because this node's refill is still on its way.
+            let pending = !verdict.allowed && !lease.exhausted;
+            (verdict, signal, pending)
         })?;
         if urgent {
             link.request_sync();
         }
-        Some(verdict)
+        Some((verdict, pending))
     }
 
     /// One round trip to Redis, which decides exactly.

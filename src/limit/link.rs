@@ -27,6 +27,9 @@ pub struct RedisLink {
     metrics: Arc<Metrics>,
     /// Wakes the sync task early (a new key, or a lease that ran dry).
     pub sync_wanted: tokio::sync::Notify,
+    /// Wakes requests waiting for a refill when a sync round completes.
+    sync_done: tokio::sync::Notify,
+    sync_generation: AtomicU64,
     /// API keys registered through the admin API, refreshed when their version changes.
     registered: ArcSwap<HashMap<KeyDigest, Arc<KeyRecord>>>,
     registered_version: AtomicU64,
@@ -80,6 +83,8 @@ impl RedisLink {
             sequence: AtomicU64::new(0),
             metrics,
             sync_wanted: tokio::sync::Notify::new(),
+            sync_done: tokio::sync::Notify::new(),
+            sync_generation: AtomicU64::new(0),
             registered: ArcSwap::from_pointee(HashMap::new()),
             registered_version: AtomicU64::new(NEVER_LOADED),
             last_reset_ms: AtomicU64::new(unix_ms()),
@@ -256,6 +261,29 @@ impl RedisLink {
         self.registered.store(Arc::new(keys));
         self.registered_version
             .store(NEVER_LOADED, Ordering::Relaxed);
+    }
+
+    /// Counts sync rounds, so a request can tell whether one completed since it looked.
+    pub fn sync_generation(&self) -> u64 {
+        self.sync_generation.load(Ordering::Acquire)
+    }
+
+    /// Marks a sync round complete and wakes the requests waiting for it.
+    pub fn sync_completed(&self) {
+        self.sync_generation.fetch_add(1, Ordering::AcqRel);
+        self.sync_done.notify_waiters();
+    }
+
+    /// Waits until a sync round newer than `seen` completes, at most `timeout`.
+    pub async fn wait_for_sync(&self, seen: u64, timeout: Duration) {
+        let done = self.sync_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        // A round that ended after the caller looked, before it began waiting, counts.
+        if self.sync_generation() != seen {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, done).await;
     }
 
     pub fn record_sync(&self, seconds: f64) {

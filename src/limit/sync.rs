@@ -212,6 +212,7 @@ async fn sync_once(
     let took = started.elapsed().as_secs_f64();
     link.metrics().redis_sync_duration.observe(took);
     link.record_sync(took);
+    link.sync_completed();
 }
 
 /// Drops keys that went quiet, keeping memory to what is in use.
