@@ -363,16 +363,21 @@ def release_dir() -> Path:
     return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release"
 
 
+def bare_pingora_bin() -> Path:
+    return release_dir() / "examples" / "bare_pingora"
+
+
 def ensure_binaries() -> tuple[Path, Path]:
     tollgate, stub = release_dir() / "tollgate", release_dir() / "stub-service"
-    if not (tollgate.is_file() and stub.is_file()):
+    if not (tollgate.is_file() and stub.is_file() and bare_pingora_bin().is_file()):
         if shutil.which("cargo") is None:
             raise HarnessError(f"{tollgate} or {stub} is missing and cargo is not installed")
-        print("release binaries missing: running `cargo build --release --workspace` "
-              "(this may take ~6 minutes) ...", flush=True)
-        if subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT).returncode:
-            raise HarnessError("cargo build --release --workspace failed")
-    for path in (tollgate, stub):
+        print("release binaries missing: running `cargo build --release --workspace "
+              "--bins --examples` (this may take ~6 minutes) ...", flush=True)
+        build = ["cargo", "build", "--release", "--workspace", "--bins", "--examples"]
+        if subprocess.run(build, cwd=ROOT).returncode:
+            raise HarnessError("cargo build --release failed")
+    for path in (tollgate, stub, bare_pingora_bin()):
         if not path.is_file():
             raise HarnessError(f"{path} is still missing after the build")
     return tollgate, stub
@@ -480,11 +485,22 @@ class Lab:
         self._ready_200("haproxy", port, proc)
         return Target("haproxy", "HAProxy (stick table)", proc, port, worker_pid=proc.pid)
 
+    def start_bare_pingora(self) -> Target:
+        # Pingora with a ProxyHttp that only picks the backend: what Pingora itself costs
+        # per request on this machine, to tell tollgate's share from the framework's.
+        port, workdir = free_port(), self.workdir("pingora-bare")
+        argv = [str(bare_pingora_bin()), f"127.0.0.1:{port}", f"127.0.0.1:{self.stub_port}"]
+        proc = self.sup.start("pingora-bare", argv, workdir, stop_signal=signal.SIGINT)
+        self._ready_200("pingora-bare", port, proc)
+        return Target("pingora-bare", "Pingora alone (no tollgate code)", proc, port,
+                      worker_pid=proc.pid)
+
     def start_tollgate(self, name: str, label: str, template: str, rate: str | None = None,
-                       redis: RedisClient | None = None, refusing: bool = False) -> Target:
+                       redis: RedisClient | None = None, refusing: bool = False,
+                       extra: dict | None = None) -> Target:
         port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
         values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
-                  "STUB_PORT": self.stub_port}
+                  "STUB_PORT": self.stub_port, **(extra or {})}
         if rate is not None:
             values["RATE"] = rate
         if redis is not None:
@@ -502,7 +518,7 @@ class Lab:
                       redis=redis, worker_pid=proc.pid)
 
 
-TARGET_NAMES = ["nginx", "haproxy", "tollgate-none", "tollgate-local", "tollgate-global-async",
+TARGET_NAMES = ["nginx", "haproxy", "pingora-bare", "tollgate-none", "tollgate-local", "tollgate-global-async",
                 "tollgate-global-atomic", "tollgate-refusing"]
 
 
@@ -513,6 +529,8 @@ def start_targets(lab: Lab, names: list[str]) -> list[Target]:
             target = lab.start_nginx()
         elif name == "haproxy":
             target = lab.start_haproxy()
+        elif name == "pingora-bare":
+            target = lab.start_bare_pingora()
         elif name == "tollgate-none":
             target = lab.start_tollgate(name, "tollgate, no limits", "tollgate-none.yaml")
         elif name == "tollgate-local":

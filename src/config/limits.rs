@@ -388,7 +388,7 @@ fn default_true() -> bool {
     true
 }
 fn default_max_keys() -> usize {
-    100_000
+    50_000
 }
 
 #[cfg(test)]

@@ -318,7 +318,7 @@ impl Policy {
             (verdict, signal, pending)
         })?;
         if urgent {
-            link.request_sync();
+            link.mark_urgent(limiter.id, hash);
         }
         Some((verdict, pending))
     }

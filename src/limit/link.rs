@@ -27,6 +27,8 @@ pub struct RedisLink {
     metrics: Arc<Metrics>,
     /// Wakes the sync task early (a new key, or a lease that ran dry).
     pub sync_wanted: tokio::sync::Notify,
+    /// Keys that asked for an early sync: (limiter id, key hash).
+    urgent: Mutex<Vec<(u64, u64)>>,
     /// Wakes requests waiting for a refill when a sync round completes.
     sync_done: tokio::sync::Notify,
     sync_generation: AtomicU64,
@@ -83,6 +85,7 @@ impl RedisLink {
             sequence: AtomicU64::new(0),
             metrics,
             sync_wanted: tokio::sync::Notify::new(),
+            urgent: Mutex::new(Vec::new()),
             sync_done: tokio::sync::Notify::new(),
             sync_generation: AtomicU64::new(0),
             registered: ArcSwap::from_pointee(HashMap::new()),
@@ -92,9 +95,24 @@ impl RedisLink {
         })
     }
 
-    /// Asks the sync task to run before its next scheduled round; cheap and never waits.
-    pub fn request_sync(&self) {
+    /// Asks the sync task to sync one key before its next scheduled round; cheap and
+    /// never waits. Past `URGENT_CAPACITY` queued keys the scheduled round takes them.
+    pub fn mark_urgent(&self, limiter_id: u64, hash: u64) {
+        {
+            let mut urgent = self.urgent.lock();
+            if urgent.len() < URGENT_CAPACITY {
+                urgent.push((limiter_id, hash));
+            }
+        }
         self.sync_wanted.notify_one();
+    }
+
+    /// The keys waiting for an early sync, each once.
+    pub fn take_urgent(&self) -> Vec<(u64, u64)> {
+        let mut keys = std::mem::take(&mut *self.urgent.lock());
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 
     /// Whether global decisions can use Redis right now.
@@ -315,6 +333,9 @@ impl RedisLink {
         }
     }
 }
+
+/// Most keys queued for an early sync at once.
+const URGENT_CAPACITY: usize = 100_000;
 
 /// Syncs remembered for the latency summary.
 const SYNC_HISTORY: usize = 256;

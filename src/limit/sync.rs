@@ -3,7 +3,7 @@
 //! the connection alive (reconnecting with backoff) and the live-node count current.
 
 use super::algorithm;
-use super::lease::{BucketAnswer, BucketPlan, Prefetch, Report, WindowAnswer, WindowPlan};
+use super::lease::{BucketAnswer, BucketPlan, Lease, Prefetch, Report, WindowAnswer, WindowPlan};
 use super::link::{unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
@@ -74,13 +74,12 @@ impl BackgroundService for LimitSync {
                 if let Some(connection) = link.connection() {
                     // The heartbeat (and the up/down verdict) runs on schedule; early
                     // rounds only move leases.
-                    sync_once(
-                        link,
-                        connection,
-                        &gateway.policies,
-                        scheduled || !link.is_up(),
-                    )
-                    .await;
+                    let round = if scheduled || !link.is_up() {
+                        Round::Scheduled
+                    } else {
+                        Round::Urgent
+                    };
+                    sync_once(link, connection, &gateway.policies, round).await;
                 }
             }
             if scheduled {
@@ -125,7 +124,7 @@ impl BackgroundService for LimitSync {
                         }
                     }
                 }
-                sync_once(link, connection, &gateway.policies, false).await;
+                sync_once(link, connection, &gateway.policies, Round::Final).await;
             }
             link.leave().await;
         }
@@ -149,15 +148,26 @@ enum Slot<'a> {
     },
 }
 
+/// What a sync round covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Round {
+    /// Every `sync_interval`: the heartbeat, then every lease.
+    Scheduled,
+    /// Woken early: only the keys that asked (new keys, leases that ran dry).
+    Urgent,
+    /// On shutdown: every lease, no heartbeat.
+    Final,
+}
+
 async fn sync_once(
     link: &RedisLink,
     mut connection: MultiplexedConnection,
     policies: &std::collections::BTreeMap<String, Arc<Policy>>,
-    heartbeat: bool,
+    round: Round,
 ) {
     let started = Instant::now();
     let deadline = (link.config.timeout * 4).max(link.config.sync_interval * 2);
-    if heartbeat {
+    if round == Round::Scheduled {
         match tokio::time::timeout(deadline, link.heartbeat(&mut connection)).await {
             Ok(Ok(_)) => link.mark_up(),
             Ok(Err(e)) => return link.mark_down("heartbeat", &e),
@@ -184,35 +194,115 @@ async fn sync_once(
     let now = unix_ms();
     let nodes = link.nodes();
     let sync_ms = link.config.sync_interval.as_millis() as u64;
-    let mut slots = Vec::new();
-    for policy in policies.values().filter(|p| p.is_leased()) {
-        for limiter in policy.limiters() {
-            collect(policy, limiter, now, nodes, sync_ms, &mut slots);
+    let leased: Vec<&Policy> = policies
+        .values()
+        .filter(|p| p.is_leased())
+        .map(|p| &**p)
+        .collect();
+    let mut batch = Batch::new(link, &mut connection, now, deadline);
+    if round == Round::Urgent {
+        // Only the keys that asked, so a flood of new keys does not make every early
+        // round walk every lease.
+        for (limiter_id, hash) in link.take_urgent() {
+            let found = leased
+                .iter()
+                .flat_map(|p| p.limiters().map(move |l| (*p, l)))
+                .find(|(_, l)| l.id == limiter_id);
+            if let Some((policy, limiter)) = found {
+                if let Some(slot) = limiter
+                    .leases
+                    .get(hash, |lease| {
+                        plan(limiter, hash, lease, now, nodes, sync_ms)
+                    })
+                    .flatten()
+                {
+                    batch.push(slot, policy).await;
+                }
+            }
         }
-    }
-    let mut failed = None;
-    let mut pending = slots.into_iter().peekable();
-    while pending.peek().is_some() {
-        let chunk: Vec<(Slot, &Policy)> = pending.by_ref().take(CHUNK).collect();
-        if failed.is_some() {
-            restore(chunk);
-            continue;
-        }
-        match run_chunk(link, &mut connection, &chunk, now, deadline).await {
-            Ok(answers) => apply(chunk, answers),
-            Err(e) => {
-                restore(chunk);
-                failed = Some(e);
+    } else {
+        // Shard by shard, so the plans in memory at once stay bounded by the batch size.
+        for shard in 0..super::table::SHARDS {
+            for policy in &leased {
+                for limiter in policy.limiters() {
+                    let mut slots = Vec::new();
+                    limiter.leases.for_each_in_shard(shard, |hash, lease| {
+                        if let Some(slot) = plan(limiter, hash, lease, now, nodes, sync_ms) {
+                            slots.push(slot);
+                        }
+                    });
+                    for slot in slots {
+                        batch.push(slot, policy).await;
+                    }
+                }
             }
         }
     }
-    if let Some(e) = failed {
+    if let Err(e) = batch.finish().await {
         return link.mark_down("sync", &e);
     }
     let took = started.elapsed().as_secs_f64();
     link.metrics().redis_sync_duration.observe(took);
     link.record_sync(took);
     link.sync_completed();
+}
+
+/// Plans sent to Redis in pipelines of up to `CHUNK`.
+struct Batch<'a, 'c> {
+    link: &'a RedisLink,
+    connection: &'c mut MultiplexedConnection,
+    now: u64,
+    deadline: Duration,
+    slots: Vec<(Slot<'a>, &'a Policy)>,
+    failed: Option<String>,
+}
+
+impl<'a, 'c> Batch<'a, 'c> {
+    fn new(
+        link: &'a RedisLink,
+        connection: &'c mut MultiplexedConnection,
+        now: u64,
+        deadline: Duration,
+    ) -> Self {
+        Batch {
+            link,
+            connection,
+            now,
+            deadline,
+            slots: Vec::new(),
+            failed: None,
+        }
+    }
+
+    async fn push(&mut self, slot: Slot<'a>, policy: &'a Policy) {
+        self.slots.push((slot, policy));
+        if self.slots.len() >= CHUNK {
+            self.send().await;
+        }
+    }
+
+    async fn send(&mut self) {
+        let chunk = std::mem::take(&mut self.slots);
+        if chunk.is_empty() {
+            return;
+        }
+        if self.failed.is_some() {
+            // Redis already failed this round: keep what the plans took for the next one.
+            return restore(chunk);
+        }
+        match run_chunk(self.link, self.connection, &chunk, self.now, self.deadline).await {
+            Ok(answers) => apply(chunk, answers),
+            Err(e) => {
+                restore(chunk);
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    async fn finish(mut self) -> Result<(), String> {
+        self.send().await;
+        self.failed.map_or(Ok(()), Err)
+    }
 }
 
 /// Drops keys that went quiet, keeping memory to what is in use.
@@ -236,41 +326,37 @@ fn evict(policies: &std::collections::BTreeMap<String, Arc<Policy>>, now: u64) {
     }
 }
 
-fn collect<'a>(
-    policy: &'a Policy,
+/// One key's plan for this round, if it has anything to send.
+fn plan<'a>(
     limiter: &'a Limiter,
+    hash: u64,
+    lease: &mut Lease,
     now: u64,
     nodes: u64,
     sync_ms: u64,
-    out: &mut Vec<(Slot<'a>, &'a Policy)>,
-) {
-    limiter.leases.for_each(|hash, lease| {
-        let key = lease.key.clone();
-        let slot = match limiter.params {
-            Params::Window {
-                limit,
-                window_ms,
-                sliding,
-            } => lease
-                .plan_window(limit, now, window_ms, sliding, nodes, sync_ms)
-                .map(|plan| Slot::Window {
-                    limiter,
-                    hash,
-                    key,
-                    plan,
-                }),
-            Params::Bucket(b) => lease.plan_bucket(b.burst, nodes).map(|plan| Slot::Bucket {
+) -> Option<Slot<'a>> {
+    let key = lease.key.clone();
+    match limiter.params {
+        Params::Window {
+            limit,
+            window_ms,
+            sliding,
+        } => lease
+            .plan_window(limit, now, window_ms, sliding, nodes, sync_ms)
+            .map(|plan| Slot::Window {
                 limiter,
                 hash,
                 key,
                 plan,
             }),
-            _ => None,
-        };
-        if let Some(slot) = slot {
-            out.push((slot, policy));
-        }
-    });
+        Params::Bucket(b) => lease.plan_bucket(b.burst, nodes).map(|plan| Slot::Bucket {
+            limiter,
+            hash,
+            key,
+            plan,
+        }),
+        _ => None,
+    }
 }
 
 async fn run_chunk(

@@ -7,7 +7,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-const SHARDS: usize = 64;
+pub const SHARDS: usize = 64;
 
 /// `u64` keys are already well-mixed hashes; hashing them again would only cost time.
 #[derive(Default, Clone, Copy)]
@@ -100,6 +100,15 @@ impl<V> KeyTable<V> {
     /// Visits every entry, one shard lock at a time.
     pub fn for_each(&self, mut f: impl FnMut(u64, &mut V)) {
         for shard in self.shards.iter() {
+            for (k, v) in shard.lock().iter_mut() {
+                f(*k, v);
+            }
+        }
+    }
+
+    /// Visits the entries of shard `index` (of [`SHARDS`]).
+    pub fn for_each_in_shard(&self, index: usize, mut f: impl FnMut(u64, &mut V)) {
+        if let Some(shard) = self.shards.get(index) {
             for (k, v) in shard.lock().iter_mut() {
                 f(*k, v);
             }
