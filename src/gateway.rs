@@ -27,6 +27,8 @@ pub struct Route {
     /// Policies applied in order; the first that refuses answers.
     pub limits: Vec<Arc<Policy>>,
     pub require_api_key: bool,
+    /// The largest request body accepted (the route's own or `http.max_body_size`).
+    pub max_body_size: Option<u64>,
     /// Per-second counts for the dashboard, kept across reloads.
     pub series: Arc<RouteSeries>,
 }
@@ -129,6 +131,7 @@ impl Gateway {
                     .filter_map(|name| policies.get(name).cloned())
                     .collect(),
                 require_api_key: spec.require_api_key,
+                max_body_size: spec.max_body_size.or(config.http.max_body_size),
                 series: decisions.series(&prefix),
             };
             routes.push((prefix, Arc::new(route)));

@@ -15,6 +15,7 @@ pub mod decision_log;
 pub mod decisions;
 pub mod demo;
 pub mod gateway;
+pub mod header_deadline;
 pub mod health;
 pub mod identity;
 pub mod lifecycle;

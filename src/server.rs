@@ -7,6 +7,7 @@ use crate::config::{self, Config};
 use crate::decision_log::DecisionLogWriter;
 use crate::decisions::DecisionHub;
 use crate::gateway::{Gateway, SharedGateway};
+use crate::header_deadline::HeaderDeadline;
 use crate::health::HealthChecker;
 use crate::lifecycle::{self, InFlight};
 use crate::limit::sync::LimitSync;
@@ -155,8 +156,11 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         in_flight.clone(),
         decisions.clone(),
     );
-    let mut proxy_service =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, proxy, "tollgate proxy");
+    let proxy = HeaderDeadline::new(
+        pingora_proxy::http_proxy(&server.configuration, proxy),
+        gateway.clone(),
+    );
+    let mut proxy_service = Service::new("tollgate proxy".to_string(), proxy);
     for address in &config.listen {
         proxy_service.add_tcp(address);
     }

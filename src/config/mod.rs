@@ -6,6 +6,7 @@ pub mod duration;
 mod errors;
 pub mod limits;
 mod locate;
+pub mod size;
 mod validate;
 pub use validate::{canonical_prefix, parse_net, split_host_port};
 
@@ -38,6 +39,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    /// Limits on what a client may send, checked before routing; reloadable.
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     #[serde(default)]
@@ -55,6 +59,44 @@ pub struct Config {
     /// Named rate limit policies, applied by routes.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// How long a connection may take to deliver a whole request header (slowloris); on a
+    /// kept-alive connection the clock starts when the first byte of the next request arrives
+    /// or the idle keep-alive period ends.
+    #[serde(default = "default_header_timeout", with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    #[serde(default = "default_keepalive_timeout", with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// The largest request header (request line and all fields); larger gets 431.
+    #[serde(default = "default_max_header_bytes", with = "size")]
+    pub max_header_bytes: u64,
+    /// The longest request target (path and query); longer gets 414.
+    #[serde(default = "default_max_uri_bytes", with = "size")]
+    pub max_uri_bytes: u64,
+    /// The largest request body for routes that do not set their own; larger gets 413.
+    #[serde(
+        default,
+        with = "size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_body_size: Option<u64>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: default_header_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            max_header_bytes: default_max_header_bytes(),
+            max_uri_bytes: default_max_uri_bytes(),
+            max_body_size: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -245,6 +287,13 @@ pub struct RouteConfig {
     /// Answer 401 unless the request carries a known API key.
     #[serde(default)]
     pub require_api_key: bool,
+    /// The largest request body this route accepts (overrides `http.max_body_size`).
+    #[serde(
+        default,
+        with = "size::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_body_size: Option<u64>,
 }
 
 /// A config that passed validation, with the warnings found on the way.
@@ -340,6 +389,18 @@ fn default_pid_file() -> String {
 }
 fn default_upgrade_sock() -> String {
     "/tmp/tollgate-upgrade.sock".into()
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_header_bytes() -> u64 {
+    32 << 10
+}
+fn default_max_uri_bytes() -> u64 {
+    8 << 10
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(1)

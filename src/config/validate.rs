@@ -104,6 +104,32 @@ fn check_listeners(config: &Config, report: &mut Report) {
     if config.server.grace_period > Duration::from_secs(3600) {
         report.error("server.grace_period", "must be at most 1h");
     }
+    let http = &config.http;
+    if http.header_timeout < Duration::from_millis(10)
+        || http.header_timeout > Duration::from_secs(300)
+    {
+        report.error("http.header_timeout", "must be between 10ms and 5m");
+    }
+    if http.keepalive_timeout < Duration::from_secs(1)
+        || http.keepalive_timeout > Duration::from_secs(3600)
+    {
+        report.error("http.keepalive_timeout", "must be between 1s and 1h");
+    }
+    if !(1024..=1 << 20).contains(&http.max_header_bytes) {
+        report.error(
+            "http.max_header_bytes",
+            "must be between 1KiB and 1MiB (Pingora refuses larger headers itself)",
+        );
+    }
+    if !(256..=1 << 20).contains(&http.max_uri_bytes) {
+        report.error("http.max_uri_bytes", "must be between 256 and 1MiB");
+    }
+    if http.max_uri_bytes > http.max_header_bytes {
+        report.error(
+            "http.max_uri_bytes",
+            "cannot be larger than http.max_header_bytes",
+        );
+    }
 }
 
 fn check_log(config: &Config, report: &mut Report) {

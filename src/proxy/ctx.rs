@@ -13,6 +13,8 @@ use std::time::Instant;
 pub enum LocalAnswer {
     Health,
     BadPath,
+    /// Refused for its size or framing (413, 414, 431, 400).
+    BadMessage,
     NoRoute,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -43,6 +45,8 @@ pub struct RequestCtx {
     pub summary: Option<crate::decisions::Summary>,
     /// The request's API key, when it carried a known one.
     pub api_key: Option<std::sync::Arc<crate::identity::KeyRecord>>,
+    /// Request body bytes seen so far, against the route's `max_body_size`.
+    pub body_received: u64,
     /// Concurrency slots, released when the request ends.
     pub _guards: Vec<Guard>,
     _in_flight: InFlightGuard,
@@ -63,6 +67,7 @@ impl RequestCtx {
             rate_headers: Vec::new(),
             summary: None,
             api_key: None,
+            body_received: 0,
             _guards: Vec::new(),
             _in_flight: in_flight,
         }

@@ -7,6 +7,7 @@
 mod admission;
 mod ctx;
 mod failure;
+mod framing;
 mod headers;
 mod respond;
 
@@ -23,7 +24,9 @@ use crate::path;
 use crate::routing::strip_prefix;
 use admission::Admission;
 use async_trait::async_trait;
+use bytes::Bytes;
 use failure::Verdict;
+use framing::Refusal;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Result;
 use pingora_error::{Error, ErrorSource};
@@ -102,6 +105,27 @@ impl Proxy {
     }
 }
 
+/// Answers a request refused for its size or framing.
+async fn refuse_message(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    refusal: Refusal,
+) -> Result<bool> {
+    ctx.answer = Some(LocalAnswer::BadMessage);
+    if refusal.closes_connection() {
+        session.set_keepalive(None);
+    }
+    respond::json(
+        session,
+        refusal.status(),
+        &refusal.body(),
+        &ctx.request_id,
+        &[],
+    )
+    .await?;
+    Ok(true)
+}
+
 fn client_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -119,6 +143,15 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = headers::request_id(session.req_header());
+
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes());
+        let limits = &ctx.gateway.config.http;
+        if let Err(refusal) = framing::check(session.req_header(), raw_header.as_deref(), limits) {
+            return refuse_message(session, ctx, refusal).await;
+        }
 
         let raw_path = session.req_header().uri.path();
         if raw_path == "/health" {
@@ -151,6 +184,12 @@ impl ProxyHttp for Proxy {
         };
         if forwarded != raw_path {
             ctx.upstream_path = Some(forwarded.to_string());
+        }
+        if let Err(refusal) =
+            framing::check_declared_body(session.req_header(), route.max_body_size)
+        {
+            ctx.route = Some(route);
+            return refuse_message(session, ctx, refusal).await;
         }
         ctx.route = Some(route.clone());
 
@@ -210,6 +249,25 @@ impl ProxyHttp for Proxy {
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let limit = ctx.route.as_ref().and_then(|r| r.max_body_size);
+        let chunk = body.as_ref().map_or(0, Bytes::len);
+        if let Err(refusal) = framing::count_body(&mut ctx.body_received, chunk, limit) {
+            ctx.answer = Some(LocalAnswer::BadMessage);
+            return Error::e_explain(
+                pingora_error::ErrorType::HTTPStatus(refusal.status()),
+                format!("request body over {limit:?} bytes"),
+            );
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -317,7 +375,18 @@ impl ProxyHttp for Proxy {
             Verdict::Silent => 0,
             Verdict::Status(code) => {
                 if !already_answered {
-                    let _ = session.respond_error(code).await;
+                    let limit = ctx.route.as_ref().and_then(|r| r.max_body_size);
+                    match (code, limit) {
+                        (413, Some(limit)) => {
+                            // The rest of the body is still on the wire.
+                            session.set_keepalive(None);
+                            let body = Refusal::BodyTooLarge { limit }.body();
+                            let _ = respond::json(session, 413, &body, &ctx.request_id, &[]).await;
+                        }
+                        _ => {
+                            let _ = session.respond_error(code).await;
+                        }
+                    }
                 }
                 code
             }
@@ -345,6 +414,24 @@ impl ProxyHttp for Proxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        Some(Box::new(crate::header_deadline::KeptAlive))
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        context: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        // Pingora calls this once the header is parsed: the header deadline can stand down.
+        crate::header_deadline::HeaderRead::mark(context);
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {

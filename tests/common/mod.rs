@@ -8,7 +8,9 @@
 pub mod cdp;
 pub mod clock;
 pub mod http;
+pub mod load;
 pub mod procs;
+pub mod relay;
 
 pub use self::http::*;
 pub use procs::*;
