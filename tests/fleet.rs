@@ -198,3 +198,52 @@ fn async_fleet_stays_within_five_percent_of_the_limit() {
 fn atomic_fleet_never_exceeds_the_limit() {
     check_fleet("atomic", 1.0);
 }
+
+#[test]
+fn a_crashed_node_does_not_strand_its_reserved_quota_for_the_window() {
+    // A lone node reserves the whole remainder of a one-minute window for a busy key; if it
+    // is SIGKILLed it cannot hand that back. The reservation expires instead, so a node
+    // taking over can admit again within seconds, not after the window.
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let config = format!(
+        "redis:\n  url: {}\n  sync_interval: 50ms\nupstreams:\n  a:\n    backends: [{}]\nlimits:\n  minute:\n    key: client_ip\n    algorithm: fixed_window\n    rate: 1000/1m\nroutes:\n  - prefix: /a\n    upstream: a\n    limits: [minute]\n",
+        redis.url(),
+        stub.address()
+    );
+    wait_until_in_window(60_000, 0, 45_000);
+    let first = Tollgate::start(&config);
+    let agent = agent();
+    for _ in 0..20 {
+        assert_eq!(get_with(&agent, &first.url("/a/x"), &[]).status, 200);
+    }
+    wait_for(
+        "the lease reserved in redis",
+        Duration::from_secs(3),
+        || {
+            let keys = redis.cli(&["--scan", "--pattern", "tollgate:rl:*"])?;
+            let key = keys.lines().next()?.to_string();
+            let fields = redis.cli(&["HGETALL", &key])?;
+            fields.contains("r:").then_some(())
+        },
+    );
+    drop(first);
+
+    let second = Tollgate::start(&config);
+    let started = Instant::now();
+    let admitted = wait_for("admissions on the new node", Duration::from_secs(5), || {
+        (get_with(&agent, &second.url("/a/x"), &[]).status == 200).then_some(started.elapsed())
+    });
+    eprintln!("a node taking over admitted again after {admitted:?}");
+    // Allowed on the provisional share at once, or within the 2s reservation expiry.
+    assert!(admitted < Duration::from_millis(2_600), "{admitted:?}");
+    let mut statuses = Vec::new();
+    std::thread::sleep(Duration::from_millis(2_200));
+    for _ in 0..50 {
+        statuses.push(get_with(&agent, &second.url("/a/x"), &[]).status);
+    }
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the dead node's quota came back: {statuses:?}"
+    );
+}

@@ -354,11 +354,8 @@ fn check_redis(config: &Config, report: &mut Report) {
             "redis.url",
             format!("`{}` must start with redis:// or rediss://", redis.url),
         );
-    } else if let Err(e) = ::redis::Client::open(redis.url.as_str()) {
-        report.error(
-            "redis.url",
-            format!("`{}` is not a Redis URL: {e}", redis.url),
-        );
+    } else if let Err((key, why)) = crate::limit::redis_client::build(redis) {
+        report.error(key, why);
     }
     if redis.sync_interval < Duration::from_millis(5)
         || redis.sync_interval > Duration::from_secs(10)

@@ -362,6 +362,8 @@ impl Policy {
                         .arg(window_ms)
                         .arg(u8::from(sliding))
                         .arg(1)
+                        .arg(link.reservation_field())
+                        .arg(0)
                         .invoke_async(&mut connection)
                         .await?;
                     let allowed = grant == cost;

@@ -10,6 +10,7 @@ use super::link::{resets_key, unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use crate::config::{Scope, SyncMode};
 use serde::Serialize;
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Usage {
@@ -121,9 +122,9 @@ impl Policy {
                 window_ms,
                 sliding,
             } => {
-                // Redis holds what the fleet admitted and reported (`u`) and quota nodes
-                // reserved but have not spent (`r`). This node adds what it admitted since
-                // its last report and takes out its own unspent reservation, so a lone node
+                // Redis holds what the fleet admitted and reported (`u`) and quota each node
+                // reserved but has not spent (`r:<node>`). This node adds what it admitted
+                // since its last report and leaves its own reservation out, so a lone node
                 // reports exactly what it admitted.
                 let (previous, current, others_reserved) = match remote {
                     Some(link) => {
@@ -137,24 +138,17 @@ impl Policy {
                         };
                         let mut pipe = redis::pipe();
                         pipe.cmd("HGET").arg(key(w.wrapping_sub(1))).arg("u");
-                        pipe.cmd("HMGET").arg(key(w)).arg("u").arg("r");
-                        let (prev, (used, reserved)): (Option<u64>, (Option<u64>, Option<u64>)) =
+                        pipe.cmd("HGETALL").arg(key(w));
+                        let (prev, fields): (Option<u64>, HashMap<String, String>) =
                             query(link, &pipe).await?;
-                        let (unreported, mine) = limiter
+                        let used = fields.get("u").and_then(|u| u.parse().ok());
+                        let reserved =
+                            live_reservations(&fields, &link.reservation_field(), unix_ms());
+                        let unreported = limiter
                             .leases
-                            .get(hash, |l| {
-                                if l.window == w {
-                                    (l.unreported, l.reserved)
-                                } else {
-                                    (0, 0)
-                                }
-                            })
-                            .unwrap_or((0, 0));
-                        (
-                            prev.unwrap_or(0),
-                            used.unwrap_or(0) + unreported,
-                            reserved.unwrap_or(0).saturating_sub(mine),
-                        )
+                            .get(hash, |l| if l.window == w { l.unreported } else { 0 })
+                            .unwrap_or(0);
+                        (prev.unwrap_or(0), used.unwrap_or(0) + unreported, reserved)
                     }
                     None => {
                         let (p, c) = limiter
@@ -396,5 +390,38 @@ pub fn dry_verdict(usage: &Usage, cost: u64) -> algorithm::Verdict {
         },
         reset_ms: usage.reset_ms,
         retry_after_ms: if allowed { 0 } else { usage.reset_ms.max(1) },
+    }
+}
+
+/// Reservations of other nodes that have not expired, from a window counter's fields.
+fn live_reservations(fields: &HashMap<String, String>, mine: &str, now_ms: u64) -> u64 {
+    fields
+        .iter()
+        .filter(|(name, _)| name.starts_with("r:") && name.as_str() != mine)
+        .filter_map(|(_, value)| {
+            let (amount, expires) = value.split_once(':')?;
+            let expires: u64 = expires.parse().ok()?;
+            (expires > now_ms).then(|| amount.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod reservation_tests {
+    use super::*;
+
+    #[test]
+    fn only_other_nodes_live_reservations_count() {
+        let fields: HashMap<String, String> = [
+            ("u", "7"),
+            ("r:me", "50:9000"),
+            ("r:other", "20:9000"),
+            ("r:crashed", "30:100"),
+            ("r:garbled", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(live_reservations(&fields, "r:me", 5_000), 20);
     }
 }

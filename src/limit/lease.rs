@@ -40,6 +40,13 @@ pub fn provisional_cap(limit: u64, nodes: u64) -> u64 {
     limit.div_ceil(nodes.max(1)).max(1)
 }
 
+/// How long Redis keeps a node's window reservation without hearing from it: long enough
+/// to ride out a few slow syncs, short enough that a crashed node's quota returns to the
+/// fleet within seconds instead of at the end of a long window.
+pub fn reservation_ttl_ms(sync_ms: u64) -> u64 {
+    (sync_ms * 20).max(2_000)
+}
+
 /// Quota prefetched for the next window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefetch {
@@ -96,6 +103,8 @@ pub struct Lease {
     pub known_total: u64,
     /// Windows: Redis `used` of the window before `window`. Buckets: ms until one token.
     pub known_prev: u64,
+    /// Windows: Redis `used` for `window` (without anyone's reservations).
+    pub known_used: u64,
     pub next: Option<Prefetch>,
     /// Units asked for since the last sync, admitted or not.
     pub demand: u64,
@@ -108,6 +117,8 @@ pub struct Lease {
     pub urgent: bool,
     /// The sync task has been woken for this key since its last sync.
     pub signalled: bool,
+    /// When the reservation Redis holds for this node must be renewed (Unix ms).
+    pub renew_at_ms: u64,
 }
 
 impl Lease {
@@ -128,6 +139,7 @@ impl Lease {
             exhausted: false,
             known_total: 0,
             known_prev: 0,
+            known_used: 0,
             next: None,
             demand: 0,
             rate: 0.0,
@@ -135,6 +147,7 @@ impl Lease {
             held_syncs: 0,
             urgent: false,
             signalled: false,
+            renew_at_ms: 0,
         }
     }
 
@@ -251,17 +264,12 @@ impl Lease {
         let retry_after_ms = if allowed {
             0
         } else if self.exhausted || !self.synced {
+            // Judged on spent quota: reservations may still come back this window.
+            let spent = self.known_used.max(self.used);
             let fleet = if sliding {
-                algorithm::sliding_window(
-                    self.known_prev,
-                    self.known_total,
-                    cost,
-                    limit,
-                    now_ms,
-                    window_ms,
-                )
+                algorithm::sliding_window(self.known_prev, spent, cost, limit, now_ms, window_ms)
             } else {
-                algorithm::fixed_window(self.known_total, cost, limit, now_ms, window_ms)
+                algorithm::fixed_window(spent, cost, limit, now_ms, window_ms)
             };
             if fleet.allowed {
                 sync_ms
@@ -447,13 +455,17 @@ impl Lease {
             && until_end <= sync_ms * 5 / 2
             && self.next.is_none_or(|p| p.window != window + 1))
         .then(|| (limit / nodes.max(1)).max(1));
-        let needed = want > 0 || !report.is_empty() || !stale.is_empty() || prefetch.is_some();
+        let renew = self.reserved > 0 && now_ms >= self.renew_at_ms;
+        let needed =
+            want > 0 || !report.is_empty() || !stale.is_empty() || prefetch.is_some() || renew;
         if !needed {
             return None;
         }
+        self.renew_at_ms = now_ms + reservation_ttl_ms(sync_ms) / 4;
         Some(WindowPlan {
             window,
             report,
+            held: self.reserved,
             want,
             stale,
             prefetch,
@@ -472,10 +484,14 @@ impl Lease {
             self.reserved += answer.grant;
             self.known_total = answer.total;
             self.known_prev = answer.prev;
+            self.known_used = answer.used;
             // A key that just handed its quota back stays unsynced: its next burst starts
             // with the provisional allowance.
             self.synced |= !plan.released;
-            self.exhausted = answer.grant < plan.want;
+            // Only spent quota is gone for good: what other nodes hold reserved comes back
+            // when they go quiet, stop or crash, so keep asking while any is out there.
+            let others_reserved = answer.total.saturating_sub(answer.used + self.reserved);
+            self.exhausted = answer.grant < plan.want && others_reserved == 0;
         } else if answer.grant > 0 {
             // The window ended while the sync was under way: hand the grant back.
             self.stale.push((
@@ -581,6 +597,8 @@ impl Lease {
 pub struct WindowPlan {
     pub window: u64,
     pub report: Report,
+    /// What this node still holds reserved in `window` (before `want` is granted).
+    pub held: u64,
     pub want: u64,
     pub stale: Vec<(u64, Report)>,
     /// Units to reserve in the next window.
@@ -596,6 +614,8 @@ pub struct WindowAnswer {
     pub grant: u64,
     /// The previous window's `used`.
     pub prev: u64,
+    /// `used` after the script.
+    pub used: u64,
     pub next: Option<Prefetch>,
 }
 
@@ -639,6 +659,7 @@ mod tests {
                 total: self.used + self.reserved,
                 grant,
                 prev: 0,
+                used: self.used,
                 next: None,
             }
         }
@@ -818,6 +839,7 @@ mod tests {
             total: 1,
             grant: plan.want,
             prev: 0,
+            used: 0,
             next: Some(next),
         };
         lease.apply_window(&plan, &answer);

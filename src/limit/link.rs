@@ -39,6 +39,8 @@ pub struct RedisLink {
     last_reset_ms: AtomicU64,
     /// Recent sync durations in ms, for the dashboard.
     sync_ms: Mutex<VecDeque<f64>>,
+    /// The last failure logged while down, so each distinct reason is logged once.
+    last_failure: Mutex<String>,
 }
 
 /// A fleet-wide reset of one key's count, published by `DELETE /admin/limits/...`.
@@ -66,8 +68,8 @@ pub fn unix_ns() -> u64 {
 
 impl RedisLink {
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("redis.url `{}`: {e}", config.url))?;
+        let client =
+            super::redis_client::build(config).map_err(|(key, why)| format!("{key}: {why}"))?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
         let node_id = format!(
             "{host}-{}-{:08x}",
@@ -92,6 +94,7 @@ impl RedisLink {
             registered_version: AtomicU64::new(NEVER_LOADED),
             last_reset_ms: AtomicU64::new(unix_ms()),
             sync_ms: Mutex::new(VecDeque::with_capacity(SYNC_HISTORY)),
+            last_failure: Mutex::new(String::new()),
         })
     }
 
@@ -134,6 +137,11 @@ impl RedisLink {
         &self.node_id
     }
 
+    /// The hash field holding this node's reservation in a window counter.
+    pub fn reservation_field(&self) -> String {
+        format!("r:{}", self.node_id)
+    }
+
     /// A member name unique across the fleet, for sliding log entries.
     pub fn unique_member(&self) -> String {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +166,7 @@ impl RedisLink {
 
     pub fn mark_up(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
+            self.last_failure.lock().clear();
             tracing::info!(url = %redacted(&self.config.url), "redis is reachable: global limits are enforced fleet-wide again");
             self.metrics.redis_up.set(1);
             self.metrics
@@ -182,6 +191,20 @@ impl RedisLink {
                 .redis_state_changes
                 .with_label_values(&["down"])
                 .inc();
+            *self.last_failure.lock() = error.to_string();
+            return;
+        }
+        // Never up (or still down): say why once per distinct reason, not per retry, so a
+        // wrong password or certificate is visible without flooding the log.
+        let error = error.to_string();
+        let mut last = self.last_failure.lock();
+        if *last != error {
+            tracing::warn!(
+                url = %redacted(&self.config.url),
+                op,
+                "redis is unreachable ({error}); limits stay local (this node's share) until it answers"
+            );
+            *last = error;
         }
     }
 

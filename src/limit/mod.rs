@@ -9,6 +9,7 @@ pub mod key;
 pub mod lease;
 pub mod link;
 pub mod policy;
+pub mod redis_client;
 pub mod scripts;
 pub mod sketch;
 pub mod sync;

@@ -4,48 +4,88 @@
 use std::sync::LazyLock;
 
 /// Window counters (fixed and sliding), kept as a hash of `u` (units the fleet admitted and
-/// reported) and `r` (units reserved by nodes and not yet reported spent). Reports what a
-/// node admitted, then reserves quota for it (async leases, `exact` = 0: as much of `want`
-/// as fits) or admits one request (atomic mode, `exact` = 1: all of `want` or nothing,
-/// counted as used at once). The limit applies to `u + r`; a sliding window weighs the
-/// previous window's `u` only, so reservations never spent do not shrink the next window.
+/// reported) and one field per node, `r:<node>` = `amount:expires_ms`: quota that node
+/// reserved and has not reported spent. Reports what a node admitted, then reserves quota
+/// for it (async leases, `exact` = 0: as much of `want` as fits) or admits one request
+/// (atomic mode, `exact` = 1: all of `want` or nothing, counted as used at once).
+///
+/// The limit applies to `u` plus the live reservations. A node states the reservation it
+/// still holds (`held`) each time, and renews it well before it expires; a node that
+/// crashed stops renewing, so what it held returns to the fleet after `ttl_ms` instead of
+/// being stranded for the rest of the window. Expiry runs on the Redis clock. A sliding
+/// window weighs the previous window's `u` only, so reservations never spent do not shrink
+/// the next window.
 ///
 /// KEYS[1] this window's hash, KEYS[2] the previous window's hash
-/// ARGV: delta (add to u), unreserve (take from r), want, limit, elapsed_ms (into the
-/// window), window_ms, sliding (0/1), exact (0/1)
-/// Returns {u + r after, granted, previous window's u, u after}.
+/// ARGV: delta (add to u), held (this node's unspent reservation), want, limit,
+/// elapsed_ms (into the window), window_ms, sliding (0/1), exact (0/1), node field,
+/// ttl_ms
+/// Returns {u + reservations after, granted, previous window's u, u after}.
 pub const WINDOW: &str = r#"
 local delta = tonumber(ARGV[1])
-local unreserve = tonumber(ARGV[2])
+local held = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local limit = tonumber(ARGV[4])
 local elapsed = tonumber(ARGV[5])
 local window = tonumber(ARGV[6])
-local state = redis.call('HMGET', KEYS[1], 'u', 'r')
-local used = tonumber(state[1] or '0') + delta
-local reserved = math.max(0, tonumber(state[2] or '0') - unreserve)
+local exact = ARGV[8] == '1'
+local me = ARGV[9]
+local ttl = tonumber(ARGV[10])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+local used = delta
+local others = 0
+local expired = {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if name == 'u' then
+    used = used + tonumber(fields[i + 1])
+  elseif name ~= me then
+    local amount, expires = string.match(fields[i + 1], '^(%d+):(%d+)$')
+    if amount and tonumber(expires) > now then
+      others = others + tonumber(amount)
+    else
+      expired[#expired + 1] = name
+    end
+  end
+end
+if #expired > 0 then
+  redis.call('HDEL', KEYS[1], unpack(expired))
+end
+local mine = held
+if exact then
+  mine = 0
+end
 local prev = 0
 local effective = limit
 if ARGV[7] == '1' then
   prev = tonumber(redis.call('HGET', KEYS[2], 'u') or '0')
   effective = limit - math.ceil(prev * (window - elapsed) / window)
 end
-local room = effective - used - reserved
+local room = effective - used - others - mine
 local grant = 0
-if ARGV[8] == '1' then
+if exact then
   if room >= want then
     grant = want
     used = used + grant
   end
 elseif room > 0 then
   grant = math.min(want, room)
-  reserved = reserved + grant
+  mine = mine + grant
 end
-if delta > 0 or unreserve > 0 or grant > 0 then
-  redis.call('HSET', KEYS[1], 'u', used, 'r', reserved)
+if delta > 0 or grant > 0 or not exact then
+  redis.call('HSET', KEYS[1], 'u', used)
+  if not exact then
+    if mine > 0 then
+      redis.call('HSET', KEYS[1], me, string.format('%d:%d', mine, now + ttl))
+    else
+      redis.call('HDEL', KEYS[1], me)
+    end
+  end
   redis.call('PEXPIRE', KEYS[1], 2 * window + 1000)
 end
-return {used + reserved, grant, prev, used}
+return {used + others + mine, grant, prev, used}
 "#;
 
 /// A token bucket kept as its theoretical arrival time in microseconds (GCRA), timed by the

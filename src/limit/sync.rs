@@ -3,7 +3,7 @@
 //! the connection alive (reconnecting with backoff) and the live-node count current.
 
 use super::algorithm;
-use super::lease::{BucketAnswer, BucketPlan, Lease, Prefetch, Report, WindowAnswer, WindowPlan};
+use super::lease::{self, BucketAnswer, BucketPlan, Lease, Prefetch, WindowAnswer, WindowPlan};
 use super::link::{unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
@@ -367,6 +367,7 @@ async fn run_chunk(
     deadline: Duration,
 ) -> Result<Vec<Vec<u64>>, String> {
     let prefix = &link.config.key_prefix;
+    let field = link.reservation_field();
     let mut pipe = redis::pipe();
     for (slot, policy) in chunk {
         match slot {
@@ -384,29 +385,38 @@ async fn run_chunk(
                 let key =
                     |w: u64| policy.redis_key(prefix, key, &policy::window_suffix(window_ms, w));
                 let elapsed = now % window_ms;
-                let mut add = |current: u64, report: Report, want: u64, elapsed: u64| {
+                let ttl = lease::reservation_ttl_ms(link.config.sync_interval.as_millis() as u64);
+                let mut add = |current: u64, delta: u64, held: u64, want: u64, elapsed: u64| {
                     pipe.invoke_script(
                         scripts::WINDOW_SCRIPT
                             .key(key(current))
                             .key(key(current.wrapping_sub(1)))
-                            .arg(report.delta)
-                            .arg(report.unreserve)
+                            .arg(delta)
+                            .arg(held)
                             .arg(want)
                             .arg(limit)
                             .arg(elapsed)
                             .arg(window_ms)
                             .arg(u8::from(sliding))
-                            .arg(0),
+                            .arg(0)
+                            .arg(&field)
+                            .arg(ttl),
                     );
                 };
                 // Corrections to ended windows go first, so this window's script reads the
-                // previous window's corrected count.
+                // previous window's corrected count. Nothing stays reserved in them.
                 for (window, report) in &plan.stale {
-                    add(*window, *report, 0, 0);
+                    add(*window, report.delta, 0, 0, 0);
                 }
-                add(plan.window, plan.report, plan.want, elapsed);
+                add(
+                    plan.window,
+                    plan.report.delta,
+                    plan.held,
+                    plan.want,
+                    elapsed,
+                );
                 if let Some(want) = plan.prefetch {
-                    add(plan.window + 1, Report::default(), want, 0);
+                    add(plan.window + 1, 0, 0, want, 0);
                 }
             }
             Slot::Bucket {
@@ -473,6 +483,7 @@ fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
                     total: field(&main, 0),
                     grant: field(&main, 1),
                     prev: field(&main, 2),
+                    used: field(&main, 3),
                     next: None,
                 };
                 if plan.prefetch.is_some() {

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cdp;
+pub mod certs;
 pub mod clock;
 pub mod http;
 pub mod load;

@@ -121,6 +121,7 @@ impl Drop for Stub {
 /// A `tollgate run` process with its config in a temporary directory.
 pub struct Tollgate {
     child: Option<Child>,
+    env: Vec<(String, String)>,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -140,6 +141,22 @@ impl Tollgate {
         t
     }
 
+    /// Starts tollgate with extra environment variables and waits until it answers.
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> Tollgate {
+        let mut t = Tollgate::spawn(body);
+        if let Some(mut child) = t.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        t.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        t.child = Some(t.launch(&[]));
+        t.wait_ready();
+        t
+    }
+
     /// Starts tollgate without waiting for it.
     pub fn spawn(body: &str) -> Tollgate {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -151,6 +168,7 @@ impl Tollgate {
         let log_path = dir.path().join("tollgate.log");
         let mut t = Tollgate {
             child: None,
+            env: Vec::new(),
             proxy,
             admin,
             dir,
@@ -175,6 +193,7 @@ impl Tollgate {
                 "RUST_LOG",
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -336,6 +355,7 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    tls: Option<super::certs::Certs>,
 }
 
 impl Redis {
@@ -354,14 +374,42 @@ impl Redis {
             port: free_port(),
             dir: tempfile::tempdir().expect("tempdir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: None,
+        };
+        redis.launch();
+        redis
+    }
+
+    /// Starts with TLS only (no plain port), requiring client certificates signed by the
+    /// same CA as its own.
+    pub fn start_tls(certs: &super::certs::Certs) -> Redis {
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            extra: Vec::new(),
+            tls: Some(certs.clone()),
         };
         redis.launch();
         redis
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(certs) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&certs.server_cert)
+                .arg("--tls-key-file")
+                .arg(&certs.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&certs.ca_cert)
+                .args(["--tls-auth-clients", "yes"]),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -380,7 +428,12 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn ping(&self) -> bool {
@@ -391,6 +444,16 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         let mut command = Command::new("redis-cli");
         command.args(["-p", &self.port.to_string()]);
+        if let Some(certs) = &self.tls {
+            command
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(&certs.ca_cert)
+                .arg("--cert")
+                .arg(&certs.client_cert)
+                .arg("--key")
+                .arg(&certs.client_key);
+        }
         if let Some(i) = self.extra.iter().position(|a| a == "--requirepass") {
             command.args(["-a", &self.extra[i + 1], "--no-auth-warning"]);
         }
