@@ -8,6 +8,7 @@
 pub mod cdp;
 pub mod certs;
 pub mod clock;
+pub mod flood;
 pub mod http;
 pub mod load;
 pub mod procs;
