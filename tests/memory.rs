@@ -11,7 +11,7 @@ use common::flood::flood;
 use common::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const KEYS: usize = 1_000_000;
 const MAX_KEYS: usize = 50_000;
