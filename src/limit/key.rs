@@ -147,7 +147,9 @@ fn hash_values<'a>(scope: u64, values: impl Iterator<Item = Value<'a>>) -> u64 {
 const MAX_TEXT: usize = 96;
 
 /// The key as text, safe inside a Redis Cluster hash tag: parts joined by `|`, bytes outside
-/// printable ASCII (and `{`, `}`, `|`, `%`, space) percent-encoded, a missing value as `-`.
+/// printable ASCII (and `{`, `}`, `|`, `%`, `#`, space) percent-encoded, a missing value as
+/// `-` (so a value that is itself `-` is written `%2D`). `#` starts the form of keys too
+/// long to keep, so it never appears otherwise; the text always leads back to its key.
 pub fn text(parts: &[KeyPart], facts: &RequestFacts<'_>) -> String {
     let mut out = String::new();
     for (i, part) in parts.iter().enumerate() {
@@ -157,9 +159,10 @@ pub fn text(parts: &[KeyPart], facts: &RequestFacts<'_>) -> String {
         match value(part, facts) {
             Value::Ip(ip) => out.push_str(&ip.to_string()),
             Value::Missing => out.push('-'),
+            Value::Text(b"-") => out.push_str("%2D"),
             Value::Text(bytes) => {
                 for &b in bytes {
-                    if b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'|' | b'%') {
+                    if b.is_ascii_graphic() && !matches!(b, b'{' | b'}' | b'|' | b'%' | b'#') {
                         out.push(b as char);
                     } else {
                         out.push_str(&format!("%{b:02X}"));
@@ -241,6 +244,29 @@ mod tests {
         assert!(
             hash_from_text(9, &parts, "10.1.2.3").is_err(),
             "too few parts"
+        );
+    }
+
+    #[test]
+    fn values_that_look_like_markers_keep_their_own_key() {
+        // Found by the client_key fuzz target: a value `-` read back as "missing", and one
+        // starting with `#` as the long-key form.
+        let parts = [KeyPart::Header("x-user".into())];
+        for value in ["-", "#1234", "a#b"] {
+            let mut h = http::HeaderMap::new();
+            h.insert("x-user", value.parse().unwrap());
+            let f = facts(&h, "10.0.0.1", None);
+            let t = text(&parts, &f);
+            assert_eq!(
+                hash_from_text(3, &parts, &t),
+                Ok(hash(3, &parts, &f)),
+                "{value} as {t}"
+            );
+        }
+        let none = http::HeaderMap::new();
+        assert_ne!(
+            hash_from_text(3, &parts, "%2D"),
+            Ok(hash(3, &parts, &facts(&none, "10.0.0.1", None)))
         );
     }
 

@@ -7,7 +7,7 @@
 mod admission;
 mod ctx;
 mod failure;
-mod framing;
+pub mod framing;
 mod headers;
 mod respond;
 
