@@ -87,7 +87,8 @@ fn redis_killed_under_load_fails_each_policy_its_own_way_and_recovers() {
     });
     let back_after = restarted_at.elapsed();
     let back = load.now();
-    load.wait_for_more(300);
+    let settled = back + Duration::from_millis(100);
+    load.wait_for_sent_after(settled, 300);
     let outcomes = load.finish();
 
     // Fail-open: never anything but 200 through the whole outage.
@@ -116,7 +117,7 @@ fn redis_killed_under_load_fails_each_policy_its_own_way_and_recovers() {
     assert!(closed.iter().any(|o| o.status == 503));
     let after: Vec<u16> = closed
         .iter()
-        .filter(|o| o.sent > back + Duration::from_millis(100))
+        .filter(|o| o.sent > settled)
         .map(|o| o.status)
         .collect();
     assert!(
@@ -221,16 +222,16 @@ routes:
     load.wait_for_more(200);
     victim.kill();
     let killed = load.now();
-    load.wait_for_more(400);
     let victim_up = format!(
         r#"tollgate_backend_up{{upstream="pool",backend="{}"}}"#,
         victim.address()
     );
-    assert_eq!(
-        t.metric(&victim_up),
-        Some(0.0),
-        "ejected by the health check"
+    wait_for(
+        "the health check ejected the victim",
+        Duration::from_secs(3),
+        || (t.metric(&victim_up) == Some(0.0)).then_some(()),
     );
+    load.wait_for_sent_after(load.now(), 200);
     victim.restart();
     wait_for("the victim rejoined", Duration::from_secs(5), || {
         (t.metric(&victim_up) == Some(1.0)).then_some(())

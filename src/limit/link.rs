@@ -153,9 +153,10 @@ impl RedisLink {
     }
 
     pub async fn connect(&self) -> redis::RedisResult<()> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(self.config.timeout.max(self.config.sync_interval));
+        // No response timeout on the connection: every call has a deadline of its own,
+        // sized for what it does (one atomic decision, a heartbeat, a pipeline of 2,000
+        // sync scripts), and one connection-wide figure would be wrong for all but one.
+        let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
         let connection = self
             .client
             .get_multiplexed_async_connection_with_config(&config)

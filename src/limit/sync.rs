@@ -37,6 +37,10 @@ impl LimitSync {
 
 /// Plans per pipeline; beyond this a sync takes several round trips.
 const CHUNK: usize = 2_000;
+/// Redis time allowed per plan in a pipeline, on top of the round's deadline: a full chunk
+/// runs 2,000 scripts, which a loaded Redis cannot answer within a deadline sized for one
+/// heartbeat, and a chunk that times out turns the whole node local.
+const PER_PLAN: Duration = Duration::from_micros(100);
 /// How long an early sync waits for more keys that want one.
 const URGENT_BATCH: Duration = Duration::from_millis(1);
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -366,6 +370,7 @@ async fn run_chunk(
     now: u64,
     deadline: Duration,
 ) -> Result<Vec<Vec<u64>>, String> {
+    let deadline = deadline + PER_PLAN * chunk.len() as u32;
     let prefix = &link.config.key_prefix;
     let field = link.reservation_field();
     let mut pipe = redis::pipe();

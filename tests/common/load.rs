@@ -108,6 +108,20 @@ impl Load {
         );
     }
 
+    /// Waits until `n` requests sent later than `marker` (a `now()` reading) have
+    /// completed: what a test needs when it reasons about what happened after a moment,
+    /// however fast or slow the machine runs the load.
+    pub fn wait_for_sent_after(&self, marker: Duration, n: usize) {
+        super::wait_for(
+            &format!("{n} requests sent after {marker:?}"),
+            Duration::from_secs(30),
+            || {
+                let outcomes = self.outcomes.lock().unwrap();
+                (outcomes.iter().filter(|o| o.sent > marker).count() >= n).then_some(())
+            },
+        );
+    }
+
     pub fn finish(mut self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
         for w in self.workers.drain(..) {
