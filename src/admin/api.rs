@@ -192,7 +192,10 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
                 503
             };
             for (k, v) in headers::fields(&policy.name, &limiter.params, &verdict) {
-                response_headers.insert(k.to_string(), v);
+                response_headers.insert(
+                    k.to_ascii_lowercase(),
+                    v.to_str().unwrap_or_default().to_string(),
+                );
             }
             if !body.dry_run {
                 // Like the proxy, the first refusal ends the evaluation.

@@ -4,6 +4,7 @@
 
 use super::algorithm::Verdict;
 use super::policy::Params;
+use http::HeaderValue;
 
 /// Seconds for a header: rounded up, since early retries would only be refused again.
 fn seconds(ms: u64) -> u64 {
@@ -31,28 +32,72 @@ fn sf_string(name: &str) -> String {
     out
 }
 
-/// The fields describing `verdict` under `policy`'s numbers.
-pub fn fields(policy: &str, params: &Params, verdict: &Verdict) -> Vec<(&'static str, String)> {
-    let name = sf_string(policy);
-    let mut policy_field = format!("{name};q={}", params.quota());
-    if let Some(w) = params.window_seconds() {
-        policy_field.push_str(&format!(";w={w}"));
+/// Response fields, by name: names are written as given (canonical case).
+pub type Fields = Vec<(&'static str, HeaderValue)>;
+
+/// What the fields of one limiter share from request to request, built once: the quoted
+/// name, `RateLimit-Policy` and `X-RateLimit-Limit`. Only the remaining quota and the reset
+/// time are formatted per request, which keeps the headers a small part of an allowed
+/// request's cost.
+#[derive(Debug, Clone)]
+pub struct FieldTemplate {
+    name: String,
+    policy: HeaderValue,
+    limit: HeaderValue,
+}
+
+impl FieldTemplate {
+    pub fn new(policy: &str, params: &Params) -> Self {
+        let name = sf_string(policy);
+        let mut policy_field = format!("{name};q={}", params.quota());
+        if let Some(w) = params.window_seconds() {
+            policy_field.push_str(&format!(";w={w}"));
+        }
+        FieldTemplate {
+            // An sf-string holds printable ASCII only, so both are valid header values.
+            policy: HeaderValue::from_str(&policy_field)
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            limit: HeaderValue::from(params.quota()),
+            name,
+        }
     }
-    let reset = seconds(verdict.reset_ms);
-    let mut out = vec![
-        ("ratelimit-policy", policy_field),
-        (
-            "ratelimit",
-            format!("{name};r={};t={reset}", verdict.remaining),
-        ),
-        ("x-ratelimit-limit", params.quota().to_string()),
-        ("x-ratelimit-remaining", verdict.remaining.to_string()),
-        ("x-ratelimit-reset", reset.to_string()),
-    ];
-    if !verdict.allowed {
-        out.push(("retry-after", retry_after_seconds(verdict).to_string()));
+
+    /// The fields describing `verdict`.
+    pub fn fields(&self, verdict: &Verdict) -> Fields {
+        let reset = seconds(verdict.reset_ms);
+        let mut ratelimit = Vec::with_capacity(self.name.len() + 48);
+        ratelimit.extend_from_slice(self.name.as_bytes());
+        ratelimit.extend_from_slice(b";r=");
+        ratelimit.extend_from_slice(itoa::Buffer::new().format(verdict.remaining).as_bytes());
+        ratelimit.extend_from_slice(b";t=");
+        ratelimit.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+        let mut out = Vec::with_capacity(6);
+        out.push(("RateLimit-Policy", self.policy.clone()));
+        out.push((
+            "RateLimit",
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(ratelimit))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        ));
+        out.push(("X-RateLimit-Limit", self.limit.clone()));
+        out.push((
+            "X-RateLimit-Remaining",
+            HeaderValue::from(verdict.remaining),
+        ));
+        out.push(("X-RateLimit-Reset", HeaderValue::from(reset)));
+        if !verdict.allowed {
+            out.push((
+                "Retry-After",
+                HeaderValue::from(retry_after_seconds(verdict)),
+            ));
+        }
+        out
     }
-    out
+}
+
+/// The fields describing `verdict` under `policy`'s numbers (builds the template each
+/// time; the proxy keeps one per limiter).
+pub fn fields(policy: &str, params: &Params, verdict: &Verdict) -> Fields {
+    FieldTemplate::new(policy, params).fields(verdict)
 }
 
 /// The body of a refused request.
@@ -95,20 +140,21 @@ mod tests {
             sliding: true,
         };
         let f = fields("per_client", &p, &verdict(true, 42, 16_200, 0));
-        assert_eq!(
-            f[0],
-            ("ratelimit-policy", "\"per_client\";q=100;w=60".to_string())
-        );
-        assert_eq!(f[1], ("ratelimit", "\"per_client\";r=42;t=17".to_string()));
-        assert_eq!(f[4], ("x-ratelimit-reset", "17".to_string()));
-        assert!(f.iter().all(|(k, _)| *k != "retry-after"));
+        assert_eq!(f[0].0, "RateLimit-Policy");
+        assert_eq!(f[0].1, "\"per_client\";q=100;w=60");
+        assert_eq!(f[1].0, "RateLimit");
+        assert_eq!(f[1].1, "\"per_client\";r=42;t=17");
+        assert_eq!(f[2], ("X-RateLimit-Limit", HeaderValue::from(100u64)));
+        assert_eq!(f[3], ("X-RateLimit-Remaining", HeaderValue::from(42u64)));
+        assert_eq!(f[4], ("X-RateLimit-Reset", HeaderValue::from(17u64)));
+        assert!(f.iter().all(|(k, _)| *k != "Retry-After"));
     }
 
     #[test]
     fn retry_after_is_whole_seconds_and_never_zero() {
         let p = Params::Concurrency { max: 3 };
         let f = fields("c", &p, &verdict(false, 0, 0, 1));
-        assert!(f.contains(&("retry-after", "1".to_string())));
+        assert!(f.contains(&("Retry-After", HeaderValue::from(1u64))));
         assert_eq!(f[0].1, "\"c\";q=3");
         assert_eq!(retry_after_seconds(&verdict(false, 0, 0, 0)), 1);
         assert_eq!(retry_after_seconds(&verdict(false, 0, 0, 1001)), 2);

@@ -2,6 +2,7 @@
 //! the lease table, and pre-resolved metric handles.
 
 use super::algorithm::{Bucket, SlidingLog};
+use super::headers::FieldTemplate;
 use super::lease::Lease;
 use super::sketch::{TatSketch, WindowSketch};
 use super::table::KeyTable;
@@ -106,10 +107,13 @@ pub struct Limiter {
     pub inflight: Option<Inflight>,
     pub logs: Option<KeyTable<SlidingLog>>,
     pub leases: KeyTable<Lease>,
+    /// The response fields' fixed parts, built once.
+    pub fields: FieldTemplate,
 }
 
 impl Limiter {
     fn new(
+        policy: &str,
         tier: Option<String>,
         params: Params,
         id: u64,
@@ -135,6 +139,7 @@ impl Limiter {
             Params::Concurrency { .. } => (None, None, Some(Inflight::new()), None),
         };
         Limiter {
+            fields: FieldTemplate::new(policy, &params),
             tier,
             params,
             id,
@@ -219,6 +224,7 @@ impl Policy {
     pub fn build(name: &str, config: &LimitConfig, metrics: &Metrics) -> Policy {
         let id_of = |tier: &str| super::key::fnv1a(format!("{name}\u{0}{tier}").as_bytes());
         let base = Limiter::new(
+            name,
             None,
             params(config.algorithm, config.rate, config.burst, config.limit),
             id_of(""),
@@ -231,6 +237,7 @@ impl Policy {
             .iter()
             .map(|(tier, t)| {
                 let limiter = Limiter::new(
+                    name,
                     Some(tier.clone()),
                     params(
                         config.algorithm,

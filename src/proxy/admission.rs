@@ -6,11 +6,11 @@ use crate::config::Mode;
 use crate::decisions::Summary;
 use crate::gateway::{Gateway, Route};
 use crate::identity::Lookup;
-use crate::limit::{headers, Outcome, RequestFacts};
+use crate::limit::headers::{self, Fields};
+use crate::limit::{Outcome, RequestFacts};
+use http::HeaderValue;
 use pingora_limits::inflight::Guard;
 use serde_json::{json, Value};
-
-pub type Fields = Vec<(&'static str, String)>;
 
 pub enum Admission {
     Pass {
@@ -44,7 +44,11 @@ pub fn require_key(route: &Route, lookup: &Lookup, header: &str) -> Option<Admis
     Some(Admission::Refuse {
         status: 401,
         body: json!({"error": error, "detail": detail}),
-        headers: vec![("www-authenticate", format!("ApiKey header=\"{header}\""))],
+        headers: vec![(
+            "WWW-Authenticate",
+            HeaderValue::from_str(&format!("ApiKey header=\"{header}\""))
+                .unwrap_or_else(|_| HeaderValue::from_static("ApiKey")),
+        )],
         summary: Summary {
             policy: None,
             outcome: "unauthorized",
@@ -64,7 +68,12 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>) -> Admission {
-    let mut best: Option<(f64, Fields)> = None;
+    // The tightest policy's fields are built once, after every policy has decided.
+    let mut best: Option<(
+        f64,
+        &headers::FieldTemplate,
+        crate::limit::algorithm::Verdict,
+    )> = None;
     let mut summary: Option<(f64, Summary)> = None;
     let mut guards = Vec::new();
     for policy in &route.limits {
@@ -97,7 +106,7 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 return Admission::Refuse {
                     status: policy.status,
                     body: headers::limited_body(&policy.name, v),
-                    headers: headers::fields(&policy.name, &limiter.params, v),
+                    headers: limiter.fields.fields(v),
                     summary: Summary {
                         policy: name,
                         outcome: "limited",
@@ -109,7 +118,7 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 return Admission::Refuse {
                     status: 503,
                     body: headers::unavailable_body(&policy.name),
-                    headers: vec![("retry-after", "1".to_string())],
+                    headers: vec![("Retry-After", HeaderValue::from_static("1"))],
                     summary: Summary {
                         policy: name,
                         outcome: "unavailable",
@@ -137,15 +146,15 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 if outcome != Outcome::ShadowLimited
                     && policy.headers
                     && policy.mode == Mode::Enforce
-                    && best.as_ref().is_none_or(|(b, _)| left < *b)
+                    && best.as_ref().is_none_or(|(b, _, _)| left < *b)
                 {
-                    best = Some((left, headers::fields(&policy.name, &limiter.params, v)));
+                    best = Some((left, &limiter.fields, *v));
                 }
             }
         }
     }
     Admission::Pass {
-        headers: best.map(|(_, f)| f).unwrap_or_default(),
+        headers: best.map(|(_, t, v)| t.fields(&v)).unwrap_or_default(),
         guards,
         summary: summary.map(|(_, s)| s),
     }

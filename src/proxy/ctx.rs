@@ -40,7 +40,7 @@ pub struct RequestCtx {
     /// The client's address as identity sees it (trusted forwarding headers applied).
     pub client_ip: Option<IpAddr>,
     /// Rate limit fields for the response of an allowed request.
-    pub rate_headers: Vec<(&'static str, String)>,
+    pub rate_headers: crate::limit::headers::Fields,
     /// What the route's limits came to (the refusing policy, or the tightest one).
     pub summary: Option<crate::decisions::Summary>,
     /// The request's API key, when it carried a known one.

@@ -323,7 +323,7 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
         for (name, value) in &ctx.rate_headers {
-            upstream_response.insert_header(*name, value)?;
+            upstream_response.insert_header(*name, value.clone())?;
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ pub async fn json(
     status: u16,
     body: &Value,
     request_id: &HeaderValue,
-    extra_headers: &[(&'static str, String)],
+    extra_headers: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let body = Bytes::from(body.to_string());
     let mut header = ResponseHeader::build(status, Some(4 + extra_headers.len()))?;
@@ -25,7 +25,7 @@ pub async fn json(
     header.insert_header(X_REQUEST_ID, request_id)?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     for (name, value) in extra_headers {
-        header.insert_header(*name, value)?;
+        header.insert_header(*name, value.clone())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
