@@ -56,12 +56,12 @@ const NEVER_LOADED: u64 = u64::MAX;
 /// The most a (re)connection attempt may take; the sync loop must not stall behind it.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Unix time in ms, from the coarse clock (see [`crate::clock`]).
+/// Unix time in ms (see [`crate::clock`]).
 pub fn unix_ms() -> u64 {
     crate::clock::now_ms()
 }
 
-/// Unix time in ns, from the coarse clock (see [`crate::clock`]).
+/// Unix time in ns (see [`crate::clock`]).
 pub fn unix_ns() -> u64 {
     crate::clock::now_ns()
 }
