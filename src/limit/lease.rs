@@ -183,7 +183,15 @@ impl Lease {
             self.stale.push((self.window, report));
         }
         let contiguous = window == self.window + 1;
-        let prev = if contiguous { self.used } else { 0 };
+        // The fleet's count for the window that just ended, as far as this node knows: what
+        // Redis last said (other nodes' admissions included), or its own if that is more.
+        // This node's own count alone would leave a sliding window almost the whole limit
+        // again at its start, and every node would admit its share of that provisionally.
+        let prev = if contiguous {
+            self.used.max(self.known_used)
+        } else {
+            0
+        };
         match self.next.take().filter(|p| p.window == window) {
             Some(p) => {
                 self.granted = p.granted;
@@ -201,6 +209,7 @@ impl Lease {
         }
         self.exhausted = false;
         self.window = window;
+        self.known_used = 0;
         self.used = 0;
         self.provisional = 0;
         self.provisional_spell = 0;
@@ -752,6 +761,43 @@ mod tests {
             (redis.used, redis.reserved),
             (5, 0),
             "all reported, nothing reserved"
+        );
+    }
+
+    #[test]
+    fn a_window_without_prefetch_weighs_the_fleets_previous_count() {
+        // Three nodes spent a 300 sliding window, this one a third of it; the next window
+        // starts before any prefetch arrived. Its previous-window weight must be the
+        // fleet's 300, not this node's 100, or each node admits ~67 provisionally at once.
+        let (limit, nodes) = (300, 3);
+        let mut lease = Lease::new("k".into(), 0);
+        let now = 3 * W + 900;
+        for _ in 0..100 {
+            assert!(
+                lease
+                    .admit_window(1, limit, now, W, true, nodes, SYNC)
+                    .allowed
+            );
+        }
+        let mut redis = Redis {
+            used: 200,
+            reserved: 0,
+        };
+        let plan = lease.plan_window(limit, now, W, true, nodes, SYNC).unwrap();
+        let answer = redis.apply(&plan, limit);
+        assert_eq!(answer.used, 300);
+        lease.apply_window(&plan, &answer);
+        let start = 4 * W + 1;
+        let admitted = (0..100)
+            .filter(|_| {
+                lease
+                    .admit_window(1, limit, start, W, true, nodes, SYNC)
+                    .allowed
+            })
+            .count();
+        assert!(
+            admitted <= 1,
+            "{admitted} admitted at the start of a window the fleet just filled"
         );
     }
 
