@@ -125,6 +125,33 @@ fn every_admin_route_needs_the_token() {
 }
 
 #[test]
+fn the_admin_token_can_come_from_the_environment() {
+    let stub = Stub::start("a");
+    let body = format!(
+        "admin:\n  listen: {{admin_listen}}\nupstreams:\n  a:\n    backends: [{}]\nroutes:\n  - prefix: /a\n    upstream: a\n",
+        stub.address()
+    );
+    let t = Tollgate::start_with_env(&body, &[("TOLLGATE_ADMIN_TOKEN", "from-the-env-42")]);
+    assert_eq!(get(&t.admin_url("/admin/config")).status, 401);
+    let wrong = get_with(
+        &agent(),
+        &t.admin_url("/admin/config"),
+        &[("authorization", "Bearer from-the-env-43")],
+    );
+    assert_eq!(wrong.status, 401);
+    let right = get_with(
+        &agent(),
+        &t.admin_url("/admin/config"),
+        &[("authorization", "Bearer from-the-env-42")],
+    );
+    assert_eq!(right.status, 200, "{}", right.body);
+    assert!(
+        !right.body.contains("from-the-env-42"),
+        "the token is shown"
+    );
+}
+
+#[test]
 fn a_public_admin_listener_refuses_to_start_without_a_token() {
     let stub = Stub::start("a");
     let dir = tempfile::tempdir().unwrap();
@@ -208,6 +235,51 @@ fn check_decides_without_proxying_and_dry_runs_consume_nothing() {
         (r["allowed"].clone(), r["status"].clone()),
         (serde_json::json!(false), serde_json::json!(401))
     );
+    // An API key (given as such, or among the headers) picks the tenant to count, and a
+    // cost takes that many units.
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"route": "/k", "api_key": "config-key-000001", "cost": 7}"#,
+    )
+    .json();
+    assert_eq!(r["allowed"], true, "{r}");
+    let d = &r["decisions"][0];
+    assert_eq!(
+        (
+            &d["policy"],
+            &d["key"],
+            &d["tier"],
+            &d["cost"],
+            &d["remaining"]
+        ),
+        (
+            &serde_json::json!("per_tenant"),
+            &serde_json::json!("cfg"),
+            &serde_json::json!(null),
+            &serde_json::json!(7),
+            &serde_json::json!(93)
+        ),
+        "{r}"
+    );
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"path": "/k/x", "headers": {"X-API-Key": "config-key-000001"}, "cost": 3}"#,
+    )
+    .json();
+    assert_eq!(r["decisions"][0]["remaining"], 90, "{r}");
+    // A cost beyond the policy's whole quota is refused, as the proxy refuses it.
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"route": "/k", "api_key": "config-key-000001", "cost": 101}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("quota"), "{}", r.body);
     // Bad input gets a clear error.
     let bad = admin_send(
         &t,
@@ -307,6 +379,17 @@ fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
             .unwrap()
             .contains("q=3"),
         "pro tier numbers"
+    );
+
+    // Redis holds the key's digest, never the key itself.
+    let stored = redis
+        .cli(&["HGETALL", "tollgate:apikeys"])
+        .expect("HGETALL");
+    assert!(stored.contains("my-app"), "{stored}");
+    assert!(!stored.contains(&secret), "the secret is stored: {stored}");
+    assert!(
+        !stored.contains(secret.trim_start_matches("tg_")),
+        "{stored}"
     );
 
     let listed = admin_get(&two, "/admin/keys").body;

@@ -115,10 +115,69 @@ fn all_backends_down_answers_502_within_the_connect_timeout() {
     let r = get(&t.url("/a/x"));
     assert_eq!(r.status, 502);
     assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(r.json()["error"], "upstream_unavailable", "{}", r.body);
     // Each backend was tried once.
     assert_eq!(
         t.metric(r#"tollgate_upstream_errors_total{upstream="pool",kind="connect_refused"}"#),
         Some(3.0)
+    );
+}
+
+/// A backend that never completes a handshake: a listener whose accept queue (backlog 0)
+/// is already full, so the kernel drops further SYNs and a connect hangs until it times
+/// out, like a host that went silent rather than one that refuses.
+struct BlackHole {
+    listener: std::net::TcpListener,
+    _queued: Vec<std::net::TcpStream>,
+}
+
+impl BlackHole {
+    fn open() -> BlackHole {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Linux lets a listening socket shrink its backlog by calling listen again.
+        assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+        let addr = listener.local_addr().unwrap();
+        let mut queued = Vec::new();
+        while let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            queued.push(s);
+            assert!(queued.len() < 16, "the accept queue never filled");
+        }
+        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+        assert!(
+            probe.is_err(),
+            "a connect to a full accept queue should hang, not complete"
+        );
+        BlackHole {
+            listener,
+            _queued: queued,
+        }
+    }
+
+    fn address(&self) -> String {
+        self.listener.local_addr().unwrap().to_string()
+    }
+}
+
+#[test]
+fn a_silent_backend_answers_502_at_the_connect_timeout_never_a_hang() {
+    let hole = BlackHole::open();
+    let t = Tollgate::start(&one_route(&[hole.address()], ""));
+    let started = Instant::now();
+    let r = get(&t.url("/a/x"));
+    let took = started.elapsed();
+    assert_eq!(r.status, 502, "{}", r.body);
+    let body = r.json();
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert_eq!(body["upstream"], "pool");
+    // connect_timeout is 300ms: the answer comes when it expires, not before, not much after.
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(1_500),
+        "answered after {took:?} against a 300ms connect timeout"
+    );
+    assert_eq!(
+        t.metric(r#"tollgate_upstream_errors_total{upstream="pool",kind="connect_timeout"}"#),
+        Some(1.0)
     );
 }
 

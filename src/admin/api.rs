@@ -4,7 +4,7 @@ use super::{Admin, Reply, Request};
 use crate::decisions::Decision;
 use crate::identity::{registry, Lookup};
 use crate::limit::inspect::{self, InspectError};
-use crate::limit::{headers, Outcome, RequestFacts};
+use crate::limit::{headers, CostError, Outcome, RequestFacts};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
@@ -134,6 +134,11 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
     for policy in &route.limits {
         let limiter = policy.limiter(facts.tier);
         let cost = match body.cost {
+            // The proxy refuses such a request with 400 invalid_cost; so does the check.
+            Some(c) if c > limiter.params.quota() => {
+                let quota = limiter.params.quota();
+                return bad_request(CostError::TooLarge { cost: c, quota }.to_string());
+            }
             Some(c) => c,
             None => match policy.cost_of(&headers, limiter) {
                 Ok(c) => c,
