@@ -459,8 +459,11 @@ impl Lease {
         }
         let stale = std::mem::take(&mut self.stale);
         // Near the end of a busy window, reserve the next one so it starts with quota.
+        // Not while this node still admits provisionally: Redis has not heard of those
+        // admissions yet, so it would weigh the next window against too small a count.
         let until_end = window_ms - now_ms % window_ms.max(1);
-        let prefetch = (self.rate > 0.0
+        let prefetch = (self.synced
+            && self.rate > 0.0
             && until_end <= sync_ms * 5 / 2
             && self.next.is_none_or(|p| p.window != window + 1))
         .then(|| (limit / nodes.max(1)).max(1));
@@ -871,6 +874,16 @@ mod tests {
     fn prefetch_fills_the_next_window() {
         let mut lease = Lease::new("k".into(), 0);
         lease.admit_window(1, 100, 5 * W + 900, W, false, 1, SYNC);
+        // Still provisional: Redis has not counted this window's admissions, so no
+        // prefetch is weighed against them yet.
+        let first = lease
+            .plan_window(100, 5 * W + 900, W, false, 1, SYNC)
+            .unwrap();
+        assert_eq!(first.prefetch, None);
+        let mut redis = Redis::default();
+        let answer = redis.apply(&first, 100);
+        lease.apply_window(&first, &answer);
+        lease.admit_window(1, 100, 5 * W + 940, W, false, 1, SYNC);
         let plan = lease
             .plan_window(100, 5 * W + 950, W, false, 1, SYNC)
             .unwrap();
@@ -881,13 +894,8 @@ mod tests {
             total: 5,
             prev: 1,
         };
-        let answer = WindowAnswer {
-            total: 1,
-            grant: plan.want,
-            prev: 0,
-            used: 0,
-            next: Some(next),
-        };
+        let mut answer = redis.apply(&plan, 100);
+        answer.next = Some(next);
         lease.apply_window(&plan, &answer);
         let v = lease.admit_window(1, 100, 6 * W + 1, W, false, 1, SYNC);
         assert!(v.allowed);
