@@ -33,6 +33,10 @@ routes:
         stub.address()
     );
     let t = Tollgate::start(&config);
+    // Until Redis answers, global policies decide locally; the tests count leases.
+    wait_for("redis up", Duration::from_secs(3), || {
+        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
+    });
     Setup {
         _redis: redis,
         _stub: stub,
@@ -405,4 +409,75 @@ fn redis_keys_are_namespaced_tagged_and_expire() {
             .any(|k| k == "tollgate:rl:{log|127.0.0.1|GET}:l10000"),
         "{keys:?}"
     );
+}
+
+#[test]
+fn the_tightest_policy_speaks_and_each_policy_keeps_its_own_status_and_key() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "redis:
+  url: {}
+upstreams:
+  a:
+    backends: [{}]
+limits:
+  loose:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 100/1m
+  tight:
+    key: path
+    algorithm: fixed_window
+    rate: 3/1m
+    status: 503
+  hidden:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 100/1m
+    headers: false
+routes:
+  - prefix: /a
+    upstream: a
+    limits: [loose, tight]
+  - prefix: /b
+    upstream: a
+    limits: [hidden]
+",
+        redis.url(),
+        stub.address()
+    ));
+    // Before Redis answers, a global policy decides locally: wait, so every count below is
+    // the lease's.
+    wait_for("redis up", Duration::from_secs(3), || {
+        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
+    });
+    wait_until_in_window(60_000, 0, 50_000);
+    let agent = agent();
+    // Allowed responses carry the policy with the smallest share left: `tight`.
+    for left in (0..3).rev() {
+        let r = get_with(&agent, &t.url("/a/x"), &[]);
+        assert_eq!(r.status, 200);
+        let (name, params) = sf_item(r.header("ratelimit-policy").unwrap());
+        assert_eq!(name, "tight");
+        assert_eq!(int(&params, "q"), 3);
+        assert_eq!(r.header("x-ratelimit-remaining"), Some(&*left.to_string()));
+    }
+    // `tight` refuses with its own status, and counts each path apart.
+    let refused = get_with(&agent, &t.url("/a/x"), &[]);
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.json()["error"], "rate_limited");
+    assert_eq!(refused.json()["policy"], "tight");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(get_with(&agent, &t.url("/a/y"), &[]).status, 200);
+    // `headers: false` keeps allowed responses free of rate limit fields.
+    let quiet = get_with(&agent, &t.url("/b/x"), &[]);
+    assert_eq!(quiet.status, 200);
+    for name in ["ratelimit-policy", "ratelimit", "x-ratelimit-limit"] {
+        assert_eq!(
+            quiet.header(name),
+            None,
+            "{name} on a headers: false policy"
+        );
+    }
 }
