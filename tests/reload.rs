@@ -220,6 +220,66 @@ fn sighup_and_the_admin_api_reload_too() {
 }
 
 #[test]
+fn a_request_in_flight_finishes_under_the_config_it_started_with() {
+    let redis = Redis::start();
+    let old_backend = Stub::start("old");
+    let new_backend = Stub::start("new");
+    let t = Tollgate::start(&body(&old_backend, &redis, "1000/1m", ""));
+    // A slow request to `old`, still in flight while the route moves to `new`.
+    let slow = {
+        let url = t.url("/a/slow");
+        std::thread::spawn(move || get_with(&agent(), &url, &[("x-stub-delay-ms", "1500")]))
+    };
+    wait_for("the slow request in flight", Duration::from_secs(3), || {
+        (t.metric("tollgate_requests_in_flight").unwrap_or(0.0) >= 1.0).then_some(())
+    });
+    t.write_config(&body(&new_backend, &redis, "1000/1m", ""));
+    wait_for("the reload", Duration::from_secs(2), || {
+        (get(&t.url("/a/x")).json()["service"] == "new").then_some(())
+    });
+    let finished = slow.join().unwrap();
+    assert_eq!(finished.status, 200, "{}", finished.body);
+    assert_eq!(
+        finished.json()["service"],
+        "old",
+        "the request kept the upstream it started with"
+    );
+}
+
+#[test]
+fn an_unchanged_global_policy_keeps_its_fleet_count_across_a_reload() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&body(&stub, &redis, "4/1m", ""));
+    wait_for("redis up", Duration::from_secs(3), || {
+        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
+    });
+    wait_until_in_window(60_000, 0, 50_000);
+    let agent = agent();
+    for _ in 0..3 {
+        assert_eq!(get_with(&agent, &t.url("/a/x"), &[]).status, 200);
+    }
+    // Another route appears; `la` (global, 4 per minute) is untouched.
+    t.write_config(&body(
+        &stub,
+        &redis,
+        "4/1m",
+        "  - prefix: /more\n    upstream: a\n",
+    ));
+    wait_for("the reload", Duration::from_secs(2), || {
+        (get(&t.url("/more/x")).status == 200).then_some(())
+    });
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| get_with(&agent, &t.url("/a/x"), &[]).status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 429],
+        "4 per minute, 3 used before the reload"
+    );
+}
+
+#[test]
 fn an_unchanged_policy_keeps_its_counters_across_a_reload() {
     let redis = Redis::start();
     let stub = Stub::start("a");
