@@ -325,3 +325,69 @@ routes:
     }
     assert_eq!(answered(&b), 4);
 }
+
+/// Median latency of requests to `url` with header `name: value` for each value, taking the
+/// values in turns so a slow moment of the machine falls on all of them alike.
+fn median_latencies(url: &str, name: &str, values: &[String], rounds: usize) -> Vec<Duration> {
+    let agent = agent();
+    let mut samples = vec![Vec::with_capacity(rounds); values.len()];
+    for _ in 0..rounds {
+        for (i, value) in values.iter().enumerate() {
+            let started = Instant::now();
+            let r = get_with(&agent, url, &[(name, value.as_str())]);
+            samples[i].push(started.elapsed());
+            assert_eq!(r.status, 401, "{name}: {value}: {}", r.body);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort();
+            s[s.len() / 2]
+        })
+        .collect()
+}
+
+#[test]
+fn a_wrong_key_or_token_takes_as_long_however_much_of_it_matches() {
+    let key = "k3y-0123456789abcdef0123456789abcdef";
+    let token = "t0ken-0123456789abcdef0123456789abcdef";
+    let (_a, t) = setup(
+        &format!(
+            "admin:\n  listen: {{admin_listen}}\n  token: {token}\n  rate_limit: 1000000/1s\napi_keys:\n  keys:\n    {key}: {{ tenant: t }}\n"
+        ),
+        "    require_api_key: true\n",
+    );
+    // Same length: all but the last character right, and the first one already wrong.
+    let near = |s: &str| format!("{}X", &s[..s.len() - 1]);
+    let far = |s: &str| format!("X{}", &s[1..]);
+    for (what, url, header, values) in [
+        (
+            "API key",
+            t.url("/a/x"),
+            "x-api-key",
+            vec![near(key), far(key)],
+        ),
+        (
+            "admin token",
+            t.admin_url("/admin/config"),
+            "authorization",
+            vec![
+                format!("Bearer {}", near(token)),
+                format!("Bearer {}", far(token)),
+            ],
+        ),
+    ] {
+        let m = median_latencies(&url, header, &values, 400);
+        let ratio = m[0].as_secs_f64() / m[1].as_secs_f64();
+        eprintln!("{what}: near miss {:?}, far miss {:?}", m[0], m[1]);
+        // The comparison is on SHA-256 digests in constant time, so nothing here depends on
+        // the matching prefix; the bound only leaves room for the machine's noise.
+        assert!(
+            (0.8..1.25).contains(&ratio),
+            "{what}: a near miss took {:?}, a far miss {:?}",
+            m[0],
+            m[1]
+        );
+    }
+}
