@@ -247,10 +247,18 @@ impl Lease {
         self.roll(algorithm::window_of(now_ms, window_ms));
         self.demand += cost;
         let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
+        // The provisional allowance is a share of what this window has left as far as this
+        // node knows: all of it for a key new to the window, less for one that went quiet
+        // and handed its quota back after the fleet had spent some.
+        let room = effective.saturating_sub(self.known_used);
+        let allowance = if room == 0 {
+            0
+        } else {
+            provisional_cap(room, nodes)
+        };
         let allowed = if self.held() >= cost {
             true
-        } else if !self.synced && self.provisional_spell + cost <= provisional_cap(effective, nodes)
-        {
+        } else if !self.synced && self.provisional_spell + cost <= allowance {
             self.urgent |= self.provisional_spell == 0;
             self.provisional += cost;
             self.provisional_spell += cost;
@@ -802,6 +810,48 @@ mod tests {
             admitted <= 1,
             "{admitted} admitted at the start of a window the fleet just filled"
         );
+    }
+
+    #[test]
+    fn a_key_that_went_quiet_starts_over_from_what_its_window_has_left() {
+        // 3 of 4 spent and reported, the rest of the lease handed back after a quiet spell:
+        // the next burst may take the one unit left, not a fresh allowance of 4.
+        let (limit, nodes) = (4, 1);
+        let mut lease = Lease::new("k".into(), 0);
+        let now = 7 * W;
+        let mut redis = Redis::default();
+        for _ in 0..3 {
+            assert!(
+                lease
+                    .admit_window(1, limit, now, W, false, nodes, SYNC)
+                    .allowed
+            );
+        }
+        let mut at = now;
+        for _ in 0..10 {
+            at += SYNC;
+            if let Some(plan) = lease.plan_window(limit, at, W, false, nodes, SYNC) {
+                let answer = redis.apply(&plan, limit);
+                lease.apply_window(&plan, &answer);
+                if plan.released {
+                    break;
+                }
+            }
+        }
+        assert_eq!(
+            (redis.used, redis.reserved),
+            (3, 0),
+            "reported, and handed back"
+        );
+        assert!(!lease.synced, "quiet keys start over");
+        let admitted = (0..4)
+            .filter(|_| {
+                lease
+                    .admit_window(1, limit, at + 1, W, false, nodes, SYNC)
+                    .allowed
+            })
+            .count();
+        assert_eq!(admitted, 1, "one unit was left in the window");
     }
 
     #[test]
