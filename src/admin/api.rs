@@ -4,7 +4,7 @@ use super::{Admin, Reply, Request};
 use crate::decisions::Decision;
 use crate::identity::{registry, Lookup};
 use crate::limit::inspect::{self, InspectError};
-use crate::limit::{headers, CostError, Outcome, RequestFacts};
+use crate::limit::{headers, Outcome, Policy, RequestFacts};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
@@ -133,17 +133,14 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
     let mut response_headers = BTreeMap::new();
     for policy in &route.limits {
         let limiter = policy.limiter(facts.tier);
+        // The same checks as the proxy's, which answers these with 400 invalid_cost.
         let cost = match body.cost {
-            // The proxy refuses such a request with 400 invalid_cost; so does the check.
-            Some(c) if c > limiter.params.quota() => {
-                let quota = limiter.params.quota();
-                return bad_request(CostError::TooLarge { cost: c, quota }.to_string());
-            }
-            Some(c) => c,
-            None => match policy.cost_of(&headers, limiter) {
-                Ok(c) => c,
-                Err(e) => return bad_request(e.to_string()),
-            },
+            Some(c) => Policy::within_quota(c, limiter),
+            None => policy.cost_of(&headers, limiter),
+        };
+        let cost = match cost {
+            Ok(c) => c,
+            Err(e) => return bad_request(e.to_string()),
         };
         let key_text = crate::limit::key::text(&policy.key, &facts);
         let (verdict, outcome) = if body.dry_run {
@@ -196,7 +193,7 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
             } else {
                 503
             };
-            for (k, v) in headers::fields(&policy.name, &limiter.params, &verdict) {
+            for (k, v) in limiter.fields.fields(&verdict) {
                 response_headers.insert(
                     k.to_ascii_lowercase(),
                     v.to_str().unwrap_or_default().to_string(),

@@ -74,6 +74,11 @@ impl Policy {
                 }
             },
         };
+        Self::within_quota(cost, limiter)
+    }
+
+    /// `cost` if one request may take that much: never more than the whole quota.
+    pub fn within_quota(cost: u64, limiter: &Limiter) -> Result<u64, CostError> {
         let quota = limiter.params.quota();
         if cost > quota {
             return Err(CostError::TooLarge { cost, quota });

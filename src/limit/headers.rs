@@ -94,12 +94,6 @@ impl FieldTemplate {
     }
 }
 
-/// The fields describing `verdict` under `policy`'s numbers (builds the template each
-/// time; the proxy keeps one per limiter).
-pub fn fields(policy: &str, params: &Params, verdict: &Verdict) -> Fields {
-    FieldTemplate::new(policy, params).fields(verdict)
-}
-
 /// The body of a refused request.
 pub fn limited_body(policy: &str, verdict: &Verdict) -> serde_json::Value {
     serde_json::json!({
@@ -139,7 +133,7 @@ mod tests {
             window_ms: 60_000,
             sliding: true,
         };
-        let f = fields("per_client", &p, &verdict(true, 42, 16_200, 0));
+        let f = FieldTemplate::new("per_client", &p).fields(&verdict(true, 42, 16_200, 0));
         assert_eq!(f[0].0, "RateLimit-Policy");
         assert_eq!(f[0].1, "\"per_client\";q=100;w=60");
         assert_eq!(f[1].0, "RateLimit");
@@ -153,7 +147,7 @@ mod tests {
     #[test]
     fn retry_after_is_whole_seconds_and_never_zero() {
         let p = Params::Concurrency { max: 3 };
-        let f = fields("c", &p, &verdict(false, 0, 0, 1));
+        let f = FieldTemplate::new("c", &p).fields(&verdict(false, 0, 0, 1));
         assert!(f.contains(&("Retry-After", HeaderValue::from(1u64))));
         assert_eq!(f[0].1, "\"c\";q=3");
         assert_eq!(retry_after_seconds(&verdict(false, 0, 0, 0)), 1);

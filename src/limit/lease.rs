@@ -33,11 +33,11 @@ const QUIET_RELEASE_SYNCS: u32 = 4;
 /// Syncs after which tokens held for a bucket go back (they would be stale by then).
 const BUCKET_HOLD_SYNCS: u32 = 2;
 
-/// The provisional allowance per node: its fair share of the limit, so a lone node (or a
-/// client pinned to one) is never refused while quota remains, and a new key's burst
-/// spread over the fleet stays near the limit.
-pub fn provisional_cap(limit: u64, nodes: u64) -> u64 {
-    limit.div_ceil(nodes.max(1)).max(1)
+/// The provisional allowance per node: its fair share of what is left, so a lone node (or
+/// a client pinned to one) is never refused while quota remains, a new key's burst spread
+/// over the fleet stays near the limit, and nothing left means no allowance.
+pub fn provisional_cap(left: u64, nodes: u64) -> u64 {
+    left.div_ceil(nodes.max(1))
 }
 
 /// How long Redis keeps a node's window reservation without hearing from it: long enough
@@ -250,12 +250,7 @@ impl Lease {
         // The provisional allowance is a share of what this window has left as far as this
         // node knows: all of it for a key new to the window, less for one that went quiet
         // and handed its quota back after the fleet had spent some.
-        let room = effective.saturating_sub(self.known_used);
-        let allowance = if room == 0 {
-            0
-        } else {
-            provisional_cap(room, nodes)
-        };
+        let allowance = provisional_cap(effective.saturating_sub(self.known_used), nodes);
         let allowed = if self.held() >= cost {
             true
         } else if !self.synced && self.provisional_spell + cost <= allowance {

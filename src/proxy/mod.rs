@@ -322,8 +322,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
-        for (name, value) in &ctx.rate_headers {
-            upstream_response.insert_header(*name, value.clone())?;
+        for (name, value) in std::mem::take(&mut ctx.rate_headers) {
+            upstream_response.insert_header(name, value)?;
         }
         Ok(())
     }
