@@ -94,6 +94,7 @@ fn run(args: &RunArgs, demo: Option<()>) -> ExitCode {
         .map(|l| l.config.log.level)
         .unwrap_or_else(|_| "info".into());
     tollgate::logging::init(&level);
+    tollgate::clock::init();
 
     let prepared = if demo.is_some() {
         match tollgate::config::load(&args.config.config) {

@@ -58,26 +58,40 @@ pub fn sliding_window(
     now_ms: u64,
     window_ms: u64,
 ) -> Verdict {
-    let w = window_ms.max(1) as u128;
-    let elapsed = (now_ms % window_ms.max(1)) as u128;
-    let weighted_prev = prev as u128 * (w - elapsed); // scaled by w
-    let fits = |extra: u64| weighted_prev + (cur as u128 + extra as u128) * w <= limit as u128 * w;
-    let allowed = fits(cost);
+    // `prev × (w − e) / w + cur + cost ≤ limit` holds exactly when it holds with the
+    // weighted part rounded up, for whole `cur + cost` and `limit`: one 64-bit division.
+    let w = window_ms.max(1);
+    let elapsed = now_ms % w;
+    let weighted = weighted_previous(prev, now_ms, window_ms);
+    let allowed = cur.saturating_add(cost).saturating_add(weighted) <= limit;
     let after = if allowed { cur + cost } else { cur };
-    let estimate_scaled = weighted_prev + after as u128 * w;
-    let remaining = (limit as u128 * w).saturating_sub(estimate_scaled) / w;
+    let remaining = limit.saturating_sub(after).saturating_sub(weighted);
     let reset_ms = window_end(now_ms, window_ms);
     let retry_after_ms = if allowed {
         0
     } else {
-        sliding_retry_after(prev, cur, cost, limit, elapsed as u64, window_ms)
+        sliding_retry_after(prev, cur, cost, limit, elapsed, window_ms)
     };
     Verdict {
         allowed,
         limit,
-        remaining: remaining as u64,
+        remaining,
         reset_ms,
         retry_after_ms,
+    }
+}
+
+/// The previous window's count weighted by the part of it still inside the sliding window
+/// at `now_ms`, rounded up: `⌈prev × (window − elapsed) / window⌉`.
+#[inline]
+pub fn weighted_previous(prev: u64, now_ms: u64, window_ms: u64) -> u64 {
+    let w = window_ms.max(1);
+    let inside = w - now_ms % w;
+    // 64-bit arithmetic unless the product could overflow (it never does for windows
+    // under a day and counts under four billion): 128-bit division is slow.
+    match prev.checked_mul(inside) {
+        Some(product) => product.div_ceil(w),
+        None => (prev as u128 * inside as u128).div_ceil(w as u128) as u64,
     }
 }
 
@@ -278,6 +292,49 @@ mod tests {
 
     const SEC: u64 = 1_000;
     const MS_NS: u64 = 1_000_000;
+
+    /// The definition in exact 128-bit arithmetic, scaled by the window.
+    fn sliding_reference(
+        prev: u64,
+        cur: u64,
+        cost: u64,
+        limit: u64,
+        now: u64,
+        w: u64,
+    ) -> (bool, u64) {
+        let (w, e) = (w as u128, (now % w) as u128);
+        let weighted = prev as u128 * (w - e);
+        let allowed = weighted + (cur + cost) as u128 * w <= limit as u128 * w;
+        let after = if allowed { cur + cost } else { cur } as u128;
+        let remaining = (limit as u128 * w).saturating_sub(weighted + after * w) / w;
+        (allowed, remaining as u64)
+    }
+
+    #[test]
+    fn sliding_window_decides_as_its_exact_definition() {
+        for w in [1, 7, 10, 1_000, 60_000] {
+            for now in [0, 1, w / 3, w / 2, w - 1, 5 * w + w / 4] {
+                for prev in [0, 1, 3, 9, 10, 11, 1_000] {
+                    for cur in [0, 1, 5, 9, 10] {
+                        for cost in [1, 2, 10] {
+                            let v = sliding_window(prev, cur, cost, 10, now, w);
+                            assert_eq!(
+                                (v.allowed, v.remaining),
+                                sliding_reference(prev, cur, cost, 10, now, w),
+                                "prev {prev} cur {cur} cost {cost} now {now} window {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Products past 64 bits take the 128-bit path.
+        let v = sliding_window(u64::MAX / 2, 0, 1, u64::MAX, 1, 1_000);
+        assert_eq!(
+            (v.allowed, v.remaining),
+            sliding_reference(u64::MAX / 2, 0, 1, u64::MAX, 1, 1_000)
+        );
+    }
 
     /// Runs a fixed-window limiter with exact state over a sequence of arrival times.
     fn admitted_fixed(times: &[u64], limit: u64, window: u64) -> Vec<bool> {

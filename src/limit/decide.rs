@@ -147,6 +147,7 @@ impl Policy {
         self.decide(limiter, facts, cost, link, true)
     }
 
+    #[inline]
     fn decide(
         &self,
         limiter: &Limiter,
@@ -195,6 +196,7 @@ impl Policy {
         Some(self.finish(verdict, failed_open, guard))
     }
 
+    #[inline]
     fn finish(&self, verdict: Verdict, failed_open: bool, guard: Option<Guard>) -> Check {
         let outcome = match (verdict.allowed, self.mode) {
             (true, _) if failed_open => Outcome::FailedOpen,
@@ -210,6 +212,7 @@ impl Policy {
         }
     }
 
+    #[inline]
     fn count(&self, outcome: Outcome) {
         let c = &self.counters;
         match outcome {
@@ -248,9 +251,14 @@ impl Policy {
                 let now = unix_ms();
                 // A key this node holds a lease for keeps its exact count for the window
                 // through an outage, and what it admits is flushed once Redis is back.
-                let leased = limiter.leases.get(hash, |lease| {
-                    lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
-                });
+                // (A local policy never holds leases: skip the shard lock.)
+                let leased = if limiter.leases.is_empty() {
+                    None
+                } else {
+                    limiter.leases.get(hash, |lease| {
+                        lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
+                    })
+                };
                 match (leased, &limiter.windows) {
                     (Some(v), _) => v,
                     (None, Some(w)) => w.check(hash, cost, limit, now, sliding),
@@ -284,6 +292,7 @@ impl Policy {
     }
 
     /// A global async decision from this node's lease; `None` when the key table is full.
+    #[inline]
     fn leased(
         &self,
         limiter: &Limiter,
@@ -302,30 +311,44 @@ impl Policy {
             };
             Lease::new(key::text(&self.key, facts).into(), window)
         };
-        let (verdict, urgent, pending) = limiter.leases.with(hash, make, |lease| {
-            let verdict = match limiter.params {
-                Params::Window {
-                    limit,
-                    window_ms,
-                    sliding,
-                } => lease.admit_window(cost, limit, now, window_ms, sliding, nodes, sync_ms),
-                Params::Bucket(b) => lease.admit_bucket(cost, b.burst, nodes, sync_ms),
-                // Logs are atomic-only and concurrency is local-only (validation); decide
-                // conservatively rather than panic.
-                Params::Log { limit, .. } | Params::Concurrency { max: limit } => {
-                    algorithm::concurrency(limit + 1, limit)
-                }
-            };
-            let signal = lease.urgent && !lease.signalled;
-            lease.signalled |= signal;
-            // Refused only because this node's refill is still on its way.
-            let pending = !verdict.allowed && !lease.exhausted;
-            (verdict, signal, pending)
-        })?;
+        let admit = |lease: &mut Lease| self.admit(limiter, lease, cost, now, nodes, sync_ms);
+        let (verdict, urgent, pending) = limiter.leases.with(hash, make, admit)?;
         if urgent {
             link.mark_urgent(limiter.id, hash);
         }
         Some((verdict, pending))
+    }
+
+    /// One request against this node's lease for its key: the verdict, whether the sync
+    /// task must be woken for the key, and whether the refusal is only a refill in flight.
+    #[inline(always)]
+    fn admit(
+        &self,
+        limiter: &Limiter,
+        lease: &mut Lease,
+        cost: u64,
+        now: u64,
+        nodes: u64,
+        sync_ms: u64,
+    ) -> (Verdict, bool, bool) {
+        let verdict = match limiter.params {
+            Params::Window {
+                limit,
+                window_ms,
+                sliding,
+            } => lease.admit_window(cost, limit, now, window_ms, sliding, nodes, sync_ms),
+            Params::Bucket(b) => lease.admit_bucket(cost, b.burst, nodes, sync_ms),
+            // Logs are atomic-only and concurrency is local-only (validation); decide
+            // conservatively rather than panic.
+            Params::Log { limit, .. } | Params::Concurrency { max: limit } => {
+                algorithm::concurrency(limit + 1, limit)
+            }
+        };
+        let signal = lease.urgent && !lease.signalled;
+        lease.signalled |= signal;
+        // Refused only because this node's refill is still on its way.
+        let pending = !verdict.allowed && !lease.exhausted;
+        (verdict, signal, pending)
     }
 
     /// One round trip to Redis, which decides exactly.

@@ -339,7 +339,7 @@ fn plan<'a>(
     nodes: u64,
     sync_ms: u64,
 ) -> Option<Slot<'a>> {
-    let key = lease.key.clone();
+    let key = lease.sync.key.clone();
     match limiter.params {
         Params::Window {
             limit,

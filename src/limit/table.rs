@@ -4,6 +4,7 @@
 //! fixed-size estimators) instead of memory growing with every key a client invents.
 
 use parking_lot::Mutex;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -62,6 +63,7 @@ impl<V> KeyTable<V> {
 
     /// Runs `f` on the entry for `hash`, creating it with `make` if there is room.
     /// Returns `None` when the key is new and the table is full.
+    #[inline]
     pub fn with<R>(
         &self,
         hash: u64,
@@ -69,17 +71,22 @@ impl<V> KeyTable<V> {
         f: impl FnOnce(&mut V) -> R,
     ) -> Option<R> {
         let mut shard = self.shard(hash).lock();
-        if let Some(v) = shard.get_mut(&hash) {
-            return Some(f(v));
-        }
-        if self.len.load(Ordering::Relaxed) >= self.capacity {
-            return None;
-        }
-        self.len.fetch_add(1, Ordering::Relaxed);
-        Some(f(shard.entry(hash).or_insert_with(make)))
+        // One call of `f`, so that it is inlined here: the decision is most of it.
+        let value = match shard.entry(hash) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                if self.len.load(Ordering::Relaxed) >= self.capacity {
+                    return None;
+                }
+                self.len.fetch_add(1, Ordering::Relaxed);
+                entry.insert(make())
+            }
+        };
+        Some(f(value))
     }
 
     /// Runs `f` on an existing entry.
+    #[inline]
     pub fn get<R>(&self, hash: u64, f: impl FnOnce(&mut V) -> R) -> Option<R> {
         self.shard(hash).lock().get_mut(&hash).map(f)
     }
