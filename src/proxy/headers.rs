@@ -25,25 +25,38 @@ pub fn request_id(req: &RequestHeader) -> HeaderValue {
 
 pub fn new_request_id() -> HeaderValue {
     let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Appends `value` to a comma-separated list header, creating it when absent.
-pub fn append_to_list(req: &mut RequestHeader, name: &'static str, value: &str) {
-    let joined = match req.headers.get(name).map(|v| v.to_str()) {
-        Some(Ok(existing)) if !existing.trim().is_empty() => format!("{existing}, {value}"),
-        _ => value.to_string(),
-    };
-    // Values built from an IP address or a fixed token are always valid header values.
-    let _ = req.insert_header(name, joined);
+pub fn append_to_list(req: &mut RequestHeader, name: &'static str, value: impl std::fmt::Display) {
+    use std::fmt::Write;
+    let mut joined = String::with_capacity(64);
+    if let Some(Ok(existing)) = req.headers.get(name).map(|v| v.to_str()) {
+        if !existing.trim().is_empty() {
+            joined.push_str(existing);
+            joined.push_str(", ");
+        }
+    }
+    let _ = write!(joined, "{value}");
+    // Values built from an IP address or a fixed token are always valid header values;
+    // the String's buffer becomes the value without another copy.
+    if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
+        let _ = req.insert_header(name, value);
+    }
 }
 
 /// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
-pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
+pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &'static str) {
     if let Some(ip) = client {
-        append_to_list(req, X_FORWARDED_FOR, &ip.to_string());
+        append_to_list(req, X_FORWARDED_FOR, ip);
     }
-    append_to_list(req, X_FORWARDED_PROTO, proto);
+    if req.headers.contains_key(X_FORWARDED_PROTO) {
+        append_to_list(req, X_FORWARDED_PROTO, proto);
+    } else {
+        let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header
