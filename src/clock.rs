@@ -63,10 +63,11 @@ pub fn now_ns() -> u64 {
     let raw = counter.raw();
     ANCHOR.with(|anchor| {
         let a = anchor.get();
-        // A thread moved to a core whose counter reads behind its anchor sees no time pass
-        // (`delta_as_nanos` is 0), never time running backwards by the difference.
         let elapsed = counter.delta_as_nanos(a.raw, raw);
-        if a.raw != 0 && elapsed < REANCHOR_NS {
+        // A counter that reads behind the anchor (a thread moved to a core whose counter
+        // lags, or a VM restored from a snapshot) gets a fresh anchor rather than a clock
+        // that stands still until the counter catches up.
+        if a.raw != 0 && raw >= a.raw && elapsed < REANCHOR_NS {
             return a.unix_ns + elapsed;
         }
         let unix_ns = system_ns();
