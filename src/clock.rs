@@ -49,7 +49,7 @@ pub fn init() {
 }
 
 /// The system clock, Unix ns.
-pub fn system_ns() -> u64 {
+fn system_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)

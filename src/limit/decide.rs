@@ -251,14 +251,9 @@ impl Policy {
                 let now = unix_ms();
                 // A key this node holds a lease for keeps its exact count for the window
                 // through an outage, and what it admits is flushed once Redis is back.
-                // (A local policy never holds leases: skip the shard lock.)
-                let leased = if limiter.leases.is_empty() {
-                    None
-                } else {
-                    limiter.leases.get(hash, |lease| {
-                        lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
-                    })
-                };
+                let leased = limiter.leases.get(hash, |lease| {
+                    lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
+                });
                 match (leased, &limiter.windows) {
                     (Some(v), _) => v,
                     (None, Some(w)) => w.check(hash, cost, limit, now, sliding),

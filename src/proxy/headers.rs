@@ -48,15 +48,11 @@ pub fn append_to_list(req: &mut RequestHeader, name: &'static str, value: impl s
 }
 
 /// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
-pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &'static str) {
+pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
     if let Some(ip) = client {
         append_to_list(req, X_FORWARDED_FOR, ip);
     }
-    if req.headers.contains_key(X_FORWARDED_PROTO) {
-        append_to_list(req, X_FORWARDED_PROTO, proto);
-    } else {
-        let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    }
+    append_to_list(req, X_FORWARDED_PROTO, proto);
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header
