@@ -18,6 +18,6 @@ COPY --from=build /src/target/release/tollgate /usr/local/bin/tollgate
 COPY --from=build /src/target/release/stub-service /usr/local/bin/stub-service
 COPY deploy/config.docker.yaml /etc/tollgate/config.yaml
 USER tollgate
-EXPOSE 8000 9000
+EXPOSE 8000 8443 9000
 ENTRYPOINT ["tollgate"]
 CMD ["run", "-c", "/etc/tollgate/config.yaml"]

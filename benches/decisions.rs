@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tollgate::config::{self, LimitConfig};
 use tollgate::limit::{headers, key, Policy, RedisLink, RequestFacts};
 use tollgate::metrics::Metrics;
-use tollgate::routing::Router;
+use tollgate::routing::{RouteKey, Router};
 
 /// Runs a future that never waits (every non-atomic decision) to completion.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
@@ -56,6 +56,7 @@ fn facts(ip: IpAddr, headers: &http::HeaderMap) -> RequestFacts<'_> {
         path: "/a/x",
         method: "GET",
         route: "/a",
+        host: None,
         headers,
     }
 }
@@ -72,6 +73,9 @@ const POLICIES: &[(&str, &str)] = &[
     ("global_async/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1s, max_keys: 200000}"),
     ("global_async/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1s, max_keys: 200000}"),
     ("global_async/token_bucket", "{key: client_ip, algorithm: token_bucket, rate: 1000000000/1s, max_keys: 200000}"),
+    // Calendar periods: the cached period must keep these at the cost of epoch windows.
+    ("local/fixed_window_1mo_berlin", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1mo, timezone: Europe/Berlin, scope: local}"),
+    ("global_async/sliding_window_1mo_berlin", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1mo, timezone: Europe/Berlin, max_keys: 200000}"),
 ];
 
 fn link(metrics: &Arc<Metrics>) -> RedisLink {
@@ -137,19 +141,43 @@ fn routing(c: &mut Criterion) {
     let prefixes: Vec<String> = (0..100)
         .map(|i| format!("/service{}/v{}", i % 50, i / 50 + 1))
         .collect();
-    let router = Router::new(prefixes.iter().map(|p| (p.clone(), p.clone())));
+    // Half the routes under a host, the other half without, plus a wildcard group: the
+    // lookup of a request's host picks a group before the prefix walk.
+    let router = Router::new(prefixes.iter().enumerate().map(|(i, p)| {
+        let host = match i % 3 {
+            0 => Some("api.example.com".to_string()),
+            1 => Some("*.example.com".to_string()),
+            _ => None,
+        };
+        (
+            RouteKey {
+                host,
+                prefix: p.clone(),
+            },
+            p.clone(),
+        )
+    }));
+    let host = Some("api.example.com");
     let mut group = c.benchmark_group("routing");
     group.bench_function("100_routes/hit", |b| {
-        b.iter(|| router.lookup(black_box("/service37/v2/users/42/orders")))
+        b.iter(|| router.lookup(black_box(host), black_box("/service37/v2/users/42/orders")))
     });
     group.bench_function("100_routes/miss", |b| {
-        b.iter(|| router.lookup(black_box("/nothing/here/at/all")))
+        b.iter(|| router.lookup(black_box(host), black_box("/nothing/here/at/all")))
+    });
+    group.bench_function("100_routes/wildcard_host_hit", |b| {
+        b.iter(|| {
+            let host = tollgate::routing::normalize_host(black_box("WWW.eu.Example.com:443"));
+            router
+                .lookup(host.as_deref(), black_box("/service37/v1/users/42/orders"))
+                .is_some()
+        })
     });
     group.bench_function("100_routes/normalize_and_match", |b| {
         b.iter(|| {
             let path = tollgate::path::normalize(black_box("/service37/v2/users/42/orders"))
                 .expect("valid");
-            router.lookup(&path).is_some()
+            router.lookup(host, &path).is_some()
         })
     });
     group.finish();
@@ -160,6 +188,7 @@ fn response_headers(c: &mut Criterion) {
         limit: 100,
         window_ms: 60_000,
         sliding: true,
+        calendar: None,
     };
     let verdict = tollgate::limit::algorithm::Verdict {
         allowed: false,

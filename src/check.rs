@@ -3,6 +3,7 @@
 use crate::config::duration::format_duration;
 use crate::config::{self, Config};
 use crate::gateway::Gateway;
+use crate::listener::store::CertStore;
 use crate::metrics::Metrics;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -43,7 +44,24 @@ pub fn check(path: &Path) -> (String, bool) {
             false,
         );
     }
-    let mut out = summary(path, &loaded.config);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let certs = match CertStore::load(
+        &loaded.config,
+        path,
+        &text,
+        std::sync::Arc::new(Metrics::new()),
+    ) {
+        Ok(certs) => certs,
+        Err(errors) => {
+            let mut out = String::new();
+            for e in &errors {
+                let _ = writeln!(out, "{e}");
+            }
+            let _ = write!(out, "{}: the config is not valid", path.display());
+            return (out, false);
+        }
+    };
+    let mut out = summary(path, &loaded.config, &certs);
     if !loaded.warnings.is_empty() {
         out.push_str("warnings:\n");
         for w in &loaded.warnings {
@@ -53,26 +71,100 @@ pub fn check(path: &Path) -> (String, bool) {
     (out, true)
 }
 
-fn summary(path: &Path, config: &Config) -> String {
+fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: the config is valid", path.display());
     let _ = writeln!(
         out,
-        "listeners:\n  proxy  {} ({} worker thread{})\n  admin  {} (/metrics)",
-        config.listen.join(", "),
+        "listeners ({} worker thread{}):",
         config.threads,
         if config.threads == 1 { "" } else { "s" },
-        config.admin.listen
     );
-    let _ = writeln!(out, "routes (longest prefix wins, whole segments):");
+    let tls = certs.status();
+    for listen in &config.listen {
+        let mut notes = Vec::new();
+        match &listen.tls {
+            Some(_) if listen.http2_enabled() => {
+                notes.push("TLS 1.2/1.3, ALPN h2 and http/1.1".to_string())
+            }
+            Some(_) => notes.push("TLS 1.2/1.3, ALPN http/1.1".to_string()),
+            None if listen.http2_enabled() => notes.push("HTTP/1.1 and h2c".to_string()),
+            None => notes.push("HTTP/1.1".to_string()),
+        }
+        if let Some(port) = listen.redirect_https {
+            notes.push(format!("redirects to https port {port}"));
+        }
+        if let Some(hsts) = &listen.hsts {
+            notes.push(format!("HSTS {}", hsts.header_value()));
+        }
+        let _ = writeln!(out, "  proxy  {} ({})", listen.address, notes.join("; "));
+        let served = tls.as_array().and_then(|all| {
+            all.iter()
+                .find(|l| l["listener"] == listen.address.as_str())
+        });
+        if let Some(certs) = served.and_then(|l| l["certs"].as_array()) {
+            for (i, cert) in certs.iter().enumerate() {
+                let names: Vec<&str> = cert["names"]
+                    .as_array()
+                    .map(|n| n.iter().filter_map(|v| v.as_str()).collect())
+                    .unwrap_or_default();
+                let until = cert["not_after"].as_str().unwrap_or("?");
+                let default = if i == 0 { ", the default" } else { "" };
+                let _ = writeln!(
+                    out,
+                    "         cert {}: {} (until {until}{default})",
+                    cert["cert"].as_str().unwrap_or("?"),
+                    names.join(", ")
+                );
+            }
+        }
+    }
+    if config.listen.iter().any(|l| l.http2_enabled()) {
+        let h2 = &config.http2;
+        let _ = writeln!(
+            out,
+            "  HTTP/2: up to {} streams per connection, closed after {} streams reset before they were taken up",
+            h2.max_concurrent_streams, h2.max_pending_resets
+        );
+    }
+    let _ = writeln!(out, "  admin  {} (/metrics)", config.admin.listen);
+    let admin = &config.admin;
+    if !admin.allowed_hosts.is_empty() {
+        let names: Vec<String> = admin.allowed_hosts.iter().map(|h| h.to_string()).collect();
+        let _ = writeln!(out, "         also answers to {}", names.join(", "));
+    }
+    if !admin.allowed_origins.is_empty() {
+        let origins: Vec<String> = admin
+            .allowed_origins
+            .iter()
+            .map(|o| o.to_string())
+            .collect();
+        let _ = writeln!(out, "         pages of {} may call it", origins.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "routes (the most specific host, then the longest prefix on whole segments):"
+    );
+    let label = |r: &config::RouteConfig| match &r.host {
+        Some(host) => format!("{}{}", host.to_ascii_lowercase(), r.prefix),
+        None => r.prefix.clone(),
+    };
     let width = config
         .routes
         .iter()
-        .map(|r| r.prefix.len())
+        .map(|r| label(r).len())
         .max()
         .unwrap_or(0);
     for route in &config.routes {
         let mut notes = Vec::new();
+        if !route.methods.is_empty() {
+            let methods: Vec<String> = route
+                .methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            notes.push(methods.join(" "));
+        }
         if route.strip_prefix {
             notes.push("prefix stripped".to_string());
         }
@@ -90,7 +182,8 @@ fn summary(path: &Path, config: &Config) -> String {
         let _ = writeln!(
             out,
             "  {:width$}  -> {}{notes}",
-            route.prefix, route.upstream
+            label(route),
+            route.upstream
         );
     }
     if config.routes.is_empty() {
@@ -102,10 +195,29 @@ fn summary(path: &Path, config: &Config) -> String {
             .backends
             .iter()
             .map(|b| {
-                if b.weight == 1 {
+                let mut notes = Vec::new();
+                if b.weight != 1 {
+                    notes.push(format!("weight {}", b.weight));
+                }
+                if b.tls {
+                    let mut tls = "TLS".to_string();
+                    if let Some(sni) = &b.sni {
+                        tls.push_str(&format!(" to {sni}"));
+                    }
+                    match (&b.ca_file, b.verify) {
+                        (_, false) => tls.push_str(", not verified"),
+                        (Some(ca), true) => tls.push_str(&format!(", verified against {ca}")),
+                        (None, true) => tls.push_str(", verified against the system's CAs"),
+                    }
+                    notes.push(tls);
+                }
+                if b.http2 {
+                    notes.push(if b.tls { "HTTP/2" } else { "h2c" }.to_string());
+                }
+                if notes.is_empty() {
                     b.address.clone()
                 } else {
-                    format!("{} (weight {})", b.address, b.weight)
+                    format!("{} ({})", b.address, notes.join("; "))
                 }
             })
             .collect();
@@ -134,7 +246,7 @@ fn summary(path: &Path, config: &Config) -> String {
                 let rate = t
                     .rate
                     .or(limit.rate)
-                    .map(|r| r.to_string())
+                    .map(|r| describe_rate(r, limit))
                     .unwrap_or_default();
                 let burst = t
                     .burst
@@ -155,7 +267,7 @@ fn summary(path: &Path, config: &Config) -> String {
             let _ = writeln!(
                 out,
                 "redis: {} (sync every {}, timeout {})",
-                crate::limit::link::redacted(&r.url),
+                r.describe(),
                 format_duration(r.sync_interval),
                 format_duration(r.timeout)
             );
@@ -164,6 +276,13 @@ fn summary(path: &Path, config: &Config) -> String {
             let _ = writeln!(out, "redis: none (local limits only)");
         }
     }
+    let store_url = crate::config::redis::redact_url(&config.store.resolved_url(path));
+    let origin = if config.store.url.is_some() {
+        ""
+    } else {
+        " (the default, beside the config file)"
+    };
+    let _ = writeln!(out, "store: {store_url}{origin}: registered API keys");
     if !config.api_keys.keys.is_empty() {
         let _ = writeln!(
             out,
@@ -173,6 +292,27 @@ fn summary(path: &Path, config: &Config) -> String {
         );
     }
     out
+}
+
+/// A rate, with where a calendar period begins: `1000000/1mo from the 1st 00:00 Asia/Tokyo`.
+fn describe_rate(rate: config::RateSpec, limit: &config::LimitConfig) -> String {
+    use config::CalendarUnit;
+    let window = matches!(
+        limit.algorithm,
+        config::Algorithm::FixedWindow | config::Algorithm::SlidingWindow
+    );
+    match rate.calendar.filter(|_| window) {
+        Some(unit) => {
+            let from = match unit {
+                CalendarUnit::Day => "midnight",
+                CalendarUnit::Week => "Monday 00:00",
+                CalendarUnit::Month => "the 1st 00:00",
+            };
+            let tz = limit.timezone.map_or("UTC", |tz| tz.name());
+            format!("{rate} from {from} {tz}")
+        }
+        None => rate.to_string(),
+    }
 }
 
 fn describe_limit(limit: &config::LimitConfig) -> String {
@@ -185,7 +325,10 @@ fn describe_limit(limit: &config::LimitConfig) -> String {
             limit.rate.map(|r| r.to_string()).unwrap_or_default(),
             limit.burst.or(limit.rate.map(|r| r.count)).unwrap_or(0)
         ),
-        _ => limit.rate.map(|r| r.to_string()).unwrap_or_default(),
+        _ => limit
+            .rate
+            .map(|r| describe_rate(r, limit))
+            .unwrap_or_default(),
     };
     let scope = match (limit.scope, limit.sync) {
         (Scope::Local, _) => "local".to_string(),

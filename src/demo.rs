@@ -44,10 +44,13 @@ fn loopback_addr(address: &str) -> Option<SocketAddr> {
 
 /// What to print once the demo is up.
 pub fn banner(config: &Config, stubs: &[String]) -> String {
+    // The demo's URLs use the first plaintext listener (curl needs no certificate there).
     let proxy = config
         .listen
-        .first()
-        .map(String::as_str)
+        .iter()
+        .find(|l| l.tls.is_none())
+        .or(config.listen.first())
+        .map(|l| l.address.as_str())
         .unwrap_or("0.0.0.0:8000");
     let proxy = proxy.replace("0.0.0.0", "127.0.0.1");
     let admin = config.admin.listen.replace("0.0.0.0", "127.0.0.1");
@@ -65,7 +68,14 @@ pub fn banner(config: &Config, stubs: &[String]) -> String {
         } else {
             format!("{}/hello", route.prefix.trim_end_matches('/'))
         };
-        out.push_str(&format!("  curl -i http://{proxy}{path}\n"));
+        match &route.host {
+            // A wildcard host is tried with a name under it.
+            Some(host) => out.push_str(&format!(
+                "  curl -i -H 'Host: {}' http://{proxy}{path}\n",
+                host.replace('*', "www")
+            )),
+            None => out.push_str(&format!("  curl -i http://{proxy}{path}\n")),
+        }
     }
     out.push_str(&format!(
         "  curl -i http://{proxy}/health\n  curl http://{admin}/metrics\n"

@@ -6,21 +6,30 @@
 
 use crate::config::canonical_prefix;
 use crate::config::Config;
-use crate::decisions::{DecisionHub, RouteSeries};
+use crate::decisions::{DecisionHub, PolicyId, RouteId};
 use crate::identity::{Identity, Lookup};
 use crate::limit::{Policy, RedisLink};
 use crate::metrics::Metrics;
-use crate::routing::Router;
+use crate::routing::{Methods, RouteKey, Router};
+use crate::store::Store;
 use crate::upstream::{BuildError, UpstreamPool};
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use prometheus::Histogram;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug)]
 pub struct Route {
-    /// The canonical prefix; also the `route` label in metrics and logs.
+    /// The canonical prefix.
     pub prefix: String,
+    /// The host the route serves (lower case), if it names one.
+    pub host: Option<String>,
+    /// The `route` label in metrics, logs and the dashboard: the prefix, preceded by the
+    /// host for routes that name one (`api.example.com/v1`).
+    pub label: String,
+    pub methods: Methods,
     pub upstream: Arc<UpstreamPool>,
     pub strip_prefix: bool,
     pub duration: Histogram,
@@ -29,18 +38,36 @@ pub struct Route {
     pub require_api_key: bool,
     /// The largest request body accepted (the route's own or `http.max_body_size`).
     pub max_body_size: Option<u64>,
-    /// Per-second counts for the dashboard, kept across reloads.
-    pub series: Arc<RouteSeries>,
+    /// The label's interned id in decision records (kept across reloads).
+    pub id: RouteId,
+    /// The interned id of each of `limits`, in the same order.
+    pub policy_ids: Vec<PolicyId>,
+}
+
+/// What a listener adds to the requests it takes: a redirect to HTTPS, an HSTS header.
+#[derive(Debug)]
+pub struct ListenerPolicy {
+    pub addr: SocketAddr,
+    pub redirect_https: Option<u16>,
+    pub hsts: Option<HeaderValue>,
 }
 
 pub struct Gateway {
     pub config: Arc<Config>,
+    /// One per listener, in `listen` order; empty when no listener redirects or sets HSTS,
+    /// so requests skip the lookup.
+    pub listener_policies: Vec<ListenerPolicy>,
     pub router: Router<Arc<Route>>,
+    /// Every route's label, for the dashboard to tell live routes from removed ones.
+    pub labels: std::collections::BTreeSet<String>,
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     pub policies: BTreeMap<String, Arc<Policy>>,
     pub identity: Identity,
     /// The shared store of global limits, when the config has one.
     pub redis: Option<Arc<RedisLink>>,
+    /// Registered API keys; the running process's one store, kept across reloads (absent
+    /// only where nothing is served, as in `tollgate check`).
+    pub store: Option<Arc<Store>>,
 }
 
 #[derive(Debug)]
@@ -77,7 +104,7 @@ impl Gateway {
         metrics: &Arc<Metrics>,
         decisions: &DecisionHub,
     ) -> Result<Gateway, BuildFailure> {
-        decisions.set_log_enabled(config.admin.decision_log.enabled);
+        decisions.set_log_enabled(config.admin.decision_log.enabled && config.redis.is_some());
         let mut upstreams = BTreeMap::new();
         for (name, spec) in &config.upstreams {
             let kept = previous
@@ -120,33 +147,83 @@ impl Gateway {
                 continue;
             };
             let prefix = canonical_prefix(&spec.prefix);
+            let host = spec.host.as_ref().map(|h| h.to_ascii_lowercase());
+            let label = match &host {
+                Some(h) => format!("{h}{prefix}"),
+                None => prefix.clone(),
+            };
+            let methods: Vec<String> = spec
+                .methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect();
+            let limits: Vec<Arc<Policy>> = spec
+                .limits
+                .iter()
+                .filter_map(|name| policies.get(name).cloned())
+                .collect();
             let route = Route {
-                duration: metrics.route_duration(&prefix),
+                duration: metrics.route_duration(&label),
+                id: decisions.route_id(&label).0,
+                policy_ids: limits
+                    .iter()
+                    .map(|p| decisions.policy_id(&p.name))
+                    .collect(),
+                label,
+                host: host.clone(),
+                methods: Methods::new(&methods),
                 prefix: prefix.clone(),
                 upstream: upstream.clone(),
                 strip_prefix: spec.strip_prefix,
-                limits: spec
-                    .limits
-                    .iter()
-                    .filter_map(|name| policies.get(name).cloned())
-                    .collect(),
+                limits,
                 require_api_key: spec.require_api_key,
                 max_body_size: spec.max_body_size.or(config.http.max_body_size),
-                series: decisions.series(&prefix),
             };
-            routes.push((prefix, Arc::new(route)));
+            routes.push((RouteKey { host, prefix }, Arc::new(route)));
         }
+        let listener_policies = if config
+            .listen
+            .iter()
+            .any(|l| l.redirect_https.is_some() || l.hsts.is_some())
+        {
+            config
+                .listen
+                .iter()
+                .filter_map(|l| {
+                    Some(ListenerPolicy {
+                        addr: l.address.parse().ok()?,
+                        redirect_https: l.redirect_https,
+                        hsts: l
+                            .hsts
+                            .as_ref()
+                            .and_then(|h| HeaderValue::from_str(&h.header_value()).ok()),
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Gateway {
+            listener_policies,
             identity: Identity::build(&config),
             config: Arc::new(config),
+            labels: routes.iter().map(|(_, r)| r.label.clone()).collect(),
             router: Router::new(routes),
             upstreams,
             policies,
             redis,
+            store: previous.and_then(|g| g.store.clone()),
         })
     }
 
-    /// The request's API key, from the config's keys or those registered in Redis.
+    /// The policy of the listener a connection arrived at (by its local address).
+    pub fn listener_policy(&self, local: SocketAddr) -> Option<&ListenerPolicy> {
+        let index =
+            crate::listener::endpoint_index(self.listener_policies.iter().map(|l| l.addr), local)?;
+        self.listener_policies.get(index)
+    }
+
+    /// The request's API key, from the config's keys or those registered in the store.
     pub fn lookup_api_key(&self, headers: &http::HeaderMap) -> Lookup {
         let Some(presented) = self.identity.api_keys.presented(headers) else {
             return Lookup::Missing;
@@ -154,11 +231,7 @@ impl Gateway {
         self.identity
             .api_keys
             .find(&presented)
-            .or_else(|| {
-                self.redis
-                    .as_ref()
-                    .and_then(|l| l.find_registered(&presented))
-            })
+            .or_else(|| self.store.as_ref().and_then(|s| s.find_key(&presented)))
             .map_or(Lookup::Unknown, Lookup::Known)
     }
 

@@ -64,6 +64,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
         };
         let http = self.gateway.load().config.http.clone();
         let kept_alive = session.take_connection_user_context().is_some();
+        // Over TLS the 408 cannot be written to the raw socket (it would be plaintext in a
+        // TLS stream); the connection is only closed.
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let deadline = if kept_alive {
             http.keepalive_timeout + http.header_timeout
         } else {
@@ -86,7 +89,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
                 ?deadline,
                 "request header not complete in time; closing"
             );
-            cut_off(fd, !kept_alive);
+            cut_off(fd, !kept_alive && !tls);
         }
         work.await
     }
@@ -95,8 +98,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
         self.inner.server_options()
     }
 
+    /// HTTP/2 settings from the running config, read for each new connection so a reload
+    /// applies to the next one.
     fn h2_options(&self) -> Option<pingora_core::protocols::http::v2::server::H2Options> {
-        self.inner.h2_options()
+        let gateway = self.gateway.load();
+        let h2 = &gateway.config.http2;
+        let mut options = pingora_core::protocols::http::v2::server::default_h2_options();
+        options
+            .max_concurrent_streams(h2.max_concurrent_streams)
+            .max_pending_accept_reset_streams(h2.max_pending_resets)
+            .max_local_error_reset_streams(Some(h2.max_error_resets))
+            .max_header_list_size(
+                u32::try_from(gateway.config.http.max_header_bytes).unwrap_or(u32::MAX),
+            );
+        Some(options)
     }
 
     async fn http_cleanup(&self) {

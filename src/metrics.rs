@@ -23,14 +23,22 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     pub ratelimit_active_keys: IntGaugeVec,
     pub ratelimit_untracked: IntCounterVec,
+    pub ratelimit_delayed: IntCounterVec,
+    pub ratelimit_waiting: IntGaugeVec,
     pub redis_up: IntGauge,
     pub redis_nodes: IntGauge,
+    pub redis_unreachable_slots: IntGauge,
     pub redis_sync_duration: Histogram,
     pub redis_errors: IntCounterVec,
     pub redis_state_changes: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_last_reload_success: IntGauge,
     pub decision_log_dropped: IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_certificate_reloads: IntCounterVec,
+    pub store_up: IntGauge,
+    pub store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -82,7 +90,7 @@ impl Metrics {
         let ratelimit_decisions = IntCounterVec::new(
             Opts::new(
                 "tollgate_ratelimit_decisions_total",
-                "Rate limit decisions by policy and result (allowed, limited, shadow_limited, failed_open, unavailable).",
+                "Rate limit decisions by policy and result (allowed, limited, shadow_limited, failed_open, unavailable, exempt).",
             ),
             &["policy", "result"],
         )
@@ -103,11 +111,32 @@ impl Metrics {
             &["policy"],
         )
         .expect("valid metric");
+        let ratelimit_delayed = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_delayed_total",
+                "Requests a policy with on_limit: delay held back, then admitted within max_delay.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let ratelimit_waiting = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_ratelimit_waiting",
+                "Requests waiting for room under a policy with on_limit: delay (at most max_waiting).",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
         let redis_up = IntGauge::new("tollgate_redis_up", "1 while Redis answers, else 0.")
             .expect("valid metric");
         let redis_nodes = IntGauge::new(
             "tollgate_redis_nodes",
             "tollgate nodes sharing the Redis, as of the last heartbeat.",
+        )
+        .expect("valid metric");
+        let redis_unreachable_slots = IntGauge::new(
+            "tollgate_redis_unreachable_slots",
+            "Redis Cluster hash slots whose master does not answer (0 outside a cluster): their keys use local limits.",
         )
         .expect("valid metric");
         let redis_sync_duration = Histogram::with_opts(
@@ -152,8 +181,49 @@ impl Metrics {
             "Decisions not written to the per-client log because its writer fell behind or Redis was away.",
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_handshakes_total",
+                "TLS handshakes with clients by result (ok, timeout, plaintext, failed).",
+            ),
+            &["listener", "result"],
+        )
+        .expect("valid metric");
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires, in Unix seconds.",
+            ),
+            &["listener", "cert"],
+        )
+        .expect("valid metric");
+        let tls_certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tls_certificate_reloads_total",
+                "Certificate reloads after their files changed, by result (success, failure).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let store_up = IntGauge::new(
+            "tollgate_store_up",
+            "1 while the control-plane store (SQLite or PostgreSQL) answers, else 0.",
+        )
+        .expect("valid metric");
+        let store_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_store_errors_total",
+                "Failed control-plane store calls by operation (open, poll, load, write).",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        for op in ["open", "poll", "load", "write"] {
+            store_errors.with_label_values(&[op]);
+        }
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
+            tls_certificate_reloads.with_label_values(&[result]);
         }
         for op in [
             "connect",
@@ -162,6 +232,8 @@ impl Metrics {
             "atomic",
             "decision_log",
             "admin",
+            "blocks",
+            "refund",
         ] {
             redis_errors.with_label_values(&[op]);
         }
@@ -178,14 +250,22 @@ impl Metrics {
             Box::new(ratelimit_decisions.clone()),
             Box::new(ratelimit_active_keys.clone()),
             Box::new(ratelimit_untracked.clone()),
+            Box::new(ratelimit_delayed.clone()),
+            Box::new(ratelimit_waiting.clone()),
             Box::new(redis_up.clone()),
             Box::new(redis_nodes.clone()),
+            Box::new(redis_unreachable_slots.clone()),
             Box::new(redis_sync_duration.clone()),
             Box::new(redis_errors.clone()),
             Box::new(redis_state_changes.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_last_reload_success.clone()),
             Box::new(decision_log_dropped.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(tls_certificate_reloads.clone()),
+            Box::new(store_up.clone()),
+            Box::new(store_errors.clone()),
         ] {
             registry
                 .register(collector)
@@ -202,14 +282,22 @@ impl Metrics {
             ratelimit_decisions,
             ratelimit_active_keys,
             ratelimit_untracked,
+            ratelimit_delayed,
+            ratelimit_waiting,
             redis_up,
             redis_nodes,
+            redis_unreachable_slots,
             redis_sync_duration,
             redis_errors,
             redis_state_changes,
             config_reloads,
             config_last_reload_success,
             decision_log_dropped,
+            tls_handshakes,
+            tls_certificate_expiry,
+            tls_certificate_reloads,
+            store_up,
+            store_errors,
         }
     }
 

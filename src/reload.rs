@@ -8,6 +8,7 @@ use crate::access_log::now_rfc3339;
 use crate::config::{self, Config};
 use crate::decisions::DecisionHub;
 use crate::gateway::{Gateway, SharedGateway};
+use crate::listener::store::CertStore;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -54,6 +55,8 @@ pub struct Reloader {
     busy: tokio::sync::Mutex<()>,
     /// The text of the config now running, to ignore touches that change nothing.
     running_text: Mutex<String>,
+    /// The TLS listeners' certificates, reloaded with the config and when their files change.
+    certs: Arc<CertStore>,
 }
 
 impl Reloader {
@@ -62,6 +65,7 @@ impl Reloader {
         gateway: SharedGateway,
         metrics: Arc<Metrics>,
         decisions: Arc<DecisionHub>,
+        certs: Arc<CertStore>,
     ) -> Self {
         let running_text = std::fs::read_to_string(path).unwrap_or_default();
         metrics
@@ -83,7 +87,12 @@ impl Reloader {
             }),
             busy: tokio::sync::Mutex::new(()),
             running_text: Mutex::new(running_text),
+            certs,
         }
+    }
+
+    pub fn certs(&self) -> &CertStore {
+        &self.certs
     }
 
     pub fn path(&self) -> &Path {
@@ -103,6 +112,8 @@ impl Reloader {
     /// Loads, validates and builds the file; swaps it in only if all of that succeeds.
     pub async fn reload(&self, trigger: &'static str) -> ReloadStatus {
         let _busy = self.busy.lock().await;
+        // An explicit reload also looks at the certificate files at once.
+        self.certs.refresh();
         let text = std::fs::read_to_string(&self.path);
         let file = self.path.display().to_string();
         let outcome = match text {
@@ -183,12 +194,20 @@ impl Reloader {
         let current = self.gateway.load_full();
         let mut next = loaded.config;
         let restart_required = keep_process_settings(&current.config, &mut next);
+        let certs = self
+            .certs
+            .stage(&next, text)
+            .map_err(|errors| ReloadError {
+                message: format!("{file}: a certificate does not load"),
+                errors: errors.iter().map(|e| e.to_string()).collect(),
+            })?;
         let gateway = Gateway::build(next, Some(&current), &self.metrics, &self.decisions)
             .map_err(|e| ReloadError {
                 message: format!("{file}: {e}"),
                 errors: vec![format!("{file}: {e}")],
             })?;
         self.gateway.store(Arc::new(gateway));
+        self.certs.commit(certs, text);
         Ok((
             restart_required,
             loaded.warnings.iter().map(|w| w.to_string()).collect(),
@@ -200,7 +219,18 @@ impl Reloader {
 /// them (and their sockets) and reports which ones need a restart to change.
 fn keep_process_settings(current: &Config, next: &mut Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
-    if next.listen != current.listen {
+    // A listener's address, TLS and HTTP/2 belong to its socket; its certificates,
+    // `redirect_https` and `hsts` reload.
+    let sockets = |c: &Config| -> Vec<(String, bool, bool)> {
+        c.listen
+            .iter()
+            .map(|l| {
+                let (address, tls, http2) = l.socket_identity();
+                (address.to_string(), tls, http2)
+            })
+            .collect()
+    };
+    if sockets(next) != sockets(current) {
         changed.push("listen");
         next.listen = current.listen.clone();
     }
@@ -215,6 +245,10 @@ fn keep_process_settings(current: &Config, next: &mut Config) -> Vec<&'static st
     if next.server != current.server {
         changed.push("server");
         next.server = current.server.clone();
+    }
+    if next.store != current.store {
+        changed.push("store");
+        next.store = current.store.clone();
     }
     if next.log.access_log != current.log.access_log {
         changed.push("log.access_log");
@@ -270,6 +304,7 @@ impl BackgroundService for ConfigWatcher {
             };
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {
+                    self.reloader.certs().refresh();
                     if let Some(text) = self.reloader.changed_on_disk() {
                         if refused_text.as_deref() != Some(text.as_str()) {
                             let status = self.reloader.reload("file").await;

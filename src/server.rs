@@ -4,16 +4,21 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{self, Config};
-use crate::decision_log::DecisionLogWriter;
+use crate::decisions::drain::DecisionDrain;
 use crate::decisions::DecisionHub;
 use crate::gateway::{Gateway, SharedGateway};
 use crate::header_deadline::HeaderDeadline;
 use crate::health::HealthChecker;
 use crate::lifecycle::{self, InFlight};
 use crate::limit::sync::LimitSync;
+use crate::listener::store::CertStore;
+use crate::listener::{self, Edge, Endpoint};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::{ConfigWatcher, Reloader};
+use crate::store::service::StoreService;
+use crate::store::Store;
+use crate::tuning::Tuning;
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
@@ -45,6 +50,8 @@ pub enum StartError {
         target: String,
         source: std::io::Error,
     },
+    Tls(String),
+    Store(String),
 }
 
 impl fmt::Display for StartError {
@@ -58,6 +65,8 @@ impl fmt::Display for StartError {
             StartError::AccessLog { target, source } => {
                 write!(f, "cannot open the access log {target}: {source}")
             }
+            StartError::Tls(e) => write!(f, "{e}"),
+            StartError::Store(e) => write!(f, "{e}"),
         }
     }
 }
@@ -73,6 +82,10 @@ pub struct Prepared {
     pub decisions: Arc<DecisionHub>,
     pub gateway: SharedGateway,
     pub access_log: Option<Arc<AccessLog>>,
+    /// Every TLS listener's certificates, loaded before any socket is opened.
+    pub certs: Arc<CertStore>,
+    pub endpoints: Vec<Endpoint>,
+    pub store: Arc<Store>,
 }
 
 pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared, StartError> {
@@ -82,13 +95,27 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
     }
     let config = loaded.config;
     let metrics = Arc::new(Metrics::new());
+    let text = std::fs::read_to_string(config_path).map_err(|source| {
+        StartError::Config(config::LoadError::Read {
+            path: config_path.to_path_buf(),
+            source,
+        })
+    })?;
+    let certs = CertStore::load(&config, config_path, &text, metrics.clone())
+        .map_err(|errors| StartError::Config(config::LoadError::Invalid(errors)))?;
     let decisions = Arc::new(DecisionHub::new(&metrics));
-    let gateway =
+    let mut gateway =
         Gateway::build(config.clone(), None, &metrics, &decisions).map_err(StartError::Build)?;
+    let store = Arc::new(
+        Store::new(&config.store, config_path, metrics.clone()).map_err(StartError::Store)?,
+    );
+    store.load_at_start();
+    gateway.store = Some(store.clone());
     if !options.upgrade {
         // During an upgrade the old process still holds the ports; they arrive over the
         // upgrade socket instead.
-        for address in config.listen.iter().chain([&config.admin.listen]) {
+        let addresses = config.listen.iter().map(|l| &l.address);
+        for address in addresses.chain([&config.admin.listen]) {
             TcpListener::bind(address).map_err(|source| StartError::Listen {
                 address: address.clone(),
                 source,
@@ -106,6 +133,7 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
         )),
         None => None,
     };
+    let endpoints = endpoints(&config, &certs)?;
     Ok(Prepared {
         config_path: config_path.to_path_buf(),
         config,
@@ -113,13 +141,42 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
         decisions,
         gateway: Arc::new(ArcSwap::from_pointee(gateway)),
         access_log,
+        endpoints,
+        certs: Arc::new(certs),
+        store,
     })
 }
 
-fn server_conf(config: &Config) -> ServerConf {
+/// Each proxy listener with its TLS acceptor (built from the loaded certificates).
+fn endpoints(config: &Config, certs: &CertStore) -> Result<Vec<Endpoint>, StartError> {
+    let mut endpoints = Vec::with_capacity(config.listen.len());
+    for (index, listen) in config.listen.iter().enumerate() {
+        let Ok(addr) = listen.address.parse() else {
+            continue; // validation refuses it first
+        };
+        let acceptor = match certs.resolver(index) {
+            Some(resolver) => Some(Arc::new(
+                listener::acceptor(resolver, listen.http2_enabled())
+                    .map_err(|e| StartError::Tls(format!("listener {}: {e}", listen.address)))?,
+            )),
+            None => None,
+        };
+        endpoints.push(Endpoint {
+            addr,
+            label: listen.address.clone(),
+            acceptor,
+            h2c: listen.tls.is_none() && listen.http2_enabled(),
+        });
+    }
+    Ok(endpoints)
+}
+
+fn server_conf(config: &Config, tuning: &Tuning) -> ServerConf {
     let server = &config.server;
     ServerConf {
         threads: config.threads,
+        work_stealing: tuning.work_stealing,
+        upstream_keepalive_pool_size: tuning.keepalive_pool,
         pid_file: server.pid_file.clone(),
         upgrade_sock: server.upgrade_sock.clone(),
         error_log: server.error_log.clone(),
@@ -139,13 +196,17 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         decisions,
         gateway,
         access_log,
+        certs,
+        endpoints,
+        store,
     } = prepared;
     let opt = Opt {
         upgrade: options.upgrade,
         daemon: options.daemon,
         ..Opt::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config));
+    let tuning = Tuning::from_env();
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&config, &tuning));
     server.bootstrap();
 
     let in_flight = InFlight::new(metrics.requests_in_flight.clone());
@@ -155,14 +216,33 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         access_log.clone(),
         in_flight.clone(),
         decisions.clone(),
+        tuning.downstream_modules,
     );
-    let proxy = HeaderDeadline::new(
-        pingora_proxy::http_proxy(&server.configuration, proxy),
+    let http_app = |h2c: bool| {
+        let mut app = pingora_proxy::http_proxy(&server.configuration, proxy.clone());
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = h2c;
+        // An HTTP/2 connection with no stream open is idle, like a kept-alive HTTP/1.1 one.
+        options.h2_idle_timeout = Some(config.http.keepalive_timeout);
+        app.server_options = Some(options);
+        HeaderDeadline::new(app, gateway.clone())
+    };
+    let edge = Edge::new(
+        endpoints,
+        http_app(false),
+        http_app(true),
         gateway.clone(),
+        metrics.clone(),
     );
-    let mut proxy_service = Service::new("tollgate proxy".to_string(), proxy);
-    for address in &config.listen {
-        proxy_service.add_tcp(address);
+    let mut proxy_service = Service::new("tollgate proxy".to_string(), edge);
+    for listen in &config.listen {
+        let mut endpoint = pingora_core::listeners::ListenerConfig::tcp(&listen.address);
+        if let Some(read) = tuning.l4_read_buffer {
+            endpoint = endpoint.l4_buffer(
+                pingora_core::protocols::l4::stream::L4BufferSettings::default().read(read),
+            );
+        }
+        proxy_service.add_listener(endpoint);
     }
     proxy_service.threads = Some(config.threads);
 
@@ -171,6 +251,7 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         gateway.clone(),
         metrics.clone(),
         decisions.clone(),
+        certs.clone(),
     ));
     let mut admin_service = Service::new(
         "tollgate admin".to_string(),
@@ -198,15 +279,20 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         ConfigWatcher::new(reloader),
     ));
     server.add_service(background_service(
-        "decision log",
-        DecisionLogWriter::new(gateway.clone(), decisions.clone()),
+        "control-plane store",
+        StoreService::new(store, gateway.clone()),
+    ));
+    server.add_service(background_service(
+        "decisions",
+        DecisionDrain::new(gateway.clone(), decisions.clone()),
     ));
 
     tracing::info!(
         config = %config_path.display(),
-        listen = ?config.listen,
+        listen = ?config.listen.iter().map(|l| l.address.as_str()).collect::<Vec<_>>(),
         admin = %config.admin.listen,
         threads = config.threads,
+        ?tuning,
         "tollgate starting"
     );
     lifecycle::exit_when_drained(server.watch_execution_phase(), in_flight, move || {

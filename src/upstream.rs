@@ -1,17 +1,26 @@
 //! Upstream pools: weighted round robin over backends, active HTTP health checks, and the
-//! peer (address and timeouts) each proxied request connects to.
+//! peer (address, transport and timeouts) each proxied request connects to.
+//!
+//! A backend's transport is plain HTTP/1.1, TLS (SNI, CA file, verification) and/or HTTP/2
+//! (ALPN over TLS, prior knowledge without). Health checks use the same transport.
 
 use crate::config::split_host_port;
-use crate::config::{HealthCheckConfig, UpstreamConfig};
+use crate::config::{BackendConfig, HealthCheckConfig, UpstreamConfig};
+use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::protocols::tls::CaType;
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use pingora_http::RequestHeader;
-use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{discovery, Backend, Backends, LoadBalancer};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One backend of a pool, with the name operators gave it.
@@ -21,6 +30,101 @@ pub struct Member {
     /// `host:port` as written in the config, or the resolved `ip:port` when a name
     /// resolved to several addresses.
     pub label: String,
+    pub transport: Arc<Transport>,
+}
+
+/// How tollgate speaks to one backend.
+#[derive(Clone)]
+pub struct Transport {
+    pub tls: bool,
+    /// The name sent in SNI and verified; the address's host unless `sni` is set.
+    pub sni: String,
+    pub verify: bool,
+    /// The backend's CAs from `ca_file`; `None` trusts the system's store.
+    pub ca: Option<Arc<CaType>>,
+    pub http2: bool,
+    /// Separates pooled connections whose settings Pingora's pool key leaves out: 0.9.1
+    /// keys a pooled connection by address, SNI and verification flags but not by CA, so
+    /// two backends at one address that differ only in `ca_file` would otherwise share a
+    /// connection verified against the other's CA.
+    pub pool_key: u64,
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("tls", &self.tls)
+            .field("sni", &self.sni)
+            .field("verify", &self.verify)
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .field("http2", &self.http2)
+            .finish()
+    }
+}
+
+impl Transport {
+    fn of(spec: &BackendConfig, host: &str) -> Result<Transport, String> {
+        let ca = match &spec.ca_file {
+            Some(path) if spec.tls => Some(load_ca(path)?),
+            _ => None,
+        };
+        let mut key = std::collections::hash_map::DefaultHasher::new();
+        spec.tls.hash(&mut key);
+        spec.http2.hash(&mut key);
+        if let Some(ca) = &ca {
+            for cert in ca.iter() {
+                cert.borrow_raw_cert().hash(&mut key);
+            }
+        }
+        Ok(Transport {
+            tls: spec.tls,
+            sni: spec.sni.clone().unwrap_or_else(|| host.to_string()),
+            verify: spec.verify,
+            ca,
+            http2: spec.http2,
+            pool_key: key.finish(),
+        })
+    }
+
+    /// Applies this transport to a peer (a proxied request's, or a health check's).
+    fn configure(&self, peer: &mut HttpPeer) {
+        peer.scheme = pingora_core::upstreams::peer::Scheme::from_tls_bool(self.tls);
+        peer.sni.clone_from(&self.sni);
+        peer.group_key = self.pool_key;
+        let options = &mut peer.options;
+        options.verify_cert = self.verify;
+        options.verify_hostname = self.verify;
+        options.ca = self.ca.clone();
+        if self.http2 {
+            options.alpn = ALPN::H2;
+            // Multiplex: one connection carries up to this many requests at once.
+            options.max_h2_streams = 100;
+        } else {
+            options.alpn = ALPN::H1;
+        }
+    }
+}
+
+/// The CA certificates in a PEM file.
+fn load_ca(path: &str) -> Result<Arc<CaType>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read ca_file {path}: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("ca_file {path} is not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("ca_file {path} holds no certificate"));
+    }
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for cert in certs {
+        // Pingora's wrapper panics on DER it cannot parse; check it first.
+        X509Certificate::from_der(cert.as_ref())
+            .map_err(|e| format!("ca_file {path} holds a certificate that does not parse: {e}"))?;
+        wrapped.push(WrappedX509::new(cert.to_vec(), parse_x509));
+    }
+    Ok(Arc::from(wrapped.into_boxed_slice()))
 }
 
 pub struct UpstreamPool {
@@ -73,6 +177,7 @@ impl UpstreamPool {
                 message,
             };
             let (host, port) = split_host_port(&spec.address).map_err(fail)?;
+            let transport = Arc::new(Transport::of(spec, host).map_err(fail)?);
             let resolved: Vec<SocketAddr> = (host, port)
                 .to_socket_addrs()
                 .map_err(|e| fail(format!("cannot resolve `{}`: {e}", spec.address)))?
@@ -92,14 +197,18 @@ impl UpstreamPool {
                     weight: spec.weight,
                     ext: Default::default(),
                 };
-                members.push(Member { backend, label });
+                members.push(Member {
+                    backend,
+                    label,
+                    transport: transport.clone(),
+                });
             }
         }
         let set: BTreeSet<Backend> = members.iter().map(|m| m.backend.clone()).collect();
         let mut balancer =
             LoadBalancer::<RoundRobin>::from_backends(Backends::new(discovery::Static::new(set)));
         if let Some(hc) = &config.health_check {
-            balancer.set_health_check(Box::new(http_health_check(name, hc)));
+            balancer.set_health_check(Box::new(TransportHealthCheck::new(name, hc, &members)));
         }
         // Static discovery never blocks; this fills the selector before the first request.
         futures_lite_block_on(balancer.update()).map_err(|e| BuildError {
@@ -155,9 +264,16 @@ impl UpstreamPool {
         self.members.len()
     }
 
-    /// The peer a request connects to, carrying this pool's timeouts.
+    /// The peer a request connects to, carrying its backend's transport and this pool's
+    /// timeouts.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, false, String::new());
+        if let Some(member) = self.member_at(&addr) {
+            member.transport.configure(&mut peer);
+        }
+        if !crate::tuning::current().peer_timeouts {
+            return peer;
+        }
         let options = &mut peer.options;
         options.connection_timeout = Some(self.config.connect_timeout);
         options.read_timeout = Some(self.config.read_timeout);
@@ -166,23 +282,83 @@ impl UpstreamPool {
         peer
     }
 
-    /// The configured label of the backend at `addr`, for logs and metrics.
-    pub fn label_of(&self, addr: &SocketAddr) -> &str {
+    fn member_at(&self, addr: &SocketAddr) -> Option<&Member> {
         self.members
             .iter()
             .find(|m| m.backend.addr.as_inet() == Some(addr))
+    }
+
+    /// The configured label of the backend at `addr`, for logs and metrics.
+    pub fn label_of(&self, addr: &SocketAddr) -> &str {
+        self.member_at(addr)
             .map(|m| m.label.as_str())
             .unwrap_or("unknown")
     }
 }
 
-fn http_health_check(upstream: &str, hc: &HealthCheckConfig) -> HttpHealthCheck {
+/// Pingora's HTTP health check, one per backend so each is checked over its own transport
+/// (TLS, SNI, CA, HTTP/2) exactly as requests reach it.
+struct TransportHealthCheck {
+    checks: Vec<(SocketAddr, HttpHealthCheck)>,
+    healthy_threshold: usize,
+    unhealthy_threshold: usize,
+}
+
+impl TransportHealthCheck {
+    fn new(upstream: &str, hc: &HealthCheckConfig, members: &[Member]) -> Self {
+        let checks = members
+            .iter()
+            .filter_map(|m| {
+                let addr = *m.backend.addr.as_inet()?;
+                let mut check = http_health_check(upstream, hc, m.transport.http2);
+                m.transport.configure(&mut check.peer_template);
+                Some((addr, check))
+            })
+            .collect();
+        TransportHealthCheck {
+            checks,
+            healthy_threshold: hc.healthy_threshold,
+            unhealthy_threshold: hc.unhealthy_threshold,
+        }
+    }
+}
+
+#[async_trait]
+impl HealthCheck for TransportHealthCheck {
+    async fn check(&self, target: &Backend) -> pingora_core::Result<()> {
+        let addr = target.addr.as_inet();
+        match self.checks.iter().find(|(a, _)| Some(a) == addr) {
+            Some((_, check)) => check.check(target).await,
+            None => pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no health check for this backend",
+            ),
+        }
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        if success {
+            self.healthy_threshold
+        } else {
+            self.unhealthy_threshold
+        }
+    }
+}
+
+fn http_health_check(upstream: &str, hc: &HealthCheckConfig, http2: bool) -> HttpHealthCheck {
     let mut check = HttpHealthCheck::new(upstream, false);
+    // Over HTTP/2 the host travels as `:authority`, taken from the target: a `Host` header
+    // as well is a duplicate that servers such as nginx refuse with 400.
     let mut req =
         RequestHeader::build("GET", hc.path.as_bytes(), None).unwrap_or_else(|_| check.req.clone());
     // The validated path is a plain absolute path, so building the header cannot fail;
     // the fallback above keeps the default `/` rather than panicking if it ever did.
-    let _ = req.insert_header("Host", upstream);
+    match format!("https://{upstream}{}", hc.path).parse::<http::Uri>() {
+        Ok(uri) if http2 => req.set_uri(uri),
+        _ => {
+            let _ = req.insert_header("Host", upstream);
+        }
+    }
     let _ = req.insert_header("User-Agent", "tollgate-health-check");
     check.req = req;
     check.peer_template.options.connection_timeout = Some(hc.timeout);
@@ -216,8 +392,8 @@ mod tests {
             backends: backends
                 .iter()
                 .map(|(a, w)| BackendConfig {
-                    address: a.to_string(),
                     weight: *w,
+                    ..BackendConfig::plain(a)
                 })
                 .collect(),
             health_check: None,

@@ -109,10 +109,10 @@ fn every_admin_route_needs_the_token() {
         assert_eq!(wrong.status, 401, "{path} with a wrong token");
     }
     assert_eq!(admin_get(&t, "/admin/config").status, 200);
-    assert_eq!(
-        get(&t.admin_url(&format!("/admin/stats?access_token={TOKEN}"))).status,
-        200
-    );
+    // In the URL the token is taken only by the event stream (tests/admin_origin.rs).
+    let in_url = get(&t.admin_url(&format!("/admin/stats?access_token={TOKEN}")));
+    assert_eq!(in_url.status, 400, "{}", in_url.body);
+    assert_eq!(in_url.json()["error"], "token_in_url");
     // Metrics, health and the dashboard page itself are open (the page asks for the token).
     assert_eq!(get(&t.admin_url("/metrics")).status, 200);
     assert_eq!(get(&t.admin_url("/health")).status, 200);
@@ -122,6 +122,13 @@ fn every_admin_route_needs_the_token() {
         .header("content-type")
         .unwrap()
         .starts_with("text/html"));
+    // No other site may frame it and overlay its buttons (clickjacking).
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(
+        page.header("content-security-policy"),
+        Some("frame-ancestors 'none'")
+    );
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
 }
 
 #[test]
@@ -297,6 +304,51 @@ fn check_decides_without_proxying_and_dry_runs_consume_nothing() {
 }
 
 #[test]
+fn check_routes_by_host_and_method_like_the_proxy() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let extra = "  - prefix: /a
+    host: '*.example.com'
+    methods: [POST]
+    upstream: a
+";
+    let t = Tollgate::start(&config(&redis, &stub, extra));
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"path": "/a/x", "host": "WWW.example.com:443", "method": "post", "dry_run": true}"#,
+    )
+    .json();
+    assert_eq!(
+        (&r["route"], &r["allowed"]),
+        (
+            &serde_json::json!("*.example.com/a"),
+            &serde_json::json!(true)
+        ),
+        "{r}"
+    );
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"path": "/a/x", "host": "www.example.com", "dry_run": true}"#,
+    )
+    .json();
+    assert_eq!(r["status"], 405, "{r}");
+    assert_eq!(r["allow"], "POST", "{r}");
+    // Without a host the routes without one apply.
+    let r = admin_send(
+        &t,
+        "POST",
+        "/admin/check",
+        r#"{"path": "/a/x", "dry_run": true}"#,
+    )
+    .json();
+    assert_eq!(r["route"], "/a", "{r}");
+}
+
+#[test]
 fn limits_show_usage_and_reset_fleet_wide() {
     let redis = Redis::start();
     let stub = Stub::start("a");
@@ -348,7 +400,8 @@ fn limits_show_usage_and_reset_fleet_wide() {
 fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
     let redis = Redis::start();
     let stub = Stub::start("a");
-    let body = config(&redis, &stub, "");
+    let db = postgres::Database::create();
+    let body = config(&redis, &stub, &format!("store:\n  url: {}\n", db.url()));
     let one = Tollgate::start(&body);
     let two = Tollgate::start(&body);
     let r = admin_send(
@@ -363,7 +416,7 @@ fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
     let id = created["id"].as_str().unwrap().to_string();
     assert!(secret.starts_with("tg_"));
 
-    // The second process, sharing the Redis, accepts the new key with its tier.
+    // The second process, sharing the store, accepts the new key with its tier.
     let agent = agent();
     let through_two = wait_for(
         "the key to reach the second node",
@@ -381,10 +434,15 @@ fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
         "pro tier numbers"
     );
 
-    // Redis holds the key's digest, never the key itself.
-    let stored = redis
-        .cli(&["HGETALL", "tollgate:apikeys"])
-        .expect("HGETALL");
+    // The store holds the key's digest, never the key itself; Redis holds nothing of it.
+    let stored = db.query("SELECT digest, record FROM api_keys");
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", "tollgate:apikeys", "tollgate:{fleet}:apikeys"])
+            .as_deref()
+            .map(str::trim),
+        Some("0")
+    );
     assert!(stored.contains("my-app"), "{stored}");
     assert!(!stored.contains(&secret), "the secret is stored: {stored}");
     assert!(
@@ -433,7 +491,7 @@ fn per_client_logs_keep_the_last_thousand_decisions() {
     let stub = Stub::start("a");
     let t = Tollgate::start(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
     let agent = agent();
-    for i in 0..1_050 {
+    for i in 0..1_200 {
         let r = get_with(
             &agent,
             &t.url(&format!("/a/{i}")),
@@ -446,15 +504,27 @@ fn per_client_logs_keep_the_last_thousand_decisions() {
         Duration::from_secs(3),
         || {
             let r = admin_get(&t, "/admin/logs?client=198.51.100.77&limit=1000").json();
-            (r["entries"][0]["path"] == "/a/1049").then_some(r)
+            (r["entries"][0]["path"] == "/a/1199").then_some(r)
         },
     );
     assert_eq!(logs["count"], 1000);
     let entries = logs["entries"].as_array().unwrap();
-    assert_eq!(entries[0]["path"], "/a/1049", "newest first");
-    assert_eq!(entries[999]["path"], "/a/50", "the oldest 50 were dropped");
+    // Exactly the newest thousand, newest first, none missing or repeated.
+    let paths: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (200..1_200).rev().map(|i| format!("/a/{i}")).collect();
+    assert_eq!(paths, expected);
     assert_eq!(entries[0]["outcome"], "limited");
     assert_eq!(entries[0]["policy"], "per_client");
+    assert_eq!(entries[0]["status"], 429);
+    assert_eq!(entries[0]["method"], "GET");
+    assert_eq!(entries[0]["client"], "198.51.100.77");
+    assert_eq!(entries[0]["route"], "/a");
+    assert_eq!(entries[0]["remaining"], 0);
+    assert_eq!(entries[0]["request_id"].as_str().unwrap().len(), 32);
+    assert!(entries[0]["ts"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
         redis.cli(&["LLEN", "tollgate:log:198.51.100.77"]).unwrap(),
         "1000"
@@ -472,6 +542,56 @@ fn per_client_logs_keep_the_last_thousand_decisions() {
 }
 
 #[test]
+fn the_log_loses_nothing_at_a_moderate_rate() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
+    let clients: Vec<String> = (1..=4).map(|i| format!("203.0.113.{i}")).collect();
+    std::thread::scope(|s| {
+        for client in &clients {
+            let t = &t;
+            s.spawn(move || {
+                let agent = agent();
+                for i in 0..300 {
+                    let r = get_with(
+                        &agent,
+                        &t.url(&format!("/a/{i}")),
+                        &[
+                            ("x-forwarded-for", client),
+                            ("x-request-id", &format!("{client}-{i}")),
+                        ],
+                    );
+                    assert!(matches!(r.status, 200 | 429));
+                }
+            });
+        }
+    });
+    for client in &clients {
+        let logs = wait_for(
+            "every decision to be logged",
+            Duration::from_secs(3),
+            || {
+                let r = admin_get(&t, &format!("/admin/logs?client={client}&limit=1000")).json();
+                (r["count"] == 300).then_some(r)
+            },
+        );
+        let ids: Vec<&str> = logs["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap())
+            .collect();
+        let expected: Vec<String> = (0..300).rev().map(|i| format!("{client}-{i}")).collect();
+        assert_eq!(ids, expected, "{client}'s decisions, newest first");
+    }
+    let metrics = get(&t.admin_url("/metrics")).body;
+    assert!(
+        metrics.contains("tollgate_decision_log_dropped_total 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn an_event_stream_client_receives_decisions() {
     let redis = Redis::start();
     let stub = Stub::start("a");
@@ -482,7 +602,7 @@ fn an_event_stream_client_receives_decisions() {
         .unwrap();
     write!(
         stream,
-        "GET /admin/events?route=/a HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        "GET /admin/events?route=/a HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
     )
     .unwrap();
     let mut reader = BufReader::new(stream);

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium loads it while traffic flows, and
-//! the live figures, charts, feed and key inspector must show that traffic. A screenshot
-//! is saved for a person to look at.
+//! the live figures, charts, feed and key inspector must show that traffic; its reload
+//! button works from its own origin. A screenshot is saved for a person to look at. Pages
+//! of other origins, and a name rebound to the admin listener's address, get nothing.
 
 mod common;
 use common::cdp::Browser;
@@ -121,6 +122,32 @@ routes:
         "ok"
     );
 
+    // The dashboard's own write: "Reload now" posts JSON from the page's origin, which the
+    // admin listener's cross-site checks let through.
+    let before: u64 = browser
+        .eval("document.querySelector('#reload-status').dataset.generation")
+        .as_str()
+        .and_then(|g| g.parse().ok())
+        .expect("the reload status shows a generation");
+    browser.eval("document.querySelector('#reload-now').click(), true");
+    wait_for(
+        "the dashboard's reload to be applied",
+        Duration::from_secs(10),
+        || {
+            let shown = browser.eval("document.querySelector('#reload-status').dataset.generation");
+            (shown.as_str().and_then(|g| g.parse::<u64>().ok()) > Some(before)).then_some(())
+        },
+    );
+    assert_eq!(
+        browser.eval("document.querySelector('#reload-error').hidden"),
+        true,
+        "{}",
+        browser.eval("document.querySelector('#reload-error').textContent")
+    );
+    let status = get(&t.admin_url("/admin/config")).json()["reload"].clone();
+    assert_eq!(status["trigger"], "api", "{status}");
+    assert!(status["generation"].as_u64() > Some(before), "{status}");
+
     // The key inspector follows the bucket of the client the traffic comes from.
     browser.eval(
         "(() => { const s = document.querySelector('#inspector-policy'); s.value = 'bucket'; s.dispatchEvent(new Event('change'));
@@ -144,4 +171,177 @@ routes:
     eprintln!("dashboard screenshot: {}", path.display());
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
+}
+
+#[test]
+fn pages_of_other_sites_cannot_drive_the_admin_api_even_through_dns_rebinding() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "redis:
+  url: {}
+upstreams:
+  a:
+    backends: [{}]
+routes:
+  - prefix: /a
+    upstream: a
+",
+        redis.url(),
+        stub.address()
+    ));
+    let state = || {
+        let config = get(&t.admin_url("/admin/config")).json();
+        let keys = get(&t.admin_url("/admin/keys")).json();
+        (config["reload"]["generation"].clone(), keys["keys"].clone())
+    };
+    let before = state();
+    // `evil.example` resolves to 127.0.0.1 in this browser: what a rebinding attacker's
+    // DNS answers once the page is loaded.
+    let mut browser = Browser::start_with(
+        800,
+        600,
+        &["--host-resolver-rules=MAP evil.example 127.0.0.1"],
+    );
+
+    // A page of another origin (the stub service) fires the attacks a browser lets through
+    // without asking: "simple" cross-origin requests, whose answers it cannot read.
+    browser.navigate(&format!("http://{}/innocent-page", stub.address()));
+    wait_for("the other site's page", Duration::from_secs(10), || {
+        (browser.eval("document.readyState") == "complete").then_some(())
+    });
+    let admin = t.admin_url("");
+    let outcome = browser.eval(&format!(
+        r#"(async () => {{
+            const admin = '{admin}';
+            const out = {{}};
+            const simple = await fetch(admin + '/admin/keys', {{ method: 'POST', mode: 'no-cors',
+                headers: {{ 'Content-Type': 'text/plain' }}, body: JSON.stringify({{ name: 'csrf', tenant: 'x' }}) }});
+            out.simple = simple.type;
+            out.reload = (await fetch(admin + '/admin/reload', {{ method: 'POST', mode: 'no-cors' }})).type;
+            const form = new URLSearchParams({{ name: 'csrf-form' }});
+            out.form = (await fetch(admin + '/admin/keys', {{ method: 'POST', mode: 'no-cors', body: form }})).type;
+            try {{ await fetch(admin + '/admin/config'); out.read = 'readable'; }} catch (e) {{ out.read = 'blocked'; }}
+            try {{
+                await fetch(admin + '/admin/keys', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, body: '{{"name":"csrf-json"}}' }});
+                out.json = 'sent';
+            }} catch (e) {{ out.json = 'blocked'; }}
+            return out;
+        }})()"#
+    ));
+    // The simple requests were sent and answered (opaque to the page), and refused.
+    assert_eq!(outcome["simple"], "opaque", "{outcome}");
+    assert_eq!(outcome["reload"], "opaque", "{outcome}");
+    assert_eq!(outcome["form"], "opaque", "{outcome}");
+    assert_eq!(outcome["read"], "blocked", "{outcome}");
+    assert_eq!(
+        outcome["json"], "blocked",
+        "the preflight is refused: {outcome}"
+    );
+    assert_eq!(state(), before, "the other site changed something");
+
+    // DNS rebinding: the attacker's name now points at the admin listener, so the page is
+    // same-origin with it. Its requests still say `Host: evil.example`.
+    browser.navigate(&format!("http://evil.example:{}/", t.admin.port()));
+    wait_for("the rebound page", Duration::from_secs(10), || {
+        (browser.eval("document.readyState") == "complete").then_some(())
+    });
+    let body = browser.eval("document.body ? document.body.innerText : ''");
+    assert!(
+        body.as_str().unwrap_or("").contains("misdirected_request"),
+        "the dashboard was served to a rebound name: {body}"
+    );
+    let rebound = browser.eval(
+        r#"(async () => ({
+            config: (await fetch('/admin/config')).status,
+            keys: (await fetch('/admin/keys', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"name":"rebound"}' })).status,
+            metrics: (await fetch('/metrics')).status,
+        }))()"#,
+    );
+    assert_eq!(rebound["config"], 421, "{rebound}");
+    assert_eq!(rebound["keys"], 421, "{rebound}");
+    assert_eq!(
+        rebound["metrics"], 200,
+        "metrics stay open to any name: {rebound}"
+    );
+    assert_eq!(state(), before, "the rebound page changed something");
+}
+
+#[test]
+fn the_key_inspector_draws_a_calendar_month_between_its_local_boundaries() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "redis:
+  url: {}
+upstreams:
+  a:
+    backends: [{}]
+limits:
+  monthly:
+    key: client_ip
+    algorithm: sliding_window
+    rate: 1000/1mo
+    timezone: Asia/Tokyo
+    sync: atomic
+routes:
+  - prefix: /a
+    upstream: a
+    limits: [monthly]
+",
+        redis.url(),
+        stub.address()
+    ));
+    let agent = agent();
+    for _ in 0..5 {
+        assert_eq!(get_with(&agent, &t.url("/a/x"), &[]).status, 200);
+    }
+    let usage = get(&t.admin_url("/admin/limits/monthly/127.0.0.1")).json();
+    let mut browser = Browser::start(1400, 1800);
+    browser.navigate(&t.admin_url("/"));
+    wait_for("the page to load", Duration::from_secs(10), || {
+        (browser.eval("document.readyState") == "complete").then_some(())
+    });
+    wait_for("the policy list", Duration::from_secs(10), || {
+        (browser.eval("!!document.querySelector('#inspector-policy option[value=monthly]')")
+            == true)
+            .then_some(())
+    });
+    browser.eval(
+        "(() => { const s = document.querySelector('#inspector-policy'); s.value = 'monthly'; s.dispatchEvent(new Event('change'));
+                 document.querySelector('#inspector-key').value = '127.0.0.1';
+                 document.querySelector('#inspector-start').click(); return true; })()",
+    );
+    // The month's bounds as Tokyo's wall clock shows them, e.g. "Dec 1, 00:00 – Jan 1, 00:00".
+    let bound = |ms: &serde_json::Value| {
+        let ms = ms.as_i64().unwrap() + 9 * 3_600_000;
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .format("%b %-d, 00:00")
+            .to_string()
+    };
+    let expected = format!(
+        "{} – {} Asia/Tokyo",
+        bound(&usage["window_start_ms"]),
+        bound(&usage["window_end_ms"])
+    );
+    let period = wait_for(
+        "the inspector to draw the month",
+        Duration::from_secs(10),
+        || {
+            let kind = browser.eval("document.querySelector('#inspector').dataset.kind");
+            let period = browser.eval("document.querySelector('#inspector').dataset.period");
+            (kind == "window" && period.as_str().is_some_and(|p| !p.is_empty())).then_some(period)
+        },
+    );
+    assert_eq!(period, expected.as_str());
+    let limit = browser.eval("document.querySelector('#inspector-limit').textContent");
+    assert_eq!(limit, "1000 / 1mo (Asia/Tokyo)");
+    let listed = browser
+        .eval("document.querySelector('tr[data-policy=monthly] td:nth-child(3)').textContent");
+    assert_eq!(listed, "1000 / 1mo Asia/Tokyo");
+    let png = browser.screenshot_png();
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-calendar.png");
+    std::fs::write(&path, png).unwrap();
+    eprintln!("dashboard screenshot: {}", path.display());
 }

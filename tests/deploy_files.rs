@@ -87,15 +87,32 @@ fn the_docker_config_is_valid_and_points_at_the_compose_services() {
         .expect("the docker config uses redis")
         .url
         .clone();
-    assert_eq!(redis_url, "redis://redis:6379");
+    assert_eq!(redis_url.as_deref(), Some("redis://redis:6379"));
     assert!(
         tollgate["depends_on"]["redis"].is_mapping(),
         "tollgate depends on redis"
     );
+    // The store is the compose PostgreSQL, and tollgate waits for it too.
+    let store_url = config
+        .store
+        .url
+        .clone()
+        .expect("the docker config names a store");
+    assert!(
+        store_url.starts_with("postgres://tollgate:")
+            && store_url.ends_with("@postgres:5432/tollgate"),
+        "{store_url}"
+    );
+    assert!(compose["services"]["postgres"].is_mapping());
+    assert!(
+        tollgate["depends_on"]["postgres"].is_mapping(),
+        "tollgate depends on postgres"
+    );
 
     // The published ports are the ones tollgate listens on.
     let ports = strings(&tollgate["ports"]);
-    for listen in config.listen.iter().chain([&config.admin.listen]) {
+    let addresses = config.listen.iter().map(|l| &l.address);
+    for listen in addresses.chain([&config.admin.listen]) {
         let port = listen.rsplit(':').next().unwrap();
         assert!(
             listen.starts_with("0.0.0.0:"),
@@ -620,4 +637,37 @@ fn the_public_admin_listener_gets_a_token_from_the_environment() {
         token.starts_with("${TOLLGATE_ADMIN_TOKEN"),
         "the token comes from the operator's environment, not the file: {token}"
     );
+}
+
+#[test]
+fn the_cluster_profile_runs_tollgate_on_its_cluster_nodes() {
+    let compose = compose();
+    let tollgate = &compose["services"]["tollgate-cluster"];
+    assert_eq!(strings(&tollgate["profiles"]), vec!["cluster".to_string()]);
+    let (config_path, _) = mounts(tollgate)
+        .into_iter()
+        .find(|(_, container)| container == "/etc/tollgate/config.yaml")
+        .expect("mounted config");
+    let text = std::fs::read_to_string(root().join(&config_path)).unwrap();
+    let config = tollgate::config::parse(&text, "deploy/config.cluster.yaml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
+    let seeds = config
+        .redis
+        .and_then(|r| r.cluster)
+        .expect("the cluster profile's config uses redis.cluster");
+    // Every seed is the fixed address of a node the profile starts.
+    let addresses: Vec<String> = compose["services"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, s)| s["networks"]["cluster"]["ipv4_address"].as_str())
+        .map(|ip| format!("{ip}:6379"))
+        .collect();
+    for seed in &seeds {
+        assert!(
+            addresses.contains(seed),
+            "seed {seed} is no cluster node of the profile"
+        );
+    }
 }

@@ -13,8 +13,16 @@ use std::time::Duration;
 
 #[test]
 fn the_load_harness_runs_every_target_and_reports_them() {
-    let hint = "install it with `apt-get install -y nginx haproxy wrk python3`; .ci/run does this";
-    for tool in ["python3", "nginx", "haproxy", "wrk", "redis-server"] {
+    let hint = "install it with `apt-get install -y nginx haproxy wrk python3 nghttp2-client openssl`; .ci/run does this";
+    for tool in [
+        "python3",
+        "nginx",
+        "haproxy",
+        "wrk",
+        "redis-server",
+        "h2load",
+        "openssl",
+    ] {
         require_tool(tool, hint);
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -38,7 +46,13 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         Command::new("python3")
             .current_dir(&root)
             .env("CARGO_TARGET_DIR", &target_dir)
-            .args(["benches/load/run.py", "--quick", "--no-install", "--out"])
+            .args([
+                "benches/load/run.py",
+                "--quick",
+                "--tls",
+                "--no-install",
+                "--out",
+            ])
             .arg(report.path()),
         Duration::from_secs(5 * 60),
     );
@@ -54,6 +68,8 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         "local sliding window",
         "global async",
         "global atomic",
+        "decision log off",
+        "config.yaml as shipped",
         "(refusing)",
     ] {
         assert!(
@@ -62,4 +78,16 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         );
     }
     assert!(table.contains("Redis cmds/req"), "{table}");
+    assert!(table.contains("CPU/request (user + kernel)"), "{table}");
+    assert!(!table.contains("| n/a |"), "a figure is missing:\n{table}");
+    for row in [
+        "HTTPS keep-alive req/s",
+        "HTTP/2 req/s (h2load",
+        "new TLS connections/s",
+    ] {
+        assert!(
+            table.contains(row),
+            "no `{row}` row in the report:\n{table}"
+        );
+    }
 }

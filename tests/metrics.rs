@@ -40,7 +40,21 @@ fn counters_and_histograms_follow_traffic() {
     }
     assert_eq!(send(&agent, "POST", &t.url("/a/p"), "x").status, 200);
 
-    let text = t.metrics();
+    // A request is counted in Pingora's logging phase, just after its response is sent:
+    // the client can read its answer a moment before the counter moves.
+    let text = wait_for(
+        "the last request to be counted",
+        std::time::Duration::from_secs(5),
+        || {
+            let text = t.metrics();
+            metric_value(
+                &text,
+                r#"tollgate_request_duration_seconds_count{route="/a"}"#,
+            )
+            .is_some_and(|n| n >= 8.0)
+            .then_some(text)
+        },
+    );
     let value = |s: &str| metric_value(&text, s);
     assert_eq!(
         value(r#"tollgate_requests_total{route="/a",method="GET",status="200"}"#),

@@ -149,7 +149,7 @@ fn an_invalid_edit_keeps_the_running_config_and_reports_where_it_is_wrong() {
     std::fs::remove_file(&t.config_path).unwrap();
     let refused = get_with(&agent(), &t.admin_url("/admin/reload"), &[]);
     assert_eq!(refused.status, 405, "reload is a POST");
-    let refused = send(&agent(), "POST", &t.admin_url("/admin/reload"), "");
+    let refused = send_json(&agent(), "POST", &t.admin_url("/admin/reload"), "");
     assert_eq!(refused.status, 422);
     assert!(refused.json()["error"]["message"]
         .as_str()
@@ -213,7 +213,7 @@ fn sighup_and_the_admin_api_reload_too() {
         "50/1m",
         "  - prefix: /api\n    upstream: a\n",
     ));
-    let r = send(&agent(), "POST", &t.admin_url("/admin/reload"), "");
+    let r = send_json(&agent(), "POST", &t.admin_url("/admin/reload"), "");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["result"], "ok");
     assert_eq!(get(&t.url("/api/x")).status, 200);

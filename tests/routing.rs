@@ -161,3 +161,142 @@ fn own_answers_keep_the_connection_alive() {
     let third = conn.exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(third.starts_with("HTTP/1.1 200"), "{third}");
 }
+
+fn host_routes() -> (Stub, Stub, Stub, Tollgate) {
+    let a = Stub::start("a");
+    let b = Stub::start("b");
+    let c = Stub::start("c");
+    let config = format!(
+        "upstreams:
+  service_a:
+    backends: [{a}]
+  service_b:
+    backends: [{b}]
+  service_c:
+    backends: [{c}]
+routes:
+  - prefix: /
+    upstream: service_a
+  - prefix: /
+    host: api.example.com
+    upstream: service_b
+  - prefix: /
+    host: '*.example.com'
+    upstream: service_c
+  - prefix: /v2
+    host: '*.eu.example.com'
+    upstream: service_b
+  - prefix: /items
+    host: API.example.com
+    methods: [GET, POST]
+    upstream: service_a
+",
+        a = a.address(),
+        b = b.address(),
+        c = c.address()
+    );
+    let t = Tollgate::start(&config);
+    (a, b, c, t)
+}
+
+fn service_for(t: &Tollgate, host: &str, path: &str) -> (u16, String) {
+    let resp = raw(
+        t.proxy,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let status = raw_status(&resp);
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default();
+    (
+        status,
+        body["service"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn the_most_specific_host_wins_then_the_longest_prefix() {
+    let (_a, _b, _c, t) = host_routes();
+    let cases = [
+        ("api.example.com", "/x", 200, "b"),
+        // Case and port are ignored.
+        ("API.Example.COM:8443", "/x", 200, "b"),
+        ("api.example.com.", "/x", 200, "b"),
+        ("www.example.com", "/x", 200, "c"),
+        ("a.b.example.com", "/x", 200, "c"),
+        // The longest wildcard wins; within it the longest prefix, and a path the group
+        // lacks is a 404 rather than another group's route.
+        ("fr.eu.example.com", "/v2/x", 200, "b"),
+        ("fr.eu.example.com", "/other", 404, ""),
+        // A wildcard does not cover the bare domain; unknown hosts get the routes without one.
+        ("example.com", "/x", 200, "a"),
+        ("other.test", "/x", 200, "a"),
+        ("127.0.0.1", "/x", 200, "a"),
+        ("api.example.com", "/items/7", 200, "a"),
+    ];
+    for (host, path, status, service) in cases {
+        assert_eq!(
+            service_for(&t, host, path),
+            (status, service.to_string()),
+            "{host}{path}"
+        );
+    }
+    // HTTP/1.0 without a Host header is routed among the routes without one.
+    let resp = raw(t.proxy, b"GET /x HTTP/1.0\r\n\r\n");
+    assert!(resp.contains("\"service\":\"a\""), "{resp}");
+}
+
+#[test]
+fn a_method_the_route_does_not_accept_gets_405_with_allow() {
+    let (_a, _b, _c, t) = host_routes();
+    let resp = raw(
+        t.proxy,
+        b"DELETE /items/7 HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(raw_status(&resp), 405, "{resp}");
+    let lower = resp.to_ascii_lowercase();
+    assert!(lower.contains("\r\nallow: get, post, head\r\n"), "{resp}");
+    assert!(resp.contains("\"error\":\"method_not_allowed\""), "{resp}");
+    for method in ["GET", "POST", "HEAD"] {
+        let resp = raw(
+            t.proxy,
+            format!(
+                "{method} /items/7 HTTP/1.1\r\nHost: api.example.com\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(raw_status(&resp), 200, "{method}: {resp}");
+    }
+    let m = t.metric(
+        r#"tollgate_requests_total{route="api.example.com/items",method="DELETE",status="405"}"#,
+    );
+    assert_eq!(m, Some(1.0));
+}
+
+#[test]
+fn limits_can_key_on_the_host() {
+    let a = Stub::start("a");
+    let config = format!(
+        "upstreams:
+  service_a:
+    backends: [{a}]
+limits:
+  per_host:
+    algorithm: fixed_window
+    rate: 2/1m
+    scope: local
+    key: host
+routes:
+  - prefix: /
+    upstream: service_a
+    limits: [per_host]
+",
+        a = a.address()
+    );
+    let t = Tollgate::start(&config);
+    let statuses =
+        |host: &str| -> Vec<u16> { (0..3).map(|_| service_for(&t, host, "/x").0).collect() };
+    assert_eq!(statuses("one.test"), [200, 200, 429]);
+    // The same host with another case and a port is the same key.
+    assert_eq!(service_for(&t, "ONE.test:80", "/x").0, 429);
+    assert_eq!(statuses("two.test"), [200, 200, 429]);
+}

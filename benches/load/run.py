@@ -4,7 +4,9 @@
     python3 benches/load/run.py                 # 3 interleaved rounds of 10 s per target
     python3 benches/load/run.py --rounds 5 --out results.md --json results.json
     python3 benches/load/run.py --fleet         # also the three-node fleet accuracy run
+    python3 benches/load/run.py --tls           # also TLS and HTTP/2 beside nginx
     python3 benches/load/run.py --quick         # ~30 s smoke test of the harness (CI)
+    python3 benches/load/run.py --baseline-bin /path/to/old/tollgate   # before/after
 
 What it measures
 ----------------
@@ -17,19 +19,44 @@ the cost of proxying *and* of counting):
   tollgate, no limits     the bare proxy
   tollgate, local         a sliding window counted on this node only
   tollgate, global async  a fleet-wide sliding window in Redis, decided from this node's
-                          lease (no Redis round trip per request)
+                          lease (no Redis round trip per request), every other setting at
+                          its default: the decision log on
+  tollgate, ... log off   the same with `admin.decision_log.enabled: false`
+  tollgate, config.yaml   the repository's config.yaml as shipped (its limits, the decision
+                          log, health checks), pointed at the stub and a Redis of its own
+                          and run with one thread: what a user who load-tests the demo gets
+                          (its 100/1m per client refuses nearly every request)
   tollgate, global atomic the same limit decided by a Redis script on every request
   tollgate, refusing      global async with a 10/1s limit: nearly every request is refused
                           with 429, which shows what refusing costs next to proxying
 
-For each target: the median requests/s over the rounds, the median p50 and p99 latency
+"Pingora alone" is Pingora's own example shape with stock settings (`ServerConf::default()`
+but one thread), so tollgate's tuning of Pingora shows as a ratio to it. `--tuning
+NAME=SPEC` adds a tollgate target (no limits) started with `TOLLGATE_TUNING=SPEC`
+(src/tuning.rs), for A/B runs of one Pingora setting against the shipped ones.
+
+For each target: the median requests/s over the rounds, the CPU time per request of the
+process doing the work (user and kernel, from `/proc/<pid>/stat` before and after each
+run, all its threads), the median p50 and p99 latency
 (`wrk --latency`), the peak resident memory of the process doing the work (`VmHWM` of the
 nginx worker, the HAProxy process, the tollgate process), and for the targets that use
 Redis the Redis commands per request (`INFO commandstats`, all commands except the
 harness's own INFO, taken just before and after each of the target's wrk runs).
 `--fleet` adds three tollgate nodes sharing one Redis under a 300/1s limit, each driven by
 its own wrk, and reports how many requests per second the fleet admitted against the
-limit.
+limit. A new-key probe then times what a key's first request costs when the limit is
+small (it waits for the key's first grant from Redis) against the key's second request.
+`--baseline-bin` runs an earlier tollgate build as a second global async target,
+interleaved with this one, so a change shows as a ratio within one run.
+
+`--tls` adds TLS termination, tollgate (no limits) beside nginx, both with one worker and
+the same ECDSA P-256 certificate made with openssl for the run, both speaking TLS 1.2/1.3
+and HTTP/2 by ALPN, in interleaved rounds of three measurements:
+
+  HTTPS keep-alive        wrk over TLS (HTTP/1.1), connections reused
+  HTTP/2                  h2load -c10 -m10: ten connections, ten streams each in flight
+  new TLS connections     wrk with `Connection: close`: a full handshake per request
+                          (wrk does not resume sessions), so req/s is handshakes/s
 
 Why it is run this way
 ----------------------
@@ -81,6 +108,8 @@ LUA_SCRIPT = HERE / "count.lua"
 
 # tool -> Debian package
 TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "redis-server": "redis-server"}
+# tools only the TLS comparison needs
+TLS_TOOLS = {"h2load": "nghttp2-client", "openssl": "openssl"}
 SBIN_PATH = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin:/usr/local/sbin"
 
 # Limits high enough that nothing is refused in the normal runs.
@@ -330,10 +359,11 @@ def which(tool: str) -> str | None:
     return shutil.which(tool, path=SBIN_PATH)
 
 
-def ensure_tools(allow_install: bool) -> dict[str, str]:
-    missing = [tool for tool in TOOLS if which(tool) is None]
+def ensure_tools(allow_install: bool, tls: bool = False) -> dict[str, str]:
+    wanted = dict(TOOLS, **(TLS_TOOLS if tls else {}))
+    missing = [tool for tool in wanted if which(tool) is None]
     if missing:
-        packages = sorted({TOOLS[t] for t in missing})
+        packages = sorted({wanted[t] for t in missing})
         command = f"apt-get update && apt-get install -y {' '.join(packages)}"
         if not allow_install:
             raise HarnessError(f"missing {', '.join(missing)}; install them with: {command}")
@@ -353,10 +383,10 @@ def ensure_tools(allow_install: bool) -> dict[str, str]:
             if subprocess.run(argv, env=env).returncode != 0:
                 raise HarnessError(f"`{shlex.join(argv)}` failed; install {', '.join(packages)} "
                                    "by hand and run the harness again")
-        still = [tool for tool in TOOLS if which(tool) is None]
+        still = [tool for tool in wanted if which(tool) is None]
         if still:
             raise HarnessError(f"apt-get ran but {', '.join(still)} is still missing")
-    return {tool: which(tool) for tool in TOOLS}
+    return {tool: which(tool) for tool in wanted}
 
 
 def release_dir() -> Path:
@@ -495,20 +525,28 @@ class Lab:
         return Target("pingora-bare", "Pingora alone (no tollgate code)", proc, port,
                       worker_pid=proc.pid)
 
-    def start_tollgate(self, name: str, label: str, template: str, rate: str | None = None,
+    def start_tollgate(self, name: str, label: str, template: str | None, rate: str | None = None,
                        redis: RedisClient | None = None, refusing: bool = False,
-                       extra: dict | None = None) -> Target:
+                       extra: dict | None = None, binary: Path | None = None,
+                       tuning: str | None = None) -> Target:
+        binary = binary or self.tollgate_bin
         port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
         values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
-                  "STUB_PORT": self.stub_port, **(extra or {})}
+                  "STUB_PORT": self.stub_port, "DECISION_LOG": "true", **(extra or {})}
         if rate is not None:
             values["RATE"] = rate
         if redis is not None:
             values["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}"
-        config = render(HERE / template, workdir / "config.yaml", values)
-        run_quiet([str(self.tollgate_bin), "check", "-c", str(config)], f"tollgate check ({name})")
-        env = {k: v for k, v in os.environ.items() if k != "RUST_LOG"}
-        proc = self.sup.start(name, [str(self.tollgate_bin), "run", "-c", str(config)], workdir,
+        if template is None:  # the repository's own config.yaml
+            assert redis is not None
+            config = shipped_config(workdir, port, admin_port, self.stub_port, redis)
+        else:
+            config = render(HERE / template, workdir / "config.yaml", values)
+        run_quiet([str(binary), "check", "-c", str(config)], f"tollgate check ({name})")
+        env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "TOLLGATE_TUNING")}
+        if tuning is not None:
+            env["TOLLGATE_TUNING"] = tuning
+        proc = self.sup.start(name, [str(binary), "run", "-c", str(config)], workdir,
                               stop_signal=signal.SIGINT, env=env)
         wait_until(f"{name} on port {port}",
                    lambda: http_status(port, "/health") == 200
@@ -518,11 +556,38 @@ class Lab:
                       redis=redis, worker_pid=proc.pid)
 
 
-TARGET_NAMES = ["nginx", "haproxy", "pingora-bare", "tollgate-none", "tollgate-local", "tollgate-global-async",
-                "tollgate-global-atomic", "tollgate-refusing"]
+TARGET_NAMES = ["nginx", "haproxy", "pingora-bare", "tollgate-none", "tollgate-local",
+                "tollgate-global-async", "tollgate-global-async-nolog", "tollgate-global-atomic",
+                "tollgate-config-yaml", "tollgate-refusing"]
 
 
-def start_targets(lab: Lab, names: list[str]) -> list[Target]:
+def shipped_config(workdir: Path, port: int, admin_port: int, stub_port: int,
+                   redis: RedisClient) -> Path:
+    """The repository's config.yaml, pointed at the harness's ports, with one thread."""
+    text = (ROOT / "config.yaml").read_text()
+    swaps = {"0.0.0.0:8000": f"127.0.0.1:{port}", "127.0.0.1:9000": f"127.0.0.1:{admin_port}",
+             "127.0.0.1:8001": f"127.0.0.1:{stub_port}", "127.0.0.1:8002": f"127.0.0.1:{stub_port}",
+             "redis://127.0.0.1:6379": f"redis://127.0.0.1:{redis.port}",
+             "\nthreads: 2\n": "\nthreads: 1\n", "level: info": "level: warn"}
+    for old, new in swaps.items():
+        if old not in text:
+            raise HarnessError(f"config.yaml no longer has `{old.strip()}`; update shipped_config")
+        text = text.replace(old, new)
+    text += (f"\nserver:\n  pid_file: {workdir}/tollgate.pid\n"
+             f"  upgrade_sock: {workdir}/upgrade.sock\n")
+    dest = workdir / "config.yaml"
+    dest.write_text(text)
+    return dest
+
+
+def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
+                  tunings: list[tuple[str, str]] = ()) -> list[Target]:
+    if tunings:
+        at = names.index("tollgate-none") + 1 if "tollgate-none" in names else len(names)
+        names = names[:at] + [f"tuning:{label}" for label, _ in tunings] + names[at:]
+    if baseline_bin is not None and "tollgate-global-async" in names:
+        at = names.index("tollgate-global-async") + 1
+        names = names[:at] + ["tollgate-global-async-baseline"] + names[at:]
     targets = []
     for name in names:
         if name == "nginx":
@@ -540,6 +605,26 @@ def start_targets(lab: Lab, names: list[str]) -> list[Target]:
             target = lab.start_tollgate(name, "tollgate, global async (Redis leases)",
                                         "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
                                         lab.start_redis("redis-async"))
+        elif name == "tollgate-global-async-nolog":
+            target = lab.start_tollgate(name, "tollgate, global async, decision log off",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-async-nolog"),
+                                        extra={"DECISION_LOG": "false"})
+        elif name == "tollgate-config-yaml":
+            target = lab.start_tollgate(name, "tollgate, config.yaml as shipped (refusing)", None,
+                                        redis=lab.start_redis("redis-config-yaml"),
+                                        refusing=True)
+        elif name.startswith("tuning:"):
+            label = name.split(":", 1)[1]
+            spec = dict(tunings)[label]
+            target = lab.start_tollgate(f"tollgate-tuning-{label}",
+                                        f"tollgate, no limits, {label} ({spec})",
+                                        "tollgate-none.yaml", tuning=spec)
+        elif name == "tollgate-global-async-baseline":
+            target = lab.start_tollgate(name, f"baseline {baseline_bin.name}, global async",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-async-baseline"),
+                                        binary=baseline_bin)
         elif name == "tollgate-global-atomic":
             target = lab.start_tollgate(name, "tollgate, global atomic (Redis per request)",
                                         "tollgate-global-atomic.yaml", TOLLGATE_HIGH_RATE,
@@ -591,10 +676,31 @@ def finish_wrk(sup: Supervisor, proc: Proc, seconds: int) -> dict:
                        f"{proc.tail()}")
 
 
+def cpu_ticks(pid: int | None) -> tuple[int, int] | None:
+    """User and kernel clock ticks of a process, all its threads (`/proc/<pid>/stat`)."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]), int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
 def measure(sup: Supervisor, wrk: str, target: Target, args, seconds: int) -> dict:
     before = target.redis.command_calls() if target.redis else None
+    cpu_before = cpu_ticks(target.worker_pid)
     proc = run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections, seconds)
     result = finish_wrk(sup, proc, seconds)
+    cpu_after = cpu_ticks(target.worker_pid)
+    if cpu_before and cpu_after and result["requests"]:
+        per_request_us = 1e6 / TICKS_PER_S / result["requests"]
+        result["cpu_user_us"] = (cpu_after[0] - cpu_before[0]) * per_request_us
+        result["cpu_kernel_us"] = (cpu_after[1] - cpu_before[1]) * per_request_us
     if target.redis:
         after = target.redis.command_calls()
         result["redis_calls"] = after["total"] - before["total"]
@@ -637,7 +743,8 @@ def run_rounds(sup: Supervisor, wrk: str, targets: list[Target], args) -> list[s
             problems += check_run(target, result)
             line = (f"  {target.label:<45} {result['rps']:>10,.0f} req/s  "
                     f"p50 {fmt_ms(result['latency_us']['p50'])}  "
-                    f"p99 {fmt_ms(result['latency_us']['p99'])}")
+                    f"p99 {fmt_ms(result['latency_us']['p99'])}  "
+                    f"CPU {fmt_cpu(result.get('cpu_user_us'), result.get('cpu_kernel_us'))}")
             others = {c: n for c, n in result["statuses"].items() if c != 200}
             if others:
                 line += f"  non-200: {others}"
@@ -749,6 +856,236 @@ def run_fleet(sup: Supervisor, lab: Lab, wrk: str) -> tuple[dict, list[str]]:
     return fleet, problems
 
 
+# --------------------------------------------------------------------------- new keys
+
+
+NEW_KEY_RATE = "99/1m"  # below 100 per node: nothing is admitted before Redis grants it
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round((len(ordered) - 1) * q))]
+
+
+def run_new_keys(sup: Supervisor, lab: Lab, count: int) -> dict:
+    """What the first request of a key costs: it waits for the key's first grant, one round
+    trip of the sync task. Each of `count` new clients (a new X-Forwarded-For address)
+    sends two requests in a row on one keep-alive connection; the second is decided from
+    the lease the first brought."""
+    print(f"new keys: {count} new clients at {NEW_KEY_RATE}, two requests each", flush=True)
+    redis = lab.start_redis("redis-new-keys")
+    target = lab.start_tollgate("tollgate-new-keys", "new keys", "tollgate-new-keys.yaml",
+                                NEW_KEY_RATE, redis)
+    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=10)
+    first: list[float] = []
+    second: list[float] = []
+    try:
+        for i in range(count):
+            client = f"10.{100 + (i >> 16) % 100}.{(i >> 8) & 255}.{i & 255}"
+            for latencies in (first, second):
+                started = time.perf_counter()
+                conn.request("GET", "/a/x", headers={"X-Forwarded-For": client})
+                response = conn.getresponse()
+                response.read()
+                latencies.append((time.perf_counter() - started) * 1e6)
+                if response.status != 200:
+                    raise HarnessError(f"new-key probe: client {client} got {response.status}")
+    finally:
+        conn.close()
+        target.proc.stop()
+        sup.forget(target.proc)
+    result = {"count": count, "rate": NEW_KEY_RATE}
+    for name, latencies in (("first", first), ("second", second)):
+        result[f"{name}_p50_us"] = percentile(latencies, 0.5)
+        result[f"{name}_p99_us"] = percentile(latencies, 0.99)
+    print(f"  first request p50 {fmt_ms(result['first_p50_us'])} p99 "
+          f"{fmt_ms(result['first_p99_us'])}; second p50 {fmt_ms(result['second_p50_us'])} "
+          f"p99 {fmt_ms(result['second_p99_us'])}", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+TLS_MODES = ["https", "h2", "handshakes"]
+TLS_MODE_LABELS = {"https": "HTTPS keep-alive req/s (wrk)",
+                   "h2": "HTTP/2 req/s (h2load -c10 -m10)",
+                   "handshakes": "new TLS connections/s (wrk, Connection: close)"}
+H2LOAD_CLIENTS = 10
+H2LOAD_STREAMS = 10
+
+
+def make_certificate(workdir: Path, openssl: str) -> tuple[Path, Path]:
+    """One ECDSA P-256 certificate for 127.0.0.1, shared by every TLS target."""
+    cert, key = workdir / "bench.crt", workdir / "bench.key"
+    run_quiet([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+               "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=bench",
+               "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+               "-keyout", str(key), "-out", str(cert)], "openssl req")
+    key.chmod(0o644)  # nginx's worker may run as an unprivileged user
+    return cert, key
+
+
+def https_ready(port: int) -> bool:
+    import ssl
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=1.0, context=context)
+    try:
+        conn.request("GET", "/a/x")
+        response = conn.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+@dataclass
+class TlsTarget:
+    name: str
+    label: str
+    proc: Proc
+    port: int  # the TLS port
+    worker_pid: int
+    runs: dict = field(default_factory=lambda: {mode: [] for mode in TLS_MODES})
+    peak_rss_kb: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/a/x"
+
+
+def start_tls_targets(lab: Lab, cert: Path, key: Path) -> list[TlsTarget]:
+    # nginx
+    port, workdir = free_port(), lab.workdir("nginx-tls")
+    workdir.chmod(0o755)
+    conf = render(HERE / "nginx-tls.conf", workdir / "nginx.conf",
+                  {"DIR": workdir, "PORT": port, "STUB_PORT": lab.stub_port,
+                   "CERT": cert, "KEY": key})
+    base = [lab.tools["nginx"], "-p", str(workdir), "-e", str(workdir / "error.log"),
+            "-c", str(conf)]
+    run_quiet(base + ["-t", "-q"], "nginx -t (TLS)")
+    proc = lab.sup.start("nginx-tls", base, workdir, extra_logs=(workdir / "error.log",))
+    wait_until(f"nginx (TLS) on port {port}", lambda: https_ready(port), proc)
+    workers = children_of(proc.pid)
+    if len(workers) != 1:
+        raise HarnessError(f"nginx (TLS): expected one worker process, found {workers}")
+    nginx = TlsTarget("nginx-tls", "nginx", proc, port, workers[0])
+    # tollgate
+    tls_port = free_port()
+    target = lab.start_tollgate("tollgate-tls", "tollgate", "tollgate-tls.yaml",
+                                extra={"TLS_PORT": tls_port, "CERT": cert, "KEY": key})
+    wait_until(f"tollgate (TLS) on port {tls_port}", lambda: https_ready(tls_port), target.proc)
+    tollgate = TlsTarget("tollgate-tls", "tollgate", target.proc, tls_port, target.worker_pid)
+    for t in (nginx, tollgate):
+        print(f"  started {t.label + ' (TLS)':<45} port {t.port}, pid {t.worker_pid}", flush=True)
+    return [nginx, tollgate]
+
+
+def run_h2load(sup: Supervisor, h2load: str, url: str, seconds: int) -> dict:
+    argv = [h2load, "-t1", f"-c{H2LOAD_CLIENTS}", f"-m{H2LOAD_STREAMS}", "-D", str(seconds),
+            url]
+    workdir = Path(tempfile.mkdtemp(prefix="h2load-", dir=sup.tmp))
+    proc = sup.start("h2load", argv, workdir)
+    try:
+        proc.popen.wait(timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        raise HarnessError(f"h2load did not finish: {shlex.join(argv)}")
+    finally:
+        proc.stop()
+        sup.forget(proc)
+    text = proc.stdout_path.read_text(errors="replace")
+    result = {"rps": None, "statuses": {}, "protocol": None}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("finished in"):
+            # finished in 10.00s, 12345.67 req/s, 1.23MB/s
+            result["rps"] = float(line.split(",")[1].split()[0])
+        elif line.startswith("status codes:"):
+            for part in line[len("status codes:"):].split(","):
+                count, cls = part.split()
+                result["statuses"][cls] = int(count)
+        elif line.startswith("Application protocol:"):
+            result["protocol"] = line.split(":", 1)[1].strip()
+    if result["rps"] is None:
+        raise HarnessError(f"h2load printed no result: {shlex.join(argv)}\n{proc.tail()}")
+    return result
+
+
+def measure_tls(sup: Supervisor, tools: dict, target: TlsTarget, mode: str, args,
+                seconds: int) -> tuple[dict, list[str]]:
+    problems = []
+    if mode == "h2":
+        result = run_h2load(sup, tools["h2load"], target.url, seconds)
+        if result["protocol"] != "h2":
+            problems.append(f"{target.name}: h2load negotiated {result['protocol']}, not h2")
+        bad = {cls: n for cls, n in result["statuses"].items() if cls != "2xx" and n}
+        if bad or not result["statuses"].get("2xx"):
+            problems.append(f"{target.name} (h2): statuses {result['statuses']}")
+        return result, problems
+    argv = [tools["wrk"], f"-t{args.wrk_threads}", f"-c{args.connections}", f"-d{seconds}s",
+            "--latency", "-s", str(LUA_SCRIPT)]
+    if mode == "handshakes":
+        argv += ["-H", "Connection: close"]
+    workdir = Path(tempfile.mkdtemp(prefix="wrk-", dir=sup.tmp))
+    result = finish_wrk(sup, sup.start("wrk", argv + [target.url], workdir), seconds)
+    bad = {code: n for code, n in result["statuses"].items() if code != 200}
+    if bad or not result["statuses"].get(200):
+        problems.append(f"{target.name} ({mode}): statuses {result['statuses']}")
+    if mode == "https" and socket_errors(result):
+        problems.append(f"{target.name} ({mode}): socket errors {result['errors']}")
+    return result, problems
+
+
+def run_tls(sup: Supervisor, lab: Lab, tools: dict, args) -> tuple[list[TlsTarget], list[str]]:
+    print("TLS: nginx and tollgate with the same certificate (ECDSA P-256), one worker each",
+          flush=True)
+    cert, key = make_certificate(lab.workdir("tls-cert"), tools["openssl"])
+    targets = start_tls_targets(lab, cert, key)
+    problems: list[str] = []
+    if args.warmup:
+        for target in targets:
+            measure_tls(sup, tools, target, "https", args, args.warmup)
+    for number in range(1, args.rounds + 1):
+        print(f"TLS round {number}/{args.rounds}", flush=True)
+        for mode in TLS_MODES:
+            for target in targets:
+                result, found = measure_tls(sup, tools, target, mode, args, args.duration)
+                problems += found
+                target.runs[mode].append(result)
+                print(f"  {TLS_MODE_LABELS[mode]:<48} {target.label:<9} "
+                      f"{result['rps']:>10,.0f}", flush=True)
+    for target in targets:
+        target.peak_rss_kb = proc_status_kb(target.worker_pid, "VmHWM")
+        if target.proc.exited() is not None:
+            problems.append(f"{target.name}: exited with status {target.proc.exited()}")
+    return targets, problems
+
+
+def tls_report(targets: list[TlsTarget], args) -> list[str]:
+    by_name = {t.name: t for t in targets}
+    nginx, tollgate = by_name["nginx-tls"], by_name["tollgate-tls"]
+    lines = ["", f"TLS: nginx and tollgate, one worker each, the same ECDSA P-256 certificate, "
+             f"TLS 1.2/1.3 with HTTP/2 by ALPN, proxying `/a/x` to the stub; medians of "
+             f"{args.rounds} interleaved round(s) of {args.duration} s. HTTPS and new "
+             f"connections: `wrk -t{args.wrk_threads} -c{args.connections}` (new connections "
+             f"with `Connection: close`: one full handshake per request); HTTP/2: `h2load -t1 "
+             f"-c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS}`.", "",
+             "| measurement | nginx | tollgate | tollgate / nginx |",
+             "| --- | ---: | ---: | ---: |"]
+    for mode in TLS_MODES:
+        a = statistics.median(r["rps"] for r in nginx.runs[mode])
+        b = statistics.median(r["rps"] for r in tollgate.runs[mode])
+        lines.append(f"| {TLS_MODE_LABELS[mode]} | {a:,.0f} | {b:,.0f} | "
+                     f"{b / a:.2f} |" if a else f"| {TLS_MODE_LABELS[mode]} | 0 | {b:,.0f} | n/a |")
+    lines.append(f"| peak RSS | {fmt_mib(nginx.peak_rss_kb)} | {fmt_mib(tollgate.peak_rss_kb)} "
+                 "| |")
+    return lines
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -761,6 +1098,12 @@ def fmt_cmds(summary: dict) -> str:
         return "—"
     return (f"{summary['redis_cmds_per_request']:.4f} "
             f"({summary['redis_scripts_per_request']:.4f})")
+
+
+def fmt_cpu(user: float | None, kernel: float | None) -> str:
+    if user is None or kernel is None:
+        return "n/a"
+    return f"{user + kernel:.1f} µs ({user:.1f} + {kernel:.1f})"
 
 
 def fmt_mib(kb: int | None) -> str:
@@ -779,7 +1122,13 @@ def summarize(target: Target) -> dict:
         "share_429": sum(r["statuses"].get(429, 0) for r in rounds) / requests if requests else 0,
         "redis_cmds_per_request": None,
         "redis_scripts_per_request": None,
+        "cpu_user_us": None,
+        "cpu_kernel_us": None,
     }
+    cpu = [r for r in rounds if "cpu_user_us" in r]
+    if cpu:
+        summary["cpu_user_us"] = statistics.median(r["cpu_user_us"] for r in cpu)
+        summary["cpu_kernel_us"] = statistics.median(r["cpu_kernel_us"] for r in cpu)
     if target.redis and requests:
         summary["redis_cmds_per_request"] = sum(r["redis_calls"] for r in rounds) / requests
         summary["redis_scripts_per_request"] = (sum(r["redis_script_calls"] for r in rounds)
@@ -815,7 +1164,8 @@ def versions(tools: dict[str, str], tollgate_bin: Path) -> dict:
 
 
 def report(targets: list[Target], fleet: dict | None, context: dict, problems: list[str],
-           notes: list[str]) -> str:
+           notes: list[str], new_keys: dict | None = None,
+           tls: list[TlsTarget] | None = None, args=None) -> str:
     s = context["settings"]
     m = context["machine"]
     lines = [
@@ -837,18 +1187,22 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
     summaries = {t.name: summarize(t) for t in targets}
     baselines = [summaries[n]["rps_median"] for n in ("nginx", "haproxy") if n in summaries]
     baseline = max(baselines) if baselines else None
-    lines += ["| target | req/s (median) | p50 | p99 | peak RSS | Redis cmds/req | "
-              "ratio to faster of nginx/HAProxy |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    none = summaries.get("tollgate-none", {}).get("rps_median")
+    lines += ["| target | req/s (median) | p50 | p99 | CPU/request (user + kernel) | "
+              "peak RSS | Redis cmds/req | ratio to faster of nginx/HAProxy | "
+              "ratio to tollgate, no limits |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for target in targets:
         if target.refusing:
             continue
         sm = summaries[target.name]
         cmds = fmt_cmds(sm)
         ratio = f"{sm['rps_median'] / baseline:.2f}" if baseline else "n/a"
+        to_none = f"{sm['rps_median'] / none:.2f}" if none else "n/a"
         lines.append(f"| {target.label} | {sm['rps_median']:,.0f} | {fmt_ms(sm['p50_us_median'])} "
-                     f"| {fmt_ms(sm['p99_us_median'])} | {fmt_mib(sm['peak_rss_kb'])} | {cmds} "
-                     f"| {ratio} |")
+                     f"| {fmt_ms(sm['p99_us_median'])} "
+                     f"| {fmt_cpu(sm['cpu_user_us'], sm['cpu_kernel_us'])} "
+                     f"| {fmt_mib(sm['peak_rss_kb'])} | {cmds} | {ratio} | {to_none} |")
     if any(t.redis for t in targets):
         lines += ["", "Redis cmds/req: every command the target's own Redis executed during "
                   "its runs, divided by the requests answered; `INFO commandstats` counts the "
@@ -859,15 +1213,16 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
         proxying = summaries.get("tollgate-global-async", {}).get("rps_median")
         lines += ["", "Refusal run: the same global async policy at a low limit, so nearly "
                   "every request is answered 429 by tollgate without reaching the backend.", "",
-                  "| target | req/s (median) | p50 | p99 | 429 share | Redis cmds/req | "
-                  "ratio to global async proxying |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| target | req/s (median) | p50 | p99 | CPU/request (user + kernel) | "
+                  "429 share | Redis cmds/req | ratio to global async proxying |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for target in refusing:
             sm = summaries[target.name]
             cmds = fmt_cmds(sm)
             ratio = f"{sm['rps_median'] / proxying:.2f}" if proxying else "n/a"
             lines.append(f"| {target.label} | {sm['rps_median']:,.0f} | "
                          f"{fmt_ms(sm['p50_us_median'])} | {fmt_ms(sm['p99_us_median'])} | "
+                         f"{fmt_cpu(sm['cpu_user_us'], sm['cpu_kernel_us'])} | "
                          f"{sm['share_429'] * 100:.2f}% | {cmds} | {ratio} |")
     if fleet:
         full = fleet["admitted_per_full_second"]
@@ -893,6 +1248,18 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
                   "window in Redis): the accuracy. wrk files a response under the second it "
                   "read it in, which on a loaded machine can be tens of milliseconds after "
                   "the decision, so its per-second figures blur across window boundaries."]
+    if new_keys:
+        lines += ["", f"New keys: {new_keys['count']} new client addresses, global async "
+                  f"{new_keys['rate']} (below 100 per node, so every key's first request "
+                  "waits for its grant), two requests each in a row on one keep-alive "
+                  "connection, timed by the harness (Python's own overhead included).", "",
+                  "| request | p50 | p99 |", "| --- | ---: | ---: |",
+                  f"| first of a new key (waits for its grant) | "
+                  f"{fmt_ms(new_keys['first_p50_us'])} | {fmt_ms(new_keys['first_p99_us'])} |",
+                  f"| second (decided from the lease) | {fmt_ms(new_keys['second_p50_us'])} | "
+                  f"{fmt_ms(new_keys['second_p99_us'])} |"]
+    if tls:
+        lines += tls_report(tls, args)
     if notes:
         lines += ["", "Notes:", *[f"- {n}" for n in notes]]
     if problems:
@@ -925,6 +1292,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fleet", action="store_true",
                         help=f"also run {FLEET_NODES} tollgate nodes on one Redis at "
                              f"{FLEET_LIMIT_PER_S}/1s and report admitted/limit")
+    parser.add_argument("--new-keys", type=int, default=300,
+                        help="new clients for the probe of what a key's first request costs "
+                             "(default 300; 0 for none)")
+    parser.add_argument("--baseline-bin", type=Path,
+                        help="another tollgate binary (an earlier build) to run as a global "
+                             "async target beside this one, interleaved, for a before/after "
+                             "ratio within one run")
+    parser.add_argument("--tuning", action="append", default=[], metavar="NAME=SPEC",
+                        help="add a tollgate target (no limits) run with TOLLGATE_TUNING=SPEC "
+                             "(src/tuning.rs), e.g. 'stock=work_stealing=1,downstream_modules=1'; "
+                             "repeatable")
+    parser.add_argument("--tls", action="store_true",
+                        help="also compare TLS termination with nginx: HTTPS keep-alive, "
+                             "HTTP/2 (h2load) and new TLS connections per second")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--json", type=Path, help="write every raw per-round figure here")
     parser.add_argument("--no-install", action="store_true",
@@ -934,7 +1315,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds, args.duration, args.connections, args.warmup = 1, 2, 10, 0
+        args.new_keys = min(args.new_keys, 20)
+    if args.baseline_bin is not None and not args.baseline_bin.is_file():
+        parser.error(f"--baseline-bin {args.baseline_bin}: no such file")
     args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    args.tunings = []
+    for item in args.tuning:
+        label, sep, spec = item.partition("=")
+        if not sep or not label or not spec:
+            parser.error(f"--tuning {item}: expected NAME=SPEC")
+        args.tunings.append((label, spec))
     unknown = [n for n in args.target_names if n not in TARGET_NAMES]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; "
@@ -958,7 +1348,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-load-"))
     sup = Supervisor(tmp)
     try:
-        tools = ensure_tools(allow_install=not args.no_install)
+        tools = ensure_tools(allow_install=not args.no_install, tls=args.tls)
         tollgate_bin, stub_bin = ensure_binaries()
         context = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -974,19 +1364,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting targets under {tmp} (stub-service with --threads {STUB_THREADS}, so "
               "the backend is never the bottleneck)", flush=True)
         lab.start_stub()
-        targets = start_targets(lab, args.target_names)
+        targets = start_targets(lab, args.target_names, args.baseline_bin, args.tunings)
         problems = run_rounds(sup, tools["wrk"], targets, args)
         collect_after(targets)
         fleet = None
         if args.fleet:
             fleet, fleet_problems = run_fleet(sup, lab, tools["wrk"])
             problems += fleet_problems
+        new_keys = run_new_keys(sup, lab, args.new_keys) if args.new_keys > 0 else None
+        tls_targets = None
+        if args.tls:
+            tls_targets, tls_problems = run_tls(sup, lab, tools, args)
+            problems += tls_problems
         notes = [n for t in targets for n in t.notes]
         for target in targets:
             if any(socket_errors(r) for r in target.rounds):
                 notes.append(f"{target.name}: wrk saw socket errors "
                              f"{[r['errors'] for r in target.rounds]}")
-        text = report(targets, fleet, context, problems, notes)
+        text = report(targets, fleet, context, problems, notes, new_keys, tls_targets,
+                      args)
         print()
         print(text, end="")
         if args.out:
@@ -996,7 +1392,8 @@ def main(argv: list[str] | None = None) -> int:
             dump = dict(context, targets={
                 t.name: {"label": t.label, "pid": t.worker_pid, "rounds": t.rounds,
                          "summary": summarize(t), "notes": t.notes} for t in targets},
-                fleet=fleet, problems=problems)
+                fleet=fleet, new_keys=new_keys, problems=problems,
+                tls={t.name: t.runs for t in tls_targets} if tls_targets else None)
             args.json.write_text(json.dumps(dump, indent=2, default=str) + "\n")
             print(f"wrote {args.json}")
         print(f"\n(harness ran {time.monotonic() - started:.0f} s)")

@@ -67,6 +67,7 @@ fuzz_target!(|data: &[u8]| {
         path: &path,
         method: "GET",
         route: "/a",
+        host: None,
         headers: &headers,
     };
     let text = key::text(&parts, &facts);

@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
     match tollgate::config::parse(text, "fuzz.yaml") {
         Ok(loaded) => {
             // A valid config survives the admin API's redacted view.
-            let _ = tollgate::config::redacted_json(&loaded.config);
+            let _ = tollgate::admin::config_view::redacted_json(&loaded.config);
         }
         Err(tollgate::config::LoadError::Invalid(errors)) => {
             assert!(!errors.is_empty(), "an invalid config with no error");

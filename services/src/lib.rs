@@ -132,10 +132,17 @@ async fn handle(
         }),
         error: failed.then_some("injected failure"),
     };
-    let status = if failed {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
+    // `x-stub-status: 401` answers with that status, for tests of what counts by response.
+    let asked = parts
+        .headers
+        .get("x-stub-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u16>().ok())
+        .and_then(|v| StatusCode::from_u16(v).ok());
+    let status = match (failed, asked) {
+        (true, _) => StatusCode::INTERNAL_SERVER_ERROR,
+        (false, Some(asked)) => asked,
+        (false, None) => StatusCode::OK,
     };
     let body = serde_json::to_vec(&reply).unwrap_or_default();
     Ok(json(status, body))

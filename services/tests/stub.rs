@@ -14,24 +14,35 @@ impl Drop for Running {
 }
 
 fn start(args: &[&str]) -> Running {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_stub-service"))
-        .args(["--listen", &addr.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "stub did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
+    // A port picked free can be taken by another process before the stub binds it; then
+    // the stub exits and something else answers. Ready means our child is alive and
+    // answering, else try another port.
+    for _ in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stub-service"))
+            .args(["--listen", &addr.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break; // it could not bind: another port
+            }
+            if TcpStream::connect(addr).is_ok() && child.try_wait().unwrap().is_none() {
+                return Running(child, addr);
+            }
+            assert!(Instant::now() < deadline, "stub did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
-    Running(child, addr)
+    panic!("stub-service exited at start on five free ports in a row");
 }
 
 fn agent() -> ureq::Agent {

@@ -1,10 +1,10 @@
 //! The admin API's handlers.
 
 use super::{Admin, Reply, Request};
-use crate::decisions::Decision;
+use crate::decisions::Entry;
 use crate::identity::{registry, Lookup};
 use crate::limit::inspect::{self, InspectError};
-use crate::limit::{headers, Outcome, Policy, RequestFacts};
+use crate::limit::{headers, Policy, RequestFacts};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::ResponseHeader;
@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// `GET /admin/config`: the running config with secrets redacted, and the last reload.
+/// `GET /admin/config`: the running config with secrets redacted, the last reload, and
+/// what each TLS listener serves (with the located error of refused certificate files).
 pub fn config(admin: &Admin) -> Reply {
     let gateway = admin.gateway.load();
     Reply::Json(
@@ -22,7 +23,8 @@ pub fn config(admin: &Admin) -> Reply {
         json!({
             "source": admin.reloader.path().display().to_string(),
             "reload": admin.reloader.status(),
-            "config": crate::config::redacted_json(&gateway.config),
+            "tls": admin.reloader.certs().status(),
+            "config": super::config_view::redacted_json(&gateway.config),
         }),
     )
 }
@@ -40,6 +42,8 @@ struct CheckRequest {
     /// A route prefix, or give `path`.
     route: Option<String>,
     path: Option<String>,
+    /// The request's host, for routes that name one.
+    host: Option<String>,
     #[serde(default = "default_method")]
     method: String,
     client_ip: Option<String>,
@@ -76,7 +80,11 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         Ok(p) => p.into_owned(),
         Err(e) => return bad_request(format!("path: {e}")),
     };
-    let Some(route) = gateway.router.lookup(&path).cloned() else {
+    let host = body
+        .host
+        .as_deref()
+        .and_then(crate::routing::normalize_host);
+    let Some(route) = gateway.router.lookup(host.as_deref(), &path).cloned() else {
         return Reply::Json(404, json!({"error": "no_route", "path": path}));
     };
     let client_ip: IpAddr = match body.client_ip.as_deref().unwrap_or("127.0.0.1").parse() {
@@ -104,6 +112,17 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         }
     }
     let method = body.method.to_ascii_uppercase();
+    let allowed_method = http::Method::from_bytes(method.as_bytes())
+        .map(|m| route.methods.allows(&m))
+        .unwrap_or(false);
+    if !allowed_method {
+        return Reply::Json(
+            200,
+            json!({"route": route.label, "allowed": false, "status": 405,
+                   "reason": "method_not_allowed", "allow": route.methods.allow_header(),
+                   "decisions": []}),
+        );
+    }
     let key = gateway.lookup_api_key(&headers);
     let record = match &key {
         Lookup::Known(r) => Some(r.clone()),
@@ -112,7 +131,7 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
     if route.require_api_key && record.is_none() {
         return Reply::Json(
             200,
-            json!({"route": route.prefix, "allowed": false, "status": 401,
+            json!({"route": route.label, "allowed": false, "status": 401,
                    "reason": if matches!(key, Lookup::Missing) { "missing_api_key" } else { "invalid_api_key" },
                    "decisions": []}),
         );
@@ -124,13 +143,17 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         tier: record.as_ref().and_then(|r| r.tier.as_deref()),
         path: &path,
         method: &method,
-        route: &route.prefix,
+        route: &route.label,
+        host: host.as_deref(),
         headers: &headers,
     };
     let mut decisions = Vec::new();
     let mut allowed = true;
     let mut status = 200;
     let mut response_headers = BTreeMap::new();
+    let link = gateway.redis.as_deref();
+    // As on the proxy, a refused request consumes nothing from the policies before.
+    let mut taken: Vec<crate::limit::receipt::Taken> = Vec::new();
     for policy in &route.limits {
         let limiter = policy.limiter(facts.tier);
         // The same checks as the proxy's, which answers these with 400 invalid_cost.
@@ -140,7 +163,10 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         };
         let cost = match cost {
             Ok(c) => c,
-            Err(e) => return bad_request(e.to_string()),
+            Err(e) => {
+                crate::limit::receipt::hand_back(taken, link).await;
+                return bad_request(e.to_string());
+            }
         };
         let key_text = crate::limit::key::text(&policy.key, &facts);
         let (verdict, outcome) = if body.dry_run {
@@ -162,16 +188,10 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
                 Err(e) => return inspect_error(e),
             }
         } else {
-            let check = policy
-                .check(limiter, &facts, cost, gateway.redis.as_deref())
-                .await;
-            let outcome = match check.outcome {
-                Outcome::Allowed => "allowed",
-                Outcome::Limited => "limited",
-                Outcome::ShadowLimited => "shadow_limited",
-                Outcome::FailedOpen => "failed_open",
-                Outcome::Unavailable => "unavailable",
-            };
+            // The admin API answers at once: a request the policy would delay is refused.
+            let check = policy.refuse_deferred(policy.check(limiter, &facts, cost, link).await);
+            taken.push((policy, limiter, check.receipt.clone()));
+            let outcome = check.outcome.name();
             (check.verdict, outcome)
         };
         decisions.push(json!({
@@ -201,6 +221,7 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
             }
             if !body.dry_run {
                 // Like the proxy, the first refusal ends the evaluation.
+                crate::limit::receipt::hand_back(std::mem::take(&mut taken), link).await;
                 break;
             }
         }
@@ -208,7 +229,7 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
     Reply::Json(
         200,
         json!({
-            "route": route.prefix,
+            "route": route.label,
             "upstream": route.upstream.name,
             "allowed": allowed,
             "status": status,
@@ -279,8 +300,8 @@ pub fn list_keys(admin: &Admin) -> Reply {
         .records()
         .map(|r| json!({"id": r.id, "tenant": r.tenant, "tier": r.tier, "source": "config"}))
         .collect();
-    if let Some(link) = &gateway.redis {
-        keys.extend(link.registered().values().map(|r| {
+    if let Some(store) = &gateway.store {
+        keys.extend(store.keys().values().map(|r| {
             json!({"id": r.id, "name": r.name, "tenant": r.tenant, "tier": r.tier, "created": r.created, "source": "registered"})
         }));
     }
@@ -312,40 +333,28 @@ pub async fn register_key(admin: &Admin, req: &Request) -> Reply {
     }
     let tenant = body.tenant.as_deref().unwrap_or(name).trim().to_string();
     let gateway = admin.gateway.load_full();
-    let Some(link) = gateway.redis.as_ref() else {
-        return Reply::error(
-            409,
-            "no_redis",
-            "registered keys are kept in Redis; configure a `redis` section",
-        );
+    let Some(store) = gateway.store.as_ref() else {
+        return store_unavailable("this process has no store");
     };
-    let Some(mut connection) = link.connection() else {
-        return Reply::error(
-            503,
-            "redis_unavailable",
-            "Redis is not reachable; try again",
-        );
-    };
-    let call = registry::register(
-        &mut connection,
-        &link.config.key_prefix,
-        name,
-        &tenant,
-        body.tier.as_deref(),
-    );
-    match tokio::time::timeout(Duration::from_secs(2), call).await {
-        Ok(Ok((secret, record))) => {
-            link.registered_changed(Some(record.clone()), None);
-            Reply::Json(
-                201,
-                json!({"id": record.id, "key": secret, "name": record.name, "tenant": record.tenant,
-                       "tier": record.tier, "created": record.created,
-                       "note": "store the key now: only its digest is kept"}),
-            )
-        }
-        Ok(Err(e)) => Reply::error(503, "redis_unavailable", e.to_string()),
-        Err(_) => Reply::error(503, "redis_unavailable", "no answer within 2s"),
+    let (secret, record) = registry::new_key(name, &tenant, body.tier.as_deref());
+    match store.register(record.clone()).await {
+        Ok(()) => Reply::Json(
+            201,
+            json!({"id": record.id, "key": secret, "name": record.name, "tenant": record.tenant,
+                   "tier": record.tier, "created": record.created,
+                   "note": "store the key now: only its digest is kept"}),
+        ),
+        Err(e) => store_unavailable(e),
     }
+}
+
+/// `503` for a write the store could not take; nothing changed.
+fn store_unavailable(why: impl std::fmt::Display) -> Reply {
+    Reply::error(
+        503,
+        "store_unavailable",
+        format!("{why}; nothing changed, try again"),
+    )
 }
 
 /// `DELETE /admin/keys/{id}`: revokes a registered key fleet-wide.
@@ -358,29 +367,13 @@ pub async fn revoke_key(admin: &Admin, id: &str) -> Reply {
             "this key is in the config file; remove it there",
         );
     }
-    let Some(link) = gateway.redis.as_ref() else {
+    let Some(store) = gateway.store.as_ref() else {
         return Reply::Json(404, json!({"error": "unknown_key", "id": id}));
     };
-    let Some(mut connection) = link.connection() else {
-        return Reply::error(
-            503,
-            "redis_unavailable",
-            "Redis is not reachable; try again",
-        );
-    };
-    match tokio::time::timeout(
-        Duration::from_secs(2),
-        registry::revoke(&mut connection, &link.config.key_prefix, id),
-    )
-    .await
-    {
-        Ok(Ok(true)) => {
-            link.registered_changed(None, Some(id));
-            Reply::Json(200, json!({"revoked": id}))
-        }
-        Ok(Ok(false)) => Reply::Json(404, json!({"error": "unknown_key", "id": id})),
-        Ok(Err(e)) => Reply::error(503, "redis_unavailable", e.to_string()),
-        Err(_) => Reply::error(503, "redis_unavailable", "no answer within 2s"),
+    match store.revoke(id).await {
+        Ok(true) => Reply::Json(200, json!({"revoked": id})),
+        Ok(false) => Reply::Json(404, json!({"error": "unknown_key", "id": id})),
+        Err(e) => store_unavailable(e),
     }
 }
 
@@ -456,14 +449,15 @@ impl From<&Request> for EventFilter {
 }
 
 impl EventFilter {
-    fn matches(&self, d: &Decision) -> bool {
-        self.client.as_ref().is_none_or(|c| {
-            *c == d.client.to_string() || Some(c.as_str()) == d.api_key_id.as_deref()
-        }) && self.route.as_ref().is_none_or(|r| *r == d.route)
+    fn matches(&self, d: &Entry) -> bool {
+        self.client
+            .as_ref()
+            .is_none_or(|c| *c == d.client.to_string() || Some(c.as_str()) == d.api_key_id)
+            && self.route.as_ref().is_none_or(|r| r == d.route)
             && self
                 .policy
                 .as_ref()
-                .is_none_or(|p| Some(p.as_str()) == d.policy.as_deref())
+                .is_none_or(|p| Some(p.as_str()) == d.policy)
             && self.outcome.as_ref().is_none_or(|o| o == d.outcome)
     }
 }
@@ -477,11 +471,15 @@ pub async fn stream_events(
     session: &mut ServerSession,
     filter: EventFilter,
     shutdown: &ShutdownWatch,
+    extra: &[(&'static str, String)],
 ) {
-    let mut events = admin.decisions.subscribe();
-    let Ok(mut header) = ResponseHeader::build(200, Some(4)) else {
+    let mut subscription = admin.decisions.subscribe();
+    let Ok(mut header) = ResponseHeader::build(200, Some(4 + extra.len())) else {
         return;
     };
+    for (k, v) in extra {
+        let _ = header.insert_header(*k, v);
+    }
     let _ = header.insert_header(http::header::CONTENT_TYPE, "text/event-stream");
     let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
     let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
@@ -506,12 +504,23 @@ pub async fn stream_events(
     let mut shutdown = shutdown.clone();
     loop {
         let chunk = tokio::select! {
-            event = events.recv() => match event {
-                Ok(d) if filter.matches(&d) => {
-                    format!("event: decision\ndata: {}\n\n", serde_json::to_string(&*d).unwrap_or_default())
+            event = subscription.events.recv() => match event {
+                Ok(batch) => {
+                    let names = admin.decisions.names();
+                    let mut chunk = String::new();
+                    for entry in batch.iter().filter_map(|r| Entry::of(r, &names)) {
+                        if filter.matches(&entry) {
+                            chunk.push_str("event: decision\ndata: ");
+                            chunk.push_str(&entry.to_json());
+                            chunk.push_str("\n\n");
+                        }
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    chunk
                 }
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => format!(": {n} decisions dropped (slow reader)\n\n"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => format!(": {n} batches of decisions dropped (slow reader)\n\n"),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
             _ = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".to_string(),

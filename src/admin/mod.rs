@@ -2,10 +2,14 @@
 //! `/admin/*` (JSON in and out, described by `/admin/openapi.json`).
 //!
 //! Every `/admin/*` route needs the bearer token when one is configured (also accepted as
-//! `?access_token=`, for browsers' EventSource); the process refuses to start an admin
-//! listener reachable from other hosts without one. Each client address is rate limited.
+//! `?access_token=` on `GET /admin/events`, for browsers' EventSource); the process refuses
+//! to start an admin listener reachable from other hosts without one. Each client address
+//! is rate limited. Before any of that, `guard` keeps other web sites out (Host, Origin,
+//! CORS), and writes must be JSON.
 
 mod api;
+pub mod config_view;
+mod guard;
 mod openapi;
 mod stats;
 
@@ -17,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use async_trait::async_trait;
 use bytes::Bytes;
+use guard::Screen;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
@@ -131,7 +136,15 @@ impl Admin {
         }
     }
 
-    fn authorized(&self, session: &ServerSession, query: &[(String, String)]) -> bool {
+    /// Whether the request carries the token (if one is configured). The query is read
+    /// only where `query_allowed` (the event stream): a token in a URL ends up in browser
+    /// history and in the logs of proxies in between.
+    fn authorized(
+        &self,
+        session: &ServerSession,
+        query: &[(String, String)],
+        query_allowed: bool,
+    ) -> bool {
         let Some(expected) = self.gateway.load().config.admin.resolved_token() else {
             return true;
         };
@@ -148,6 +161,7 @@ impl Admin {
             .or_else(|| {
                 query
                     .iter()
+                    .filter(|_| query_allowed)
                     .find(|(k, _)| k == "access_token")
                     .map(|(_, v)| v.clone())
             });
@@ -268,12 +282,19 @@ async fn write(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) {
-    let Ok(mut header) = ResponseHeader::build(status, Some(4 + extra.len())) else {
+    let Ok(mut header) = ResponseHeader::build(status, Some(7 + extra.len())) else {
         return;
     };
     let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
     let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len());
     let _ = header.insert_header(http::header::CACHE_CONTROL, "no-store");
+    let _ = header.insert_header("x-content-type-options", "nosniff");
+    if content_type.starts_with("text/html") {
+        // Framed by another site, the dashboard's own buttons would be its writes
+        // (clickjacking); no page of the admin listener may be framed.
+        let _ = header.insert_header("x-frame-options", "DENY");
+        let _ = header.insert_header("content-security-policy", "frame-ancestors 'none'");
+    }
     for (k, v) in extra {
         let _ = header.insert_header(*k, v);
     }
@@ -308,39 +329,89 @@ impl HttpServerApp for Admin {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
 
-        let reply = if path == "/" || path == "/dashboard" {
-            html(DASHBOARD)
-        } else if path == "/health" {
-            Reply::Json(200, json!({"status": "ok"}))
-        } else if path == "/metrics" {
+        // Prometheus and load balancers reach these by any name; they reveal nothing an
+        // attacker's page could use and change nothing.
+        if path == "/health" {
+            return respond(session, Reply::Json(200, json!({"status": "ok"})), &[]).await;
+        }
+        if path == "/metrics" {
             self.gateway.load().publish_backend_health(&self.metrics);
-            Reply::Body {
+            let metrics = Reply::Body {
                 status: 200,
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: Bytes::from(self.metrics.render()),
+            };
+            return respond(session, metrics, &[]).await;
+        }
+        let page = guard::is_page(&path);
+        if !page && !path.starts_with("/admin/") && path != "/admin" {
+            let missing = Reply::Json(404, json!({"error": "not_found", "path": path}));
+            return respond(session, missing, &[]).await;
+        }
+
+        let screened = {
+            let header = session.req_header();
+            let facts = guard::Facts {
+                method: &method,
+                path: &path,
+                target_authority: header.uri.authority().map(|a| a.as_str()),
+                headers: &header.headers,
+                token_in_query: query.iter().any(|(k, _)| k == "access_token"),
+            };
+            guard::screen(&facts, &self.gateway.load().config.admin)
+        };
+        let cors = match screened {
+            Screen::Refuse(refusal) => {
+                return respond(session, refusal.into(), &[]).await;
             }
-        } else if !path.starts_with("/admin/") && path != "/admin" {
-            Reply::Json(404, json!({"error": "not_found", "path": path}))
+            Screen::Preflight { origin } => {
+                let allow = guard::preflight_headers(&origin, &session.req_header().headers);
+                let empty = Reply::Body {
+                    status: 204,
+                    content_type: "text/plain",
+                    body: Bytes::new(),
+                };
+                return respond(session, empty, &allow).await;
+            }
+            Screen::Pass { cors } => cors,
+        };
+        // Every answer to a listed foreign origin names it, so its page can read the answer.
+        let mut extra: Vec<(&'static str, String)> = Vec::new();
+        if let Some(origin) = cors {
+            extra.push(("access-control-allow-origin", origin));
+            extra.push(("vary", "Origin".into()));
+        }
+
+        let reply = if page {
+            if matches!(method, http::Method::GET | http::Method::HEAD) {
+                html(DASHBOARD)
+            } else {
+                Reply::error(
+                    405,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here"),
+                )
+            }
         } else if let Some(retry) = self.rate_limited(client) {
-            write(
-                &mut session,
-                429,
-                "application/json",
-                Bytes::from(json!({"error": "rate_limited", "retry_after": retry}).to_string()),
-                &[("retry-after", retry.to_string())],
-            )
-            .await;
-            return finish(session).await;
-        } else if !self.authorized(&session, &query) {
-            write(
-                &mut session,
+            extra.push(("retry-after", retry.to_string()));
+            Reply::Json(429, json!({"error": "rate_limited", "retry_after": retry}))
+        } else if !self.authorized(
+            &session,
+            &query,
+            guard::token_may_be_in_query(&method, &path),
+        ) {
+            extra.push((
+                "www-authenticate",
+                "Bearer realm=\"tollgate admin\"".to_string(),
+            ));
+            Reply::error(
                 401,
-                "application/json",
-                Bytes::from(json!({"error": "unauthorized", "detail": "send the admin token as `Authorization: Bearer <token>`"}).to_string()),
-                &[("www-authenticate", "Bearer realm=\"tollgate admin\"".to_string())],
+                "unauthorized",
+                "send the admin token as `Authorization: Bearer <token>`",
             )
-            .await;
-            return finish(session).await;
+        } else if let Err(refusal) = guard::check_media_type(&method, &session.req_header().headers)
+        {
+            refusal.into()
         } else {
             match read_body(&mut session).await {
                 Err(reply) => reply,
@@ -357,32 +428,42 @@ impl HttpServerApp for Admin {
             }
         };
 
-        match reply {
-            Reply::Json(status, value) => {
-                let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
-                write(
-                    &mut session,
-                    status,
-                    "application/json",
-                    Bytes::from(body),
-                    &[],
-                )
-                .await;
-            }
-            Reply::Body {
-                status,
-                content_type,
-                body,
-            } => {
-                write(&mut session, status, content_type, body, &[]).await;
-            }
-            Reply::Events(filter) => {
-                api::stream_events(self, &mut session, filter, shutdown).await;
-                return None;
-            }
+        if let Reply::Events(filter) = reply {
+            api::stream_events(self, &mut session, filter, shutdown, &extra).await;
+            return None;
         }
-        finish(session).await
+        respond(session, reply, &extra).await
     }
+}
+
+impl From<guard::Refusal> for Reply {
+    fn from(r: guard::Refusal) -> Reply {
+        Reply::error(r.status, r.error, r.detail)
+    }
+}
+
+/// Writes a finished reply and hands the connection back for the next request.
+async fn respond(
+    mut session: ServerSession,
+    reply: Reply,
+    extra: &[(&'static str, String)],
+) -> Option<ReusedHttpStream> {
+    let (status, content_type, body) = match reply {
+        Reply::Json(status, value) => (
+            status,
+            "application/json",
+            Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default()),
+        ),
+        Reply::Body {
+            status,
+            content_type,
+            body,
+        } => (status, content_type, body),
+        // Streams are answered by `api::stream_events` before this; none arrives here.
+        Reply::Events(_) => (500, "application/json", Bytes::new()),
+    };
+    write(&mut session, status, content_type, body, extra).await;
+    finish(session).await
 }
 
 async fn finish(session: ServerSession) -> Option<ReusedHttpStream> {

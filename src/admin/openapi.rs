@@ -12,6 +12,45 @@ fn json_response(description: &str, schema: Value, example: Value) -> Value {
 }
 
 pub fn document() -> Value {
+    let mut doc = paths();
+    guard_responses(&mut doc);
+    doc
+}
+
+/// The refusals of `guard` apply to every route with data or effects; adding them here
+/// keeps each route's own description about what it does.
+fn guard_responses(doc: &mut Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/admin/") {
+            continue;
+        }
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            // Path items also hold `parameters`; only operations have responses.
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            responses.insert("421".into(), error_response("The Host is not localhost, an IP address or a name in admin.allowed_hosts (a DNS rebinding guard)."));
+            if matches!(path.as_str(), "/admin/docs" | "/admin/openapi.json") {
+                continue;
+            }
+            responses.insert("403".into(), error_response("Origin (or Referer) names a web site other than the admin listener itself and the origins in admin.allowed_origins."));
+            if method != "get" {
+                responses.insert(
+                    "415".into(),
+                    error_response("A write without Content-Type: application/json."),
+                );
+            }
+        }
+    }
+}
+
+fn paths() -> Value {
     let unauthorized = error_response("The bearer token is missing or wrong.");
     let limited = error_response("Too many admin requests from this address (see Retry-After).");
     let redis_down = error_response("Redis is needed and not reachable.");
@@ -20,14 +59,14 @@ pub fn document() -> Value {
         "info": {
             "title": "tollgate admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Operate a tollgate node: its config and reloads, rate limit decisions and usage, API keys, per-client decision logs and a live stream of decisions. Every /admin route needs `Authorization: Bearer <token>` when a token is configured (`access_token` as a query parameter also works, for EventSource). Each client address is rate limited (`admin.rate_limit`)."
+            "description": "Operate a tollgate node: its config and reloads, rate limit decisions and usage, API keys, per-client decision logs and a live stream of decisions. Every /admin route needs `Authorization: Bearer <token>` when a token is configured (`access_token` as a query parameter is accepted on GET /admin/events only, for EventSource; elsewhere it gets 400). Each client address is rate limited (`admin.rate_limit`).\n\nOther web sites are kept out: a Host other than localhost, an IP address or a name in `admin.allowed_hosts` gets 421 (DNS rebinding); a request whose Origin (or, without one, Referer) is neither the admin listener's own origin nor in `admin.allowed_origins` gets 403, except GETs of this document and the docs page; writes (POST, DELETE) must carry `Content-Type: application/json` (415), which a page of another origin cannot send without a CORS preflight, and preflights are answered only for `admin.allowed_origins`. DELETE without a body may leave Content-Type out."
         },
         "security": [{"bearer": []}],
         "paths": {
             "/admin/config": {"get": {
                 "summary": "The running config",
-                "description": "The effective config, with secrets redacted (API keys appear by id, the admin token and Redis password as ***), the file it came from, and the last reload's time and result (with located errors when the file on disk is invalid).",
-                "responses": {"200": json_response("The config", json!({"type": "object"}), json!({"source": "config.yaml", "reload": {"time": "2026-11-22T07:14:05.723Z", "result": "ok", "trigger": "file", "generation": 3}, "config": {"listen": ["0.0.0.0:8000"]}})), "401": unauthorized, "429": limited}
+                "description": "The effective config, with secrets redacted (API keys appear by id, the admin token and Redis password as ***), the file it came from, the last reload's time and result (with located errors when the file on disk is invalid), and under `tls` what each TLS listener serves: every certificate's names and expiry, and the located errors of certificate files that were refused (the previous certificates keep serving).",
+                "responses": {"200": json_response("The config", json!({"type": "object"}), json!({"source": "config.yaml", "reload": {"time": "2026-11-22T07:14:05.723Z", "result": "ok", "trigger": "file", "generation": 3}, "tls": [{"listener": "0.0.0.0:443", "result": "ok", "loaded_at": "2026-11-22T07:14:05.723Z", "certs": [{"cert": "/etc/tollgate/example.pem", "names": ["example.com", "*.example.com"], "not_after": "2027-02-20T00:00:00+00:00"}]}], "config": {"listen": ["0.0.0.0:8000"]}})), "401": unauthorized, "429": limited}
             }},
             "/admin/reload": {"post": {
                 "summary": "Reload the config file now",
@@ -66,7 +105,7 @@ pub fn document() -> Value {
                     "summary": "One key's current usage",
                     "description": "Used, remaining and time to reset. Global policies report the fleet's count from Redis (including quota nodes have reserved); local ones this node's.",
                     "parameters": [{"name": "tier", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Use a tier's numbers."}],
-                    "responses": {"200": json_response("Usage", json!({"$ref": "#/components/schemas/Usage"}), json!({"policy": "per_client", "key": "127.0.0.1", "tier": null, "algorithm": "sliding_window", "scope": "global", "sync": "async", "source": "redis", "limit": 100, "window_ms": 60000, "used": 12, "remaining": 88, "reset_ms": 4200, "window": {"current": 10, "previous": 5, "elapsed_ms": 5800}, "bucket": null})), "400": error_response("The key does not fit the policy's key."), "404": error_response("No such policy."), "401": unauthorized, "429": limited, "503": redis_down}
+                    "responses": {"200": json_response("Usage", json!({"$ref": "#/components/schemas/Usage"}), json!({"policy": "per_client", "key": "127.0.0.1", "tier": null, "algorithm": "sliding_window", "scope": "global", "sync": "async", "source": "redis", "limit": 100, "window_ms": 60000, "window_start_ms": 1764683940000_u64, "window_end_ms": 1764684000000_u64, "period": null, "timezone": null, "used": 12, "remaining": 88, "reset_ms": 4200, "window": {"current": 10, "previous": 5, "elapsed_ms": 5800}, "bucket": null})), "400": error_response("The key does not fit the policy's key."), "404": error_response("No such policy."), "401": unauthorized, "429": limited, "503": redis_down}
                 },
                 "delete": {
                     "summary": "Reset one key",
@@ -126,6 +165,7 @@ pub fn document() -> Value {
                 }},
                 "CheckRequest": {"type": "object", "properties": {
                     "path": {"type": "string", "description": "The request path; or give route"}, "route": {"type": "string"},
+                    "host": {"type": "string", "description": "The request's host, for routes that name one"},
                     "method": {"type": "string", "default": "GET"}, "client_ip": {"type": "string", "default": "127.0.0.1"},
                     "api_key": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
                     "cost": {"type": "integer", "description": "Overrides the policies' cost"}, "dry_run": {"type": "boolean", "default": false}
@@ -140,11 +180,36 @@ pub fn document() -> Value {
                 "Usage": {"type": "object", "properties": {
                     "policy": {"type": "string"}, "key": {"type": "string"}, "tier": {"type": "string", "nullable": true},
                     "algorithm": {"type": "string"}, "scope": {"type": "string"}, "sync": {"type": "string"}, "source": {"type": "string", "enum": ["redis", "local"]},
-                    "limit": {"type": "integer"}, "window_ms": {"type": "integer", "nullable": true}, "used": {"type": "integer"},
+                    "limit": {"type": "integer"}, "window_ms": {"type": "integer", "nullable": true, "description": "The current window's length; for a calendar period this one's (a 28-day February, a 23-hour day)."},
+                    "window_start_ms": {"type": "integer", "nullable": true, "description": "Unix ms the current window began (windows only)."},
+                    "window_end_ms": {"type": "integer", "nullable": true, "description": "Unix ms the next window begins."},
+                    "period": {"type": "string", "nullable": true, "enum": ["1d", "1w", "1mo", null], "description": "The calendar period of a day, week or month quota."},
+                    "timezone": {"type": "string", "nullable": true, "description": "The IANA time zone calendar periods are counted in."}, "used": {"type": "integer"},
                     "remaining": {"type": "integer"}, "reset_ms": {"type": "integer"},
-                    "window": {"type": "object", "nullable": true}, "bucket": {"type": "object", "nullable": true}
+                    "window": {"type": "object", "nullable": true}, "bucket": {"type": "object", "nullable": true},
+                    "blocked_until_ms": {"type": "integer", "description": "When a block_for penalty on this key ends (Unix ms), as this node knows it; absent when not blocked"}
                 }}
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_with_data_lists_the_cross_site_refusals() {
+        let doc = document();
+        let responses = |path: &str, method: &str| doc["paths"][path][method]["responses"].clone();
+        let keys = responses("/admin/keys", "post");
+        for code in ["403", "415", "421", "401"] {
+            assert!(keys[code].is_object(), "POST /admin/keys lacks {code}");
+        }
+        let limits = responses("/admin/limits/{policy}/{key}", "get");
+        assert!(limits["403"].is_object() && limits["415"].is_null());
+        let docs = responses("/admin/docs", "get");
+        assert!(docs["421"].is_object() && docs["403"].is_null());
+        assert!(responses("/metrics", "get")["421"].is_null());
+    }
 }

@@ -6,17 +6,15 @@ use serde_json::{json, Value};
 
 pub fn snapshot(admin: &Admin) -> Reply {
     let gateway = admin.gateway.load_full();
-    let now_s = crate::limit::link::unix_ms() / 1000;
+    let now_ms = crate::limit::link::unix_ms();
+    let now_s = now_ms / 1000;
+    // The series are fed only while someone looks at them.
+    admin.decisions.dashboard_watched(now_ms);
     let routes: serde_json::Map<String, Value> = admin
         .decisions
         .route_series(now_s)
         .into_iter()
-        .filter(|(route, _)| {
-            gateway
-                .router
-                .lookup(route)
-                .is_some_and(|r| &r.prefix == route)
-        })
+        .filter(|(route, _)| gateway.labels.contains(route))
         .map(|(route, [allowed, limited, errors])| {
             (
                 route,
@@ -39,6 +37,9 @@ pub fn snapshot(admin: &Admin) -> Reply {
                 "sync": match p.sync { SyncMode::Async => "async", SyncMode::Atomic => "atomic" },
                 "limit": p.base.params.quota(),
                 "window_seconds": if p.algorithm == Algorithm::Concurrency { None } else { p.base.params.window_seconds() },
+                // Calendar quotas by name: a month has no fixed number of seconds.
+                "period": p.config.rate.and_then(|r| r.calendar).filter(|_| p.algorithm.is_window()).map(|u| u.spelling()),
+                "timezone": p.config.timezone.map(|tz| tz.name()),
                 "active_keys": p.counters.active_keys.get(),
                 "tiers": p.tiers.keys().collect::<Vec<_>>(),
                 "decisions": {
@@ -63,7 +64,8 @@ pub fn snapshot(admin: &Admin) -> Reply {
             json!({
                 "configured": true,
                 "up": link.is_up(),
-                "url": crate::limit::link::redacted(&link.config.url),
+                "url": link.config.describe(),
+                "unreachable_slots": link.store().unreachable_slots(),
                 "nodes": link.nodes(),
                 "node_id": link.node_id(),
                 "sync_ms": sync.map(|(last, p50, p99)| json!({"last": last, "p50": p50, "p99": p99})),

@@ -1,10 +1,10 @@
-//! Human durations in the config: `50ms`, `2s`, `1m`, `1h`.
+//! Human durations in the config: `50ms`, `2s`, `1m`, `1h`, `365d`.
 
 use serde::{de, Deserialize, Deserializer, Serializer};
 use std::fmt;
 use std::time::Duration;
 
-/// Parses `<integer><unit>` where unit is `ms`, `s`, `m` or `h`.
+/// Parses `<integer><unit>` where unit is `ms`, `s`, `m`, `h` or `d`.
 ///
 /// Fractions are refused on purpose: `1.5s` reads as `1500ms` with no loss, and a single
 /// spelling keeps configs greppable.
@@ -27,9 +27,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => {
             return Err(format!(
-                "`{text}` has an unknown unit `{unit}`; use ms, s, m or h"
+                "`{text}` has an unknown unit `{unit}`; use ms, s, m, h or d"
             ))
         }
     };
@@ -96,6 +97,23 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
+/// `Option<Duration>` fields in the human form.
+pub mod option {
+    use serde::{Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::deserialize(d).map(Some)
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,14 +136,18 @@ mod tests {
             "1.5s",
             "10 sec",
             "-1s",
-            "1d",
+            "1w",
             "99999999999999999999s",
         ] {
             let err = parse_duration(bad).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
-        assert!(parse_duration("1d").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("1w").unwrap_err().contains("unknown unit"));
+        assert_eq!(
+            parse_duration("365d"),
+            Ok(Duration::from_secs(365 * 86_400))
+        );
     }
 
     #[test]

@@ -9,8 +9,18 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
-    pub url: String,
+    /// One server: `redis://[user:password@]host:port[/db]` or `rediss://...` for TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A Redis Cluster: seed nodes as `host:port`; the rest is discovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Vec<String>>,
+    /// A master watched by Sentinel: its name and the sentinels to ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelConfig>,
+    /// The ACL user, for shapes whose addresses carry none (or instead of one in `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// How often each node flushes its counts and refreshes its quota.
     #[serde(default = "default_sync_interval", with = "duration")]
     pub sync_interval: Duration,
@@ -23,9 +33,22 @@ pub struct RedisConfig {
     /// An environment variable holding the password; it wins over one in `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
-    /// Certificates for `rediss://` URLs.
+    /// Certificates for `rediss://` URLs; for `cluster` and `sentinel`, its presence
+    /// turns TLS on (`tls: {}` trusts the system's roots).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RedisTlsConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The name the sentinels monitor the master under.
+    pub master: String,
+    /// Sentinels as `host:port`; any one that answers is enough.
+    pub nodes: Vec<String>,
+    /// The database on the master.
+    #[serde(default)]
+    pub db: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -153,6 +176,17 @@ pub enum Mode {
     Shadow,
 }
 
+/// What a policy does with a request over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLimit {
+    /// Answer at once with the policy's status.
+    #[default]
+    Refuse,
+    /// Hold the request until it fits, if that is within `max_delay`.
+    Delay,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnRedisError {
@@ -161,31 +195,101 @@ pub enum OnRedisError {
     Closed,
 }
 
-/// `N/window`: `100/1m`, `10/s`, `5/10s`.
+/// `N/window`: `100/1m`, `10/s`, `5/10s`, or a calendar period: `10000/1d`, `1000/1w`,
+/// `1000000/1mo`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateSpec {
     pub count: u64,
+    /// The window's length; for a calendar period its nominal length (a month is 30
+    /// days here), which only buckets and `RateLimit-Policy`'s `w` would read.
     pub per: Duration,
+    /// Set when the window is a day, a week or a month, whose boundaries follow the
+    /// calendar of the policy's `timezone`.
+    pub calendar: Option<CalendarUnit>,
 }
+
+/// A period whose boundaries are local midnights: every day, every Monday, every 1st.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CalendarUnit {
+    Day,
+    Week,
+    Month,
+}
+
+impl CalendarUnit {
+    /// How the unit is written in a rate (`1d`, `1w`, `1mo`).
+    pub fn spelling(self) -> &'static str {
+        match self {
+            CalendarUnit::Day => "1d",
+            CalendarUnit::Week => "1w",
+            CalendarUnit::Month => "1mo",
+        }
+    }
+
+    /// The length `RateSpec::per` carries for it.
+    pub fn nominal(self) -> Duration {
+        Duration::from_secs(match self {
+            CalendarUnit::Day => 86_400,
+            CalendarUnit::Week => 7 * 86_400,
+            CalendarUnit::Month => 30 * 86_400,
+        })
+    }
+}
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 impl RateSpec {
     pub fn parse(text: &str) -> Result<RateSpec, String> {
-        let bad = || format!("`{text}` is not a rate; write it like 100/1m, 10/s or 5/10s");
+        let bad = || {
+            format!("`{text}` is not a rate; write it like 100/1m, 10/s, 5/10s, 10000/1d or 1000000/1mo")
+        };
         let (count, per) = text.trim().split_once('/').ok_or_else(bad)?;
         let count: u64 = count.trim().parse().map_err(|_| bad())?;
         let per = per.trim();
         let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
-            duration::parse_duration(per)?
+            per.to_string()
         } else {
-            duration::parse_duration(&format!("1{per}"))?
+            format!("1{per}")
         };
         if count == 0 {
             return Err(format!("`{text}`: the count must be at least 1"));
         }
-        if per < Duration::from_millis(10) || per > Duration::from_secs(86_400) {
-            return Err(format!("`{text}`: the window must be between 10ms and 24h"));
+        let calendar = |unit: CalendarUnit, n: &str| match n {
+            "1" => Ok(RateSpec {
+                count,
+                per: unit.nominal(),
+                calendar: Some(unit),
+            }),
+            _ => Err(format!(
+                "`{text}`: a calendar period is one {}; write {}",
+                if unit == CalendarUnit::Week {
+                    "week"
+                } else {
+                    "month"
+                },
+                unit.spelling()
+            )),
+        };
+        if let Some(n) = per.strip_suffix("mo") {
+            return calendar(CalendarUnit::Month, n);
         }
-        Ok(RateSpec { count, per })
+        if let Some(n) = per.strip_suffix('w') {
+            return calendar(CalendarUnit::Week, n);
+        }
+        let per = duration::parse_duration(&per)?;
+        if per > DAY {
+            return Err(format!(
+                "`{text}`: windows longer than 24h follow the calendar; use 1w (from Monday 00:00) or 1mo (from the 1st, 00:00)"
+            ));
+        }
+        if per < Duration::from_millis(10) {
+            return Err(format!("`{text}`: the window must be at least 10ms"));
+        }
+        Ok(RateSpec {
+            count,
+            per,
+            calendar: (per == DAY).then_some(CalendarUnit::Day),
+        })
     }
 
     /// Requests per second, for token buckets.
@@ -196,13 +300,68 @@ impl RateSpec {
 
 impl fmt::Display for RateSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.count, duration::format_duration(self.per))
+        match self.calendar {
+            Some(unit) => write!(f, "{}/{}", self.count, unit.spelling()),
+            None => write!(f, "{}/{}", self.count, duration::format_duration(self.per)),
+        }
     }
 }
 
 impl Serialize for RateSpec {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
+    }
+}
+
+/// A policy's `timezone`: an IANA name such as `Europe/Berlin`, or `UTC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeZone(pub chrono_tz::Tz);
+
+impl TimeZone {
+    pub fn parse(text: &str) -> Result<TimeZone, String> {
+        let text = text.trim();
+        if let Ok(tz) = text.parse::<chrono_tz::Tz>() {
+            return Ok(TimeZone(tz));
+        }
+        // A name with the wrong case is the common slip; say which one was meant.
+        let hint = chrono_tz::TZ_VARIANTS
+            .iter()
+            .find(|tz| tz.name().eq_ignore_ascii_case(text))
+            .map(|tz| format!("; did you mean {}?", tz.name()))
+            .unwrap_or_else(|| {
+                "; use an IANA name like Europe/Berlin, America/New_York or UTC".into()
+            });
+        Err(format!("`{text}` is not a time zone{hint}"))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    pub fn is_utc(&self) -> bool {
+        matches!(self.0, chrono_tz::Tz::UTC | chrono_tz::Tz::Etc__UTC)
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeZone {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = TimeZone;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an IANA time zone like Europe/Berlin, or UTC")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TimeZone, E> {
+                TimeZone::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl Serialize for TimeZone {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
     }
 }
 
@@ -223,8 +382,19 @@ impl Serialize for CostSpec {
 
 impl<'de> Deserialize<'de> for RateSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        RateSpec::parse(&text).map_err(de::Error::custom)
+        // A visitor rather than a String first: an error raised while the scalar is read
+        // carries its line and column.
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = RateSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a rate like 100/1m, 10/s or 1000000/1mo")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RateSpec, E> {
+                RateSpec::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -237,6 +407,8 @@ pub enum KeyPart {
     Path,
     Method,
     Route,
+    /// The request's host, lower case and without a port.
+    Host,
     /// A request header, lower-cased.
     Header(String),
 }
@@ -251,6 +423,7 @@ impl KeyPart {
             "path" => KeyPart::Path,
             "method" => KeyPart::Method,
             "route" => KeyPart::Route,
+            "host" => KeyPart::Host,
             _ => match text.strip_prefix("header:") {
                 Some(name) if http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok() => {
                     KeyPart::Header(name.trim().to_ascii_lowercase())
@@ -258,7 +431,7 @@ impl KeyPart {
                 Some(name) => return Err(format!("`{name}` is not a valid header name")),
                 None => {
                     return Err(format!(
-                        "unknown key `{text}`; use client_ip, api_key, tenant, path, method, route or header:NAME"
+                        "unknown key `{text}`; use client_ip, api_key, tenant, path, method, route, host or header:NAME"
                     ))
                 }
             },
@@ -273,6 +446,7 @@ impl KeyPart {
             KeyPart::Path => "path".into(),
             KeyPart::Method => "method".into(),
             KeyPart::Route => "route".into(),
+            KeyPart::Host => "host".into(),
             KeyPart::Header(h) => format!("header:{h}"),
         }
     }
@@ -352,6 +526,144 @@ impl<'de> Deserialize<'de> for CostSpec {
     }
 }
 
+/// Response statuses a policy counts (`count_status`): numbers (`401`) or classes (`5xx`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusSet(Vec<StatusMatch>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusMatch {
+    Exact(u16),
+    /// `4xx` is `Class(4)`.
+    Class(u16),
+}
+
+impl StatusSet {
+    pub fn contains(&self, status: u16) -> bool {
+        self.0.iter().any(|m| match *m {
+            StatusMatch::Exact(s) => s == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        })
+    }
+
+    fn parse_one(text: &str) -> Result<StatusMatch, String> {
+        let t = text.trim().to_ascii_lowercase();
+        if let Some(class) = t.strip_suffix("xx") {
+            return match class.parse::<u16>() {
+                Ok(c @ 1..=5) => Ok(StatusMatch::Class(c)),
+                _ => Err(format!("`{text}` is not a status class; write 1xx to 5xx")),
+            };
+        }
+        match t.parse::<u16>() {
+            Ok(s @ 100..=599) => Ok(StatusMatch::Exact(s)),
+            _ => Err(format!(
+                "`{text}` is not an HTTP status; write a number from 100 to 599 or a class like 5xx"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusSet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Number(u64),
+            Text(String),
+        }
+        let items = Vec::<Item>::deserialize(d)?;
+        if items.is_empty() {
+            return Err(de::Error::custom(
+                "the list is empty; name the statuses that count, like [401, 403] or [5xx]",
+            ));
+        }
+        items
+            .into_iter()
+            .map(|item| match item {
+                Item::Number(n) => StatusSet::parse_one(&n.to_string()),
+                Item::Text(t) => StatusSet::parse_one(&t),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(StatusSet)
+            .map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for StatusSet {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for m in &self.0 {
+            match *m {
+                StatusMatch::Exact(status) => seq.serialize_element(&status)?,
+                StatusMatch::Class(c) => seq.serialize_element(&format!("{c}xx"))?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// Clients a policy never limits (`exempt`): addresses or CIDR ranges, `key:ID` (an API
+/// key's public id, as `GET /admin/keys` shows it) and `tenant:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Exemptions {
+    pub nets: Vec<ipnet::IpNet>,
+    pub keys: Vec<String>,
+    pub tenants: Vec<String>,
+    written: Vec<String>,
+}
+
+impl Exemptions {
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    pub fn covers(&self, ip: std::net::IpAddr, key_id: Option<&str>, tenant: Option<&str>) -> bool {
+        self.nets.iter().any(|n| n.contains(&ip))
+            || key_id.is_some_and(|k| self.keys.iter().any(|e| e == k))
+            || tenant.is_some_and(|t| self.tenants.iter().any(|e| e == t))
+    }
+
+    fn add(&mut self, entry: &str) -> Result<(), String> {
+        let entry = entry.trim();
+        if let Some(id) = entry.strip_prefix("key:") {
+            if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "`{entry}`: a key id is the 16 hex digits GET /admin/keys shows (never the key itself)"
+                ));
+            }
+            self.keys.push(id.to_ascii_lowercase());
+        } else if let Some(name) = entry.strip_prefix("tenant:") {
+            if name.is_empty() {
+                return Err("`tenant:` needs a tenant name".into());
+            }
+            self.tenants.push(name.to_string());
+        } else {
+            let net = super::validate::parse_net(entry).ok_or_else(|| {
+                format!("`{entry}` is not an address, a CIDR range, key:ID or tenant:NAME")
+            })?;
+            self.nets.push(net);
+        }
+        self.written.push(entry.to_string());
+        Ok(())
+    }
+}
+
+impl<'de> Deserialize<'de> for Exemptions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut exemptions = Exemptions::default();
+        for entry in Vec::<String>::deserialize(d)? {
+            exemptions.add(&entry).map_err(de::Error::custom)?;
+        }
+        Ok(exemptions)
+    }
+}
+
+impl Serialize for Exemptions {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.written.serialize(s)
+    }
+}
+
 /// Per-tier overrides of a policy's numbers.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -396,6 +708,33 @@ pub struct LimitConfig {
     pub headers: bool,
     #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
+    /// Where the days, weeks and months of calendar rates (`1d`, `1w`, `1mo`) begin; UTC
+    /// when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<TimeZone>,
+    /// Count a request only when its response has one of these statuses: the limit then
+    /// refuses clients whose responses keep failing (logins, errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_status: Option<StatusSet>,
+    /// Clients this policy never limits; they are still counted in its metrics.
+    #[serde(default, skip_serializing_if = "Exemptions::is_empty")]
+    pub exempt: Exemptions,
+    /// `delay`: hold a request over the limit until it fits, instead of refusing it.
+    #[serde(default)]
+    pub on_limit: OnLimit,
+    /// With `on_limit: delay`, the longest a request waits; longer waits are refused.
+    #[serde(default = "default_max_delay", with = "super::duration")]
+    pub max_delay: Duration,
+    /// With `on_limit: delay`, requests waiting at once at most; the rest are refused.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: usize,
+    /// A key this policy refused stays refused this long (fleet-wide for global policies).
+    #[serde(
+        default,
+        with = "super::duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub block_for: Option<Duration>,
     /// Most distinct keys this node tracks exactly per policy; beyond that, new keys are
     /// decided by the fixed-size local estimator.
     #[serde(default = "default_max_keys")]
@@ -407,6 +746,12 @@ fn default_status() -> u16 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_max_delay() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_max_waiting() -> usize {
+    1_000
 }
 fn default_max_keys() -> usize {
     50_000
@@ -429,6 +774,51 @@ mod tests {
         for bad in ["100", "0/s", "x/s", "10/", "10/1ms", "10/2d", "10/1.5s"] {
             assert!(RateSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn calendar_rates() {
+        let day = RateSpec::parse("10000/1d").unwrap();
+        assert_eq!(day.calendar, Some(CalendarUnit::Day));
+        assert_eq!(day.per, Duration::from_secs(86_400));
+        assert_eq!(day.to_string(), "10000/1d");
+        assert_eq!(
+            RateSpec::parse("5/24h").unwrap().calendar,
+            Some(CalendarUnit::Day)
+        );
+        assert_eq!(RateSpec::parse("5/d").unwrap().to_string(), "5/1d");
+        let week = RateSpec::parse("1000/1w").unwrap();
+        assert_eq!(
+            (week.calendar, week.to_string().as_str()),
+            (Some(CalendarUnit::Week), "1000/1w")
+        );
+        let month = RateSpec::parse("1000000/mo").unwrap();
+        assert_eq!(month.calendar, Some(CalendarUnit::Month));
+        assert_eq!(month.to_string(), "1000000/1mo");
+        assert_eq!(RateSpec::parse("10/1h").unwrap().calendar, None);
+        for (bad, says) in [
+            ("10/36h", "use 1w (from Monday 00:00) or 1mo"),
+            ("10/2d", "use 1w"),
+            ("10/2w", "write 1w"),
+            ("10/3mo", "write 1mo"),
+            ("10/0mo", "write 1mo"),
+        ] {
+            let err = RateSpec::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn time_zones() {
+        assert_eq!(
+            TimeZone::parse("Europe/Berlin").unwrap().name(),
+            "Europe/Berlin"
+        );
+        assert!(TimeZone::parse("UTC").unwrap().is_utc());
+        let err = TimeZone::parse("europe/berlin").unwrap_err();
+        assert!(err.contains("did you mean Europe/Berlin?"), "{err}");
+        let err = TimeZone::parse("Mars/Olympus").unwrap_err();
+        assert!(err.contains("IANA name"), "{err}");
     }
 
     #[test]

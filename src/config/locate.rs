@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
+pub use yaml_rust2::scanner::TScalarStyle as ScalarStyle;
 
 /// A 1-based line and column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,12 +51,29 @@ impl Locations {
             if let Some(p) = self.values.get(path).or_else(|| self.keys.get(path)) {
                 return *p;
             }
+            // A setting that takes one value or a list (`listen`) is named without an index
+            // when there is one entry, which the file may still write as a one-item list.
+            if let Some(p) = as_one_item_list(path).and_then(|listed| {
+                self.values
+                    .get(&listed)
+                    .or_else(|| self.keys.get(&listed))
+                    .copied()
+            }) {
+                return p;
+            }
             match parent(path) {
                 Some(up) => path = up,
                 None => return Position { line: 1, column: 1 },
             }
         }
     }
+}
+
+/// `listen.tls` → `listen[0].tls`: the first segment as the only item of a list.
+fn as_one_item_list(path: &str) -> Option<String> {
+    let first = path.split(['.', '[']).next()?;
+    let rest = &path[first.len()..];
+    (!first.is_empty() && !rest.starts_with('[')).then(|| format!("{first}[0]{rest}"))
 }
 
 fn parent(path: &str) -> Option<&str> {
@@ -68,10 +86,37 @@ enum Frame {
     Sequence { path: String, next: usize },
 }
 
+/// A scalar value (never a mapping key) and where its source text starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalarSite {
+    pub path: String,
+    /// The offset in chars of its first source character (the opening quote, if quoted).
+    pub start: usize,
+    pub style: ScalarStyle,
+    pub value: String,
+}
+
+/// The scalar values of `text` containing `needle`, in document order; none if the
+/// document does not parse (serde_yaml reports why).
+pub fn values_containing(text: &str, needle: char) -> Vec<ScalarSite> {
+    let mut walker = Walker {
+        needle: Some(needle),
+        ..Walker::default()
+    };
+    let mut parser = Parser::new_from_str(text);
+    if parser.load(&mut walker, false).is_err() {
+        return Vec::new();
+    }
+    walker.sites
+}
+
 #[derive(Default)]
 struct Walker {
     stack: Vec<Frame>,
     found: Locations,
+    /// Collect the scalar values containing this character into `sites`.
+    needle: Option<char>,
+    sites: Vec<ScalarSite>,
 }
 
 impl Walker {
@@ -114,8 +159,18 @@ fn join(path: &str, key: &str) -> String {
 impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         match ev {
-            Event::Scalar(value, ..) => {
-                self.place_node(mark, Some(&value));
+            Event::Scalar(value, style, ..) => {
+                let path = self.place_node(mark, Some(&value));
+                if let (Some(path), Some(needle)) = (path, self.needle) {
+                    if value.contains(needle) {
+                        self.sites.push(ScalarSite {
+                            path,
+                            start: mark.index(),
+                            style,
+                            value,
+                        });
+                    }
+                }
             }
             Event::Alias(_) => {
                 self.place_node(mark, None);
@@ -174,6 +229,20 @@ routes:
         let loc = Locations::index(DOC);
         assert_eq!(loc.of("routes[1].strip_prefix").line, 10);
         assert_eq!(loc.of("nothing.here"), Position { line: 1, column: 1 });
+    }
+
+    #[test]
+    fn a_one_item_list_is_found_by_the_unindexed_name() {
+        let loc = Locations::index("listen:\n  - address: x\n    hsts: {}\n");
+        assert_eq!(
+            loc.of("listen.hsts"),
+            Position {
+                line: 3,
+                column: 11
+            }
+        );
+        assert_eq!(as_one_item_list("a.b[2].c").as_deref(), Some("a[0].b[2].c"));
+        assert_eq!(as_one_item_list("a[1].b"), None);
     }
 
     #[test]

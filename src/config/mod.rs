@@ -3,17 +3,22 @@
 //! Every key is documented in the README's config reference; keep the two in step.
 
 pub mod duration;
+mod env;
 mod errors;
 pub mod limits;
 mod locate;
+pub mod redis;
 pub mod size;
+pub mod store;
 mod validate;
-pub use validate::{canonical_prefix, parse_net, split_host_port};
+pub mod web;
+pub use validate::{canonical_prefix, listen_path, parse_net, split_host_port};
 
 pub use errors::{ConfigError, LoadError};
 pub use limits::{
-    Algorithm, ApiKeyConfig, ApiKeysConfig, ClientIpHeader, CostSpec, KeyPart, KeySpec,
-    LimitConfig, Mode, OnRedisError, RateSpec, RedisConfig, Scope, SyncMode, TierConfig,
+    Algorithm, ApiKeyConfig, ApiKeysConfig, CalendarUnit, ClientIpHeader, CostSpec, KeyPart,
+    KeySpec, LimitConfig, Mode, OnLimit, OnRedisError, RateSpec, RedisConfig, Scope, SyncMode,
+    TierConfig,
 };
 pub use locate::Position;
 
@@ -27,9 +32,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Proxy listeners, `ip:port`; one address or a list.
+    /// Proxy listeners: `ip:port` or `{ address, tls, http2, redirect_https, hsts }`; one
+    /// or a list.
     #[serde(default = "default_listen", deserialize_with = "one_or_many")]
-    pub listen: Vec<String>,
+    pub listen: Vec<ListenConfig>,
+    /// HTTP/2 settings for clients (every listener that speaks it).
+    #[serde(default)]
+    pub http2: Http2Config,
     /// Worker threads of the proxy service.
     #[serde(default = "default_threads")]
     pub threads: usize,
@@ -59,6 +68,9 @@ pub struct Config {
     /// Named rate limit policies, applied by routes.
     #[serde(default)]
     pub limits: BTreeMap<String, LimitConfig>,
+    /// Where registered API keys are kept: SQLite beside the config file by default.
+    #[serde(default)]
+    pub store: store::StoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -99,6 +111,163 @@ impl Default for HttpConfig {
     }
 }
 
+/// One proxy listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `ip:port`.
+    pub address: String,
+    /// Terminate TLS on this listener with these certificates.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2: on a TLS listener offered through ALPN (default on); on a plaintext listener
+    /// prior-knowledge h2c (default off).
+    #[serde(default)]
+    pub http2: Option<bool>,
+    /// On a plaintext listener: answer every request (but `/health`) with a 308 to
+    /// `https://host:PORT/...` (no port in the URL for 443).
+    #[serde(default)]
+    pub redirect_https: Option<u16>,
+    /// On a TLS listener: send `Strict-Transport-Security` with every response.
+    #[serde(default)]
+    pub hsts: Option<HstsConfig>,
+}
+
+impl ListenConfig {
+    pub fn plain(address: &str) -> ListenConfig {
+        ListenConfig {
+            address: address.to_string(),
+            tls: None,
+            http2: None,
+            redirect_https: None,
+            hsts: None,
+        }
+    }
+
+    /// Whether the listener speaks HTTP/2 (through ALPN on TLS, h2c on plaintext).
+    pub fn http2_enabled(&self) -> bool {
+        self.http2.unwrap_or(self.tls.is_some())
+    }
+
+    /// The settings that belong to the listening socket itself, which only a restart
+    /// (graceful upgrade) can change. Certificates, `redirect_https` and `hsts` reload.
+    pub fn socket_identity(&self) -> (&str, bool, bool) {
+        (&self.address, self.tls.is_some(), self.http2_enabled())
+    }
+}
+
+impl Serialize for ListenConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.tls.is_none()
+            && self.http2.is_none()
+            && self.redirect_https.is_none()
+            && self.hsts.is_none()
+        {
+            return s.serialize_str(&self.address);
+        }
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("address", &self.address)?;
+        if let Some(tls) = &self.tls {
+            map.serialize_entry("tls", tls)?;
+        }
+        if let Some(http2) = self.http2 {
+            map.serialize_entry("http2", &http2)?;
+        }
+        if let Some(port) = self.redirect_https {
+            map.serialize_entry("redirect_https", &port)?;
+        }
+        if let Some(hsts) = &self.hsts {
+            map.serialize_entry("hsts", hsts)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates chosen by SNI from the names each one carries; the first is the
+    /// default for clients that send no name or an unknown one.
+    pub certs: Vec<CertConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain (leaf first); relative paths start at the config file's folder.
+    pub cert: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HstsConfig {
+    #[serde(default = "default_hsts_max_age", with = "duration")]
+    pub max_age: Duration,
+    #[serde(default)]
+    pub include_subdomains: bool,
+    #[serde(default)]
+    pub preload: bool,
+}
+
+impl HstsConfig {
+    /// The `Strict-Transport-Security` value.
+    pub fn header_value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
+}
+
+fn default_hsts_max_age() -> Duration {
+    Duration::from_secs(365 * 86_400)
+}
+
+/// HTTP/2 to clients.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http2Config {
+    /// Streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[serde(default = "default_h2_streams")]
+    pub max_concurrent_streams: u32,
+    /// The rapid-reset defence (CVE-2023-44487): streams a client may open and reset
+    /// before tollgate has taken them up; one more closes the connection with GOAWAY
+    /// `ENHANCE_YOUR_CALM`.
+    #[serde(default = "default_h2_resets")]
+    pub max_pending_resets: usize,
+    /// Streams tollgate itself may reset because of the client's protocol errors before
+    /// the connection is closed the same way.
+    #[serde(default = "default_h2_error_resets")]
+    pub max_error_resets: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: default_h2_streams(),
+            max_pending_resets: default_h2_resets(),
+            max_error_resets: default_h2_error_resets(),
+        }
+    }
+}
+
+fn default_h2_streams() -> u32 {
+    100
+}
+fn default_h2_resets() -> usize {
+    20
+}
+fn default_h2_error_resets() -> usize {
+    1024
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
@@ -115,6 +284,14 @@ pub struct AdminConfig {
     pub rate_limit: RateSpec,
     #[serde(default)]
     pub decision_log: DecisionLogConfig,
+    /// Host names, besides `localhost` and IP addresses, that `/admin/*` and the dashboard
+    /// answer to; any other `Host` gets 421 (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<web::HostPattern>,
+    /// Web origins, besides the admin listener's own, whose pages may call the admin API
+    /// (and get CORS answers); any other `Origin` gets 403 (cross-site requests).
+    #[serde(default)]
+    pub allowed_origins: Vec<web::Origin>,
 }
 
 impl Default for AdminConfig {
@@ -125,6 +302,8 @@ impl Default for AdminConfig {
             token_env: default_token_env(),
             rate_limit: default_admin_rate(),
             decision_log: DecisionLogConfig::default(),
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -170,6 +349,7 @@ fn default_admin_rate() -> RateSpec {
     RateSpec {
         count: 50,
         per: Duration::from_secs(1),
+        calendar: None,
     }
 }
 fn default_true() -> bool {
@@ -234,6 +414,7 @@ impl Default for ServerConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
+    #[serde(deserialize_with = "backends")]
     pub backends: Vec<BackendConfig>,
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
@@ -249,11 +430,51 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
 }
 
-/// One backend: `host:port`, or `{ address: host:port, weight: 3 }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One backend: `host:port`, or `{ address: host:port, weight: 3, tls: true, ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub address: String,
+    #[serde(default = "one")]
     pub weight: usize,
+    /// Connect with TLS (and health-check the same way).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+    /// The name sent in SNI and checked against the backend's certificate; defaults to the
+    /// address's host (an IP address is checked against the certificate's IP names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// PEM file of the CAs the backend's certificate must chain to; without it, the
+    /// system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Check the backend's certificate and name (default on).
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub verify: bool,
+    /// Speak HTTP/2 to the backend: through ALPN over TLS, prior knowledge (h2c) without.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http2: bool,
+}
+
+impl BackendConfig {
+    pub fn plain(address: &str) -> BackendConfig {
+        BackendConfig {
+            address: address.to_string(),
+            weight: 1,
+            tls: false,
+            sni: None,
+            ca_file: None,
+            verify: true,
+            http2: false,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -277,6 +498,13 @@ pub struct HealthCheckConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub prefix: String,
+    /// The host this route serves: `api.example.com`, or `*.example.com` for every name
+    /// under it. Without one the route serves requests whose host no route names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The methods this route accepts; others get 405 with `Allow`. Empty accepts any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
     pub upstream: String,
     /// Remove the prefix before forwarding (`/a/x` reaches the backend as `/x`).
     #[serde(default)]
@@ -303,28 +531,10 @@ pub struct Loaded {
     pub warnings: Vec<ConfigError>,
 }
 
-/// The config as JSON for the admin API, with secrets out: API keys by public id, the
-/// admin token and the Redis password as `***`.
-pub fn redacted_json(config: &Config) -> serde_json::Value {
-    let mut value = serde_json::to_value(config).unwrap_or_default();
-    if config.admin.token.is_some() {
-        value["admin"]["token"] = serde_json::json!("***");
-    }
-    if let Some(redis) = &config.redis {
-        value["redis"]["url"] = serde_json::json!(crate::limit::link::redacted(&redis.url));
-    }
-    let keys: Vec<serde_json::Value> = config
-        .api_keys
-        .keys
-        .iter()
-        .map(|(secret, spec)| {
-            let record =
-                crate::identity::KeyRecord::new(secret, &spec.tenant, spec.tier.as_deref());
-            serde_json::json!({"id": record.id, "tenant": spec.tenant, "tier": spec.tier})
-        })
-        .collect();
-    value["api_keys"]["keys"] = serde_json::json!(keys);
-    value
+/// A located error for a problem found outside validation, such as a certificate file
+/// that does not load: `path` is the YAML path of the setting that names it.
+pub fn locate(text: &str, file: &str, path: &str, message: impl Into<String>) -> ConfigError {
+    errors::Problem::at(path, message).locate(file, &locate::Locations::index(text))
 }
 
 /// Reads and validates a config file.
@@ -336,8 +546,19 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     parse(&text, &path.display().to_string())
 }
 
-/// Parses and validates config text; `file` names it in error messages.
+/// Parses and validates config text; `file` names it in error messages. `${VAR}` in its
+/// values is filled in from the environment first.
 pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
+    let expanded = env::expand(text, &|name| std::env::var(name).ok()).map_err(|problems| {
+        let locations = locate::Locations::index(text);
+        LoadError::Invalid(
+            problems
+                .into_iter()
+                .map(|p| p.locate(file, &locations))
+                .collect(),
+        )
+    })?;
+    let text = expanded.as_ref();
     let config: Config = if text.trim().is_empty() {
         return Err(LoadError::Invalid(vec![ConfigError {
             file: file.to_string(),
@@ -349,6 +570,11 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
         serde_yaml::from_str(text)
             .map_err(|e| LoadError::Invalid(vec![errors::from_serde(file, &e)]))?
     };
+    let mut config = config;
+    resolve_paths(
+        &mut config,
+        Path::new(file).parent().unwrap_or(Path::new("")),
+    );
     let report = validate::validate(&config);
     let locations = locate::Locations::index(text);
     let locate_all = |problems: Vec<errors::Problem>| -> Vec<ConfigError> {
@@ -367,8 +593,31 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
     })
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["0.0.0.0:8000".into()]
+/// Relative certificate, key and CA paths name files next to the config file, wherever
+/// tollgate was started from; they are made absolute once, here.
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let resolve = |path: &mut String| {
+        if !path.is_empty() && Path::new(path.as_str()).is_relative() {
+            *path = base.join(path.as_str()).display().to_string();
+        }
+    };
+    for listener in &mut config.listen {
+        for cert in listener.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
+            resolve(&mut cert.cert);
+            resolve(&mut cert.key);
+        }
+    }
+    for upstream in config.upstreams.values_mut() {
+        for backend in &mut upstream.backends {
+            if let Some(ca) = &mut backend.ca_file {
+                resolve(ca);
+            }
+        }
+    }
+}
+
+fn default_listen() -> Vec<ListenConfig> {
+    vec![ListenConfig::plain("0.0.0.0:8000")]
 }
 fn default_threads() -> usize {
     std::thread::available_parallelism()
@@ -427,52 +676,89 @@ fn one() -> usize {
     1
 }
 
-fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+/// `listen: 0.0.0.0:8000`, `listen: { address: ..., tls: ... }`, or a list of either.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenConfig>, D::Error> {
     struct V;
     impl<'de> de::Visitor<'de> for V {
-        type Value = Vec<String>;
+        type Value = Vec<ListenConfig>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an address like 0.0.0.0:8000, or a list of them")
+            f.write_str(
+                "an address like 0.0.0.0:8000, { address: ..., tls: ... }, or a list of them",
+            )
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            Ok(vec![v.to_string()])
+            Ok(vec![ListenConfig::plain(v)])
         }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            Deserialize::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            Ok(vec![Deserialize::deserialize(
+                de::value::MapAccessDeserializer::new(map),
+            )?])
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(one) = seq.next_element::<OneListener>()? {
+                out.push(one.0);
+            }
+            Ok(out)
         }
     }
     d.deserialize_any(V)
 }
 
-impl<'de> Deserialize<'de> for BackendConfig {
+/// One entry of a `listen` list: an address, or a listener map.
+struct OneListener(ListenConfig);
+
+impl<'de> Deserialize<'de> for OneListener {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Full {
-            address: String,
-            #[serde(default = "one")]
-            weight: usize,
-        }
         struct V;
         impl<'de> de::Visitor<'de> for V {
-            type Value = BackendConfig;
+            type Value = OneListener;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a backend as host:port, or { address: host:port, weight: N }")
+                f.write_str("an address like 0.0.0.0:8000, or { address: ..., tls: ... }")
             }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendConfig, E> {
-                Ok(BackendConfig {
-                    address: v.to_string(),
-                    weight: 1,
-                })
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneListener(ListenConfig::plain(v)))
             }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BackendConfig, A::Error> {
-                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(BackendConfig {
-                    address: full.address,
-                    weight: full.weight,
-                })
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Ok(OneListener(Deserialize::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?))
             }
         }
         d.deserialize_any(V)
     }
+}
+
+/// A backend list entry: `host:port`, or the full map.
+fn backend<'de, D: Deserializer<'de>>(d: D) -> Result<BackendConfig, D::Error> {
+    struct V;
+    impl<'de> de::Visitor<'de> for V {
+        type Value = BackendConfig;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(
+                "a backend as host:port, or { address: host:port, weight: N, tls: true, ... }",
+            )
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendConfig, E> {
+            Ok(BackendConfig::plain(v))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<BackendConfig, A::Error> {
+            BackendConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `backends: [...]`, each entry through [`backend`].
+fn backends<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BackendConfig>, D::Error> {
+    struct Entry(BackendConfig);
+    impl<'de> Deserialize<'de> for Entry {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            backend(d).map(Entry)
+        }
+    }
+    Ok(Vec::<Entry>::deserialize(d)?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
 }

@@ -30,6 +30,7 @@ pub fn validate(config: &Config) -> Report {
     check_identity(config, &mut report);
     check_redis(config, &mut report);
     check_limits(config, &mut report);
+    check_store(config, &mut report);
     report
 }
 
@@ -38,23 +39,40 @@ fn check_listeners(config: &Config, report: &mut Report) {
         report.error("listen", "needs at least one address such as 0.0.0.0:8000");
     }
     let mut seen = HashMap::new();
-    for (i, addr) in config.listen.iter().enumerate() {
-        let path = if config.listen.len() == 1 {
-            "listen".to_string()
+    for (i, listener) in config.listen.iter().enumerate() {
+        let path = listen_path(config, i);
+        let addr = &listener.address;
+        // A plain entry is located at its value, a map entry at its `address` key.
+        let addr_path = if listener == &super::ListenConfig::plain(addr) {
+            path.clone()
         } else {
-            format!("listen[{i}]")
+            format!("{path}.address")
         };
         match addr.parse::<SocketAddr>() {
             Err(_) => report.error(
-                &path,
+                &addr_path,
                 format!("`{addr}` is not an ip:port address (for example 0.0.0.0:8000)"),
             ),
             Ok(sa) => {
                 if seen.insert(sa, i).is_some() {
-                    report.error(&path, format!("`{addr}` is listed twice"));
+                    report.error(&addr_path, format!("`{addr}` is listed twice"));
                 }
             }
         }
+        check_listener_options(listener, &path, report);
+    }
+    let h2 = &config.http2;
+    if !(1..=10_000).contains(&h2.max_concurrent_streams) {
+        report.error(
+            "http2.max_concurrent_streams",
+            "must be between 1 and 10000",
+        );
+    }
+    if !(1..=10_000).contains(&h2.max_pending_resets) {
+        report.error("http2.max_pending_resets", "must be between 1 and 10000");
+    }
+    if !(1..=100_000).contains(&h2.max_error_resets) {
+        report.error("http2.max_error_resets", "must be between 1 and 100000");
     }
     if config.admin.decision_log.max_per_client == 0
         || config.admin.decision_log.max_per_client > 100_000
@@ -98,6 +116,7 @@ fn check_listeners(config: &Config, report: &mut Report) {
             }
         }
     }
+    check_admin_web(config, report);
     if config.threads == 0 || config.threads > 1024 {
         report.error("threads", "must be between 1 and 1024");
     }
@@ -129,6 +148,90 @@ fn check_listeners(config: &Config, report: &mut Report) {
             "http.max_uri_bytes",
             "cannot be larger than http.max_header_bytes",
         );
+    }
+}
+
+/// Each entry already parsed (a malformed one is a located serde error); what is left are
+/// entries that change nothing, which usually mean the operator expected something else.
+fn check_admin_web(config: &Config, report: &mut Report) {
+    let admin = &config.admin;
+    for (i, pattern) in admin.allowed_hosts.iter().enumerate() {
+        let path = format!("admin.allowed_hosts[{i}]");
+        if pattern.is_always_accepted() {
+            report.warn(
+                &path,
+                format!(
+                    "`{pattern}` is always accepted (localhost and IP addresses need no entry)"
+                ),
+            );
+        } else if admin.allowed_hosts[..i].contains(pattern) {
+            report.warn(&path, format!("`{pattern}` is listed twice"));
+        }
+    }
+    for (i, origin) in admin.allowed_origins.iter().enumerate() {
+        if admin.allowed_origins[..i].contains(origin) {
+            report.warn(
+                format!("admin.allowed_origins[{i}]"),
+                format!("`{origin}` is listed twice"),
+            );
+        }
+    }
+}
+
+/// The YAML path of `listen[i]` (`listen` alone when it is not a list of several).
+pub fn listen_path(config: &Config, i: usize) -> String {
+    if config.listen.len() == 1 {
+        "listen".to_string()
+    } else {
+        format!("listen[{i}]")
+    }
+}
+
+fn check_listener_options(listener: &super::ListenConfig, path: &str, report: &mut Report) {
+    match &listener.tls {
+        Some(tls) => {
+            if tls.certs.is_empty() {
+                report.error(
+                    format!("{path}.tls.certs"),
+                    "is empty; list at least one { cert: file.pem, key: file.key }",
+                );
+            }
+            for (j, cert) in tls.certs.iter().enumerate() {
+                for (key, value) in [("cert", &cert.cert), ("key", &cert.key)] {
+                    if value.trim().is_empty() {
+                        report.error(format!("{path}.tls.certs[{j}].{key}"), "is empty");
+                    }
+                }
+            }
+            if listener.redirect_https.is_some() {
+                report.error(
+                    format!("{path}.redirect_https"),
+                    "only a plaintext listener redirects to HTTPS; this one is TLS already",
+                );
+            }
+        }
+        None => {
+            if listener.hsts.is_some() {
+                report.error(
+                    format!("{path}.hsts"),
+                    "HSTS is only honoured over HTTPS; set it on a TLS listener",
+                );
+            }
+            if listener.redirect_https == Some(0) {
+                report.error(
+                    format!("{path}.redirect_https"),
+                    "must be a port from 1 to 65535",
+                );
+            }
+        }
+    }
+    if let Some(hsts) = &listener.hsts {
+        if hsts.preload && (!hsts.include_subdomains || hsts.max_age.as_secs() < 31_536_000) {
+            report.warn(
+                format!("{path}.hsts.preload"),
+                "browsers' preload lists require include_subdomains and a max_age of at least 365d",
+            );
+        }
     }
 }
 
@@ -190,6 +293,39 @@ fn check_upstreams(config: &Config, report: &mut Report) {
             if backend.weight == 0 || backend.weight > 1000 {
                 report.error(format!("{path}.weight"), "must be between 1 and 1000");
             }
+            if !backend.tls {
+                for (key, set) in [
+                    ("sni", backend.sni.is_some()),
+                    ("ca_file", backend.ca_file.is_some()),
+                    ("verify", !backend.verify),
+                ] {
+                    if set {
+                        report.error(
+                            format!("{path}.{key}"),
+                            "only applies to a TLS backend; add `tls: true`",
+                        );
+                    }
+                }
+            } else if !backend.verify {
+                report.warn(
+                    format!("{path}.verify"),
+                    "the backend's certificate is not checked: anyone on the path can pose as it",
+                );
+            }
+            if let Some(sni) = &backend.sni {
+                if sni.is_empty()
+                    || sni.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
+                {
+                    report.error(format!("{path}.sni"), format!("`{sni}` is not a host name"));
+                }
+            }
+            if backend
+                .ca_file
+                .as_deref()
+                .is_some_and(|f| f.trim().is_empty())
+            {
+                report.error(format!("{path}.ca_file"), "is empty");
+            }
         }
         for (key, value) in [
             ("connect_timeout", upstream.connect_timeout),
@@ -243,19 +379,46 @@ fn check_routes(config: &Config, report: &mut Report) {
             "no routes: every request except /health will get 404",
         );
     }
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<(Option<String>, String), usize> = HashMap::new();
     for (i, route) in config.routes.iter().enumerate() {
         let base = format!("routes[{i}]");
+        let host = match &route.host {
+            None => Some(None),
+            Some(host) => match check_route_host(host) {
+                Ok(()) => Some(Some(host.to_ascii_lowercase())),
+                Err(why) => {
+                    report.error(format!("{base}.host"), why);
+                    None
+                }
+            },
+        };
         match check_prefix(&route.prefix) {
             Err(why) => report.error(format!("{base}.prefix"), why),
             Ok(()) => {
                 let canonical = canonical_prefix(&route.prefix);
-                if let Some(first) = seen.insert(canonical.clone(), i) {
-                    report.error(
-                        format!("{base}.prefix"),
-                        format!("duplicate prefix `{canonical}`: routes[{first}] already uses it"),
-                    );
+                if let Some(host) = host {
+                    if let Some(first) = seen.insert((host.clone(), canonical.clone()), i) {
+                        let on = match &host {
+                            Some(h) => format!(" on host `{h}`"),
+                            None => String::new(),
+                        };
+                        report.error(
+                            format!("{base}.prefix"),
+                            format!("duplicate prefix `{canonical}`{on}: routes[{first}] already uses it"),
+                        );
+                    }
                 }
+            }
+        }
+        for (j, method) in route.methods.iter().enumerate() {
+            let path = format!("{base}.methods[{j}]");
+            if method.is_empty() || http::Method::from_bytes(method.as_bytes()).is_err() {
+                report.error(&path, format!("`{method}` is not an HTTP method"));
+            } else if route.methods[..j]
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(method))
+            {
+                report.error(&path, format!("`{method}` is listed twice"));
             }
         }
         for (j, name) in route.limits.iter().enumerate() {
@@ -349,12 +512,7 @@ fn check_redis(config: &Config, report: &mut Report) {
     let Some(redis) = &config.redis else {
         return;
     };
-    if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
-        report.error(
-            "redis.url",
-            format!("`{}` must start with redis:// or rediss://", redis.url),
-        );
-    } else if let Err((key, why)) = crate::limit::redis_client::build(redis) {
+    if let Err((key, why)) = super::redis::endpoints(redis) {
         report.error(key, why);
     }
     if redis.sync_interval < Duration::from_millis(5)
@@ -374,7 +532,7 @@ fn check_redis(config: &Config, report: &mut Report) {
 }
 
 fn check_limits(config: &Config, report: &mut Report) {
-    use super::limits::{Algorithm, Scope, SyncMode};
+    use super::limits::{Algorithm, CalendarUnit, Scope, SyncMode};
     for (name, limit) in &config.limits {
         let base = format!("limits.{name}");
         if !valid_name(name) {
@@ -434,6 +592,16 @@ fn check_limits(config: &Config, report: &mut Report) {
                     report.error(format!("{path}.burst"), "must be at least 1");
                 }
             }
+            let window_algorithm =
+                matches!(algorithm, Algorithm::FixedWindow | Algorithm::SlidingWindow);
+            if let Some(r) = rate.filter(|r| r.calendar.is_some_and(|u| u != CalendarUnit::Day)) {
+                if !window_algorithm && algorithm != Algorithm::Concurrency {
+                    report.error(
+                        format!("{path}.rate"),
+                        format!("`{r}`: calendar periods need a window algorithm (fixed_window or sliding_window)"),
+                    );
+                }
+            }
             if algorithm == Algorithm::SlidingLog {
                 if let Some(r) = rate {
                     if r.count > 10_000 {
@@ -442,6 +610,7 @@ fn check_limits(config: &Config, report: &mut Report) {
                 }
             }
         }
+        check_timezone(limit, &base, report);
         if limit.scope == Scope::Global {
             if config.redis.is_none() {
                 report.error(
@@ -461,6 +630,44 @@ fn check_limits(config: &Config, report: &mut Report) {
         }
         if !(400..=599).contains(&limit.status) {
             report.error(format!("{base}.status"), "must be a 4xx or 5xx status");
+        }
+        if limit.on_limit == super::limits::OnLimit::Delay {
+            if algorithm == Algorithm::Concurrency {
+                report.error(
+                    format!("{base}.on_limit"),
+                    "a concurrency limit cannot tell when a slot frees up; use on_limit: refuse",
+                );
+            }
+            if limit.block_for.is_some() {
+                report.error(
+                    format!("{base}.block_for"),
+                    "a delayed request is never refused, so nothing would start the block; choose on_limit: delay or block_for",
+                );
+            }
+            if limit.max_delay < Duration::from_millis(1)
+                || limit.max_delay > Duration::from_secs(60)
+            {
+                report.error(format!("{base}.max_delay"), "must be between 1ms and 60s");
+            }
+            if limit.max_waiting == 0 {
+                report.error(format!("{base}.max_waiting"), "must be at least 1");
+            }
+        }
+        if let Some(block) = limit.block_for {
+            if algorithm == Algorithm::Concurrency {
+                report.error(
+                    format!("{base}.block_for"),
+                    "a concurrency slot comes back when a request ends; block_for applies to rates",
+                );
+            } else if block < Duration::from_secs(1) || block > Duration::from_secs(86_400) {
+                report.error(format!("{base}.block_for"), "must be between 1s and 24h");
+            }
+        }
+        if limit.count_status.is_some() && algorithm == Algorithm::Concurrency {
+            report.error(
+                format!("{base}.count_status"),
+                "a concurrency limit counts requests in flight, not responses; leave count_status out",
+            );
         }
         if limit.max_keys == 0 {
             report.error(format!("{base}.max_keys"), "must be at least 1");
@@ -483,6 +690,89 @@ fn check_limits(config: &Config, report: &mut Report) {
             report.warn(&base, format!("limit `{name}` is not used by any route"));
         }
     }
+}
+
+/// A `timezone` only moves where days, weeks and months begin. Like a misspelt key, one
+/// that moves nothing is an error rather than a silent no-op: an operator who wrote
+/// `timezone: Asia/Tokyo` beside `10/1s` expects something of it.
+fn check_timezone(limit: &super::LimitConfig, base: &str, report: &mut Report) {
+    use super::limits::Algorithm;
+    let Some(tz) = limit.timezone else {
+        return;
+    };
+    if !matches!(
+        limit.algorithm,
+        Algorithm::FixedWindow | Algorithm::SlidingWindow
+    ) {
+        report.error(
+            format!("{base}.timezone"),
+            format!(
+                "{} has no calendar periods; a timezone needs fixed_window or sliding_window with a rate per 1d, 1w or 1mo",
+                limit.algorithm.name()
+            ),
+        );
+        return;
+    }
+    let rates = limit
+        .rate
+        .into_iter()
+        .chain(limit.tiers.values().filter_map(|t| t.rate));
+    let calendar = rates.clone().any(|r| r.calendar.is_some());
+    if !calendar {
+        let written: Vec<String> = rates.map(|r| r.to_string()).collect();
+        report.error(
+            format!("{base}.timezone"),
+            format!(
+                "{} has no effect on {}: a timezone sets where days, weeks and months begin (rates per 1d, 1w or 1mo); shorter windows are the same in every time zone",
+                tz.name(),
+                written.join(", ")
+            ),
+        );
+    }
+}
+
+/// A route's host: a name (`api.example.com`), a wildcard over the names under a domain
+/// (`*.example.com`), an IPv4 address or a bracketed IPv6 address. No port: matching
+/// ignores the port a client sends.
+fn check_route_host(host: &str) -> Result<(), String> {
+    if host.starts_with('[') {
+        return match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(ip) if ip.parse::<std::net::Ipv6Addr>().is_ok() => Ok(()),
+            _ => Err(format!("`{host}` is not a bracketed IPv6 address such as [::1] (ports are not part of a host)")),
+        };
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.contains('*') {
+        return Err(format!(
+            "`{host}`: a wildcard is only allowed as the whole first label, like *.example.com"
+        ));
+    }
+    if let Some((_, port)) = name.rsplit_once(':') {
+        return Err(format!(
+            "`{host}` has a port (`:{port}`); hosts match without their port, so leave it out"
+        ));
+    }
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("`{host}` is not a host name"));
+    }
+    for label in name.split('.') {
+        if label.is_empty()
+            || label.len() > 63
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Err(format!(
+                "`{host}` is not a host name (labels of letters, digits, `-` and `_`, separated by dots)"
+            ));
+        }
+    }
+    if host.starts_with("*.") && !name.contains('.') {
+        return Err(format!(
+            "`{host}` would cover a whole top-level domain; name a domain such as *.example.com"
+        ));
+    }
+    Ok(())
 }
 
 /// A prefix must be a plain, already-normalized path: routing compares it with normalized
@@ -556,6 +846,33 @@ pub fn split_host_port(address: &str) -> Result<(&str, u16), String> {
     }
 }
 
+fn check_store(config: &Config, report: &mut Report) {
+    let store = &config.store;
+    let kind = match &store.url {
+        Some(url) => match super::store::kind_of(url) {
+            Ok(kind) => Some(kind),
+            Err(why) => {
+                report.error("store.url", why);
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(var) = &store.password_env {
+        if !matches!(kind, Some(super::store::StoreKind::Postgres)) {
+            report.error(
+                "store.password_env",
+                "only a postgres:// store takes a password",
+            );
+        } else if std::env::var(var).map_or(true, |v| v.is_empty()) {
+            report.error(
+                "store.password_env",
+                format!("the environment variable `{var}` is not set"),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,6 +893,33 @@ mod tests {
             "x:port",
         ] {
             assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_hosts() {
+        for good in [
+            "api.example.com",
+            "*.example.com",
+            "localhost",
+            "127.0.0.1",
+            "[::1]",
+            "API.Example.com",
+        ] {
+            assert!(check_route_host(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "api.example.com:8080",
+            "*.com",
+            "a.*.com",
+            "*",
+            "",
+            "a..b",
+            "bad host",
+            "[::1]:80",
+            "x*.example.com",
+        ] {
+            assert!(check_route_host(bad).is_err(), "{bad}");
         }
     }
 

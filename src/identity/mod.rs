@@ -7,6 +7,7 @@ pub mod registry;
 
 pub use api_keys::{digest, find, hex, ApiKeyStore, KeyDigest, KeyRecord, Lookup};
 pub use client_ip::ClientIpResolver;
+pub use registry::parse_digest;
 
 use crate::config::Config;
 

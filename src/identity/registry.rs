@@ -1,22 +1,17 @@
-//! API keys registered through the admin API, kept in Redis so every node honours them.
-//!
-//! Redis holds only digests: a hash `{prefix}:apikeys` maps the hex digest of each key to
-//! its record, and `{prefix}:apikeys:version` changes with every registration or
-//! revocation, so nodes reload the set only when it changed (checked on each heartbeat).
+//! API keys registered through the admin API: new secrets, and the set an older tollgate
+//! kept in Redis (`{prefix}:apikeys`, digest to record), read once to import it into the
+//! store (see `crate::store`).
 
-use super::api_keys::{digest, hex, KeyDigest, KeyRecord};
+use super::api_keys::{digest, KeyDigest, KeyRecord};
 use crate::access_log::now_rfc3339;
+use crate::redis_store::Connection;
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Where an older tollgate kept registered keys.
 pub fn hash_key(prefix: &str) -> String {
     format!("{prefix}:apikeys")
-}
-
-pub fn version_key(prefix: &str) -> String {
-    format!("{prefix}:apikeys:version")
 }
 
 /// A new secret: `tg_` and 40 random alphanumerics (≈238 bits).
@@ -29,37 +24,18 @@ pub fn new_secret() -> String {
     format!("tg_{body}")
 }
 
-/// Registers a key; returns its secret (shown once) and record.
-pub async fn register(
-    connection: &mut MultiplexedConnection,
-    prefix: &str,
-    name: &str,
-    tenant: &str,
-    tier: Option<&str>,
-) -> redis::RedisResult<(String, KeyRecord)> {
+/// A new key for an application: its secret (shown once) and the record kept of it.
+pub fn new_key(name: &str, tenant: &str, tier: Option<&str>) -> (String, KeyRecord) {
     let secret = new_secret();
-    let digest = digest(secret.as_bytes());
-    let mut record = KeyRecord::from_digest(digest, tenant, tier);
+    let mut record = KeyRecord::from_digest(digest(secret.as_bytes()), tenant, tier);
     record.name = Some(name.to_string());
     record.created = Some(now_rfc3339());
-    let json = serde_json::to_string(&record).unwrap_or_default();
-    redis::pipe()
-        .cmd("HSET")
-        .arg(hash_key(prefix))
-        .arg(hex(&digest))
-        .arg(json)
-        .ignore()
-        .cmd("INCR")
-        .arg(version_key(prefix))
-        .ignore()
-        .query_async::<()>(connection)
-        .await?;
-    Ok((secret, record))
+    (secret, record)
 }
 
-/// Every registered key, by digest.
+/// The keys an older tollgate registered in Redis, by digest.
 pub async fn load(
-    connection: &mut MultiplexedConnection,
+    connection: &mut Connection,
     prefix: &str,
 ) -> redis::RedisResult<HashMap<KeyDigest, Arc<KeyRecord>>> {
     let raw: HashMap<String, String> = redis::cmd("HGETALL")
@@ -77,29 +53,8 @@ pub async fn load(
         .collect())
 }
 
-/// Revokes the registered key with public id `id`; false when there is none.
-pub async fn revoke(
-    connection: &mut MultiplexedConnection,
-    prefix: &str,
-    id: &str,
-) -> redis::RedisResult<bool> {
-    let keys = load(connection, prefix).await?;
-    let Some(digest) = keys.values().find(|r| r.id == id).map(|r| r.digest) else {
-        return Ok(false);
-    };
-    let (removed,): (u64,) = redis::pipe()
-        .cmd("HDEL")
-        .arg(hash_key(prefix))
-        .arg(hex(&digest))
-        .cmd("INCR")
-        .arg(version_key(prefix))
-        .ignore()
-        .query_async(connection)
-        .await?;
-    Ok(removed > 0)
-}
-
-fn parse_digest(text: &str) -> Option<KeyDigest> {
+/// A digest from its 64 hex digits.
+pub fn parse_digest(text: &str) -> Option<KeyDigest> {
     if text.len() != 64 {
         return None;
     }
@@ -113,6 +68,7 @@ fn parse_digest(text: &str) -> Option<KeyDigest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::hex;
 
     #[test]
     fn secrets_are_long_random_and_prefixed() {

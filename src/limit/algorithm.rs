@@ -23,14 +23,59 @@ pub fn window_of(now_ms: u64, window_ms: u64) -> u64 {
     now_ms / window_ms.max(1)
 }
 
-fn window_end(now_ms: u64, window_ms: u64) -> u64 {
-    (window_of(now_ms, window_ms) + 1) * window_ms - now_ms
+/// One period of a window limit: its id and its bounds in Unix ms. Consecutive periods
+/// have consecutive ids (the lease and sketch code relies on `id - 1` being the previous
+/// period), whether they are epoch windows of a fixed length or calendar periods of
+/// varying length (see `calendar.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub id: u64,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+impl Span {
+    /// The epoch-aligned window of `window_ms` holding `now_ms`.
+    #[inline]
+    pub fn epoch(now_ms: u64, window_ms: u64) -> Span {
+        let w = window_ms.max(1);
+        let id = now_ms / w;
+        let start_ms = id * w;
+        Span {
+            id,
+            start_ms,
+            end_ms: start_ms.saturating_add(w),
+        }
+    }
+
+    #[inline]
+    pub fn len_ms(&self) -> u64 {
+        self.end_ms.saturating_sub(self.start_ms).max(1)
+    }
+
+    /// Milliseconds since the period began, within `[0, len)`.
+    #[inline]
+    pub fn elapsed_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.start_ms).min(self.len_ms() - 1)
+    }
+
+    /// Milliseconds until the next period, within `[1, len]`.
+    #[inline]
+    pub fn left_ms(&self, now_ms: u64) -> u64 {
+        self.len_ms() - self.elapsed_ms(now_ms)
+    }
 }
 
 /// Fixed window: at most `limit` per aligned window. `used` is what the window already
 /// admitted; refused requests are not counted.
 pub fn fixed_window(used: u64, cost: u64, limit: u64, now_ms: u64, window_ms: u64) -> Verdict {
-    let reset_ms = window_end(now_ms, window_ms);
+    fixed_window_in(used, cost, limit, now_ms, Span::epoch(now_ms, window_ms))
+}
+
+/// [`fixed_window`] in the period `span`, which holds `now_ms`.
+#[inline]
+pub fn fixed_window_in(used: u64, cost: u64, limit: u64, now_ms: u64, span: Span) -> Verdict {
+    let reset_ms = span.left_ms(now_ms);
     let allowed = used.saturating_add(cost) <= limit;
     let after = if allowed { used + cost } else { used };
     Verdict {
@@ -58,19 +103,40 @@ pub fn sliding_window(
     now_ms: u64,
     window_ms: u64,
 ) -> Verdict {
+    sliding_window_in(
+        prev,
+        cur,
+        cost,
+        limit,
+        now_ms,
+        Span::epoch(now_ms, window_ms),
+    )
+}
+
+/// [`sliding_window`] in the period `span`, which holds `now_ms`. Calendar periods differ
+/// in length (a month after February): the previous period is weighted by the part of
+/// the current one still to come, so it has slid out exactly when the current one ends.
+#[inline]
+pub fn sliding_window_in(
+    prev: u64,
+    cur: u64,
+    cost: u64,
+    limit: u64,
+    now_ms: u64,
+    span: Span,
+) -> Verdict {
     // `prev × (w − e) / w + cur + cost ≤ limit` holds exactly when it holds with the
     // weighted part rounded up, for whole `cur + cost` and `limit`: one 64-bit division.
-    let w = window_ms.max(1);
-    let elapsed = now_ms % w;
-    let weighted = weighted_previous(prev, now_ms, window_ms);
+    let elapsed = span.elapsed_ms(now_ms);
+    let weighted = weighted_previous_in(prev, now_ms, span);
     let allowed = cur.saturating_add(cost).saturating_add(weighted) <= limit;
     let after = if allowed { cur + cost } else { cur };
     let remaining = limit.saturating_sub(after).saturating_sub(weighted);
-    let reset_ms = window_end(now_ms, window_ms);
+    let reset_ms = span.left_ms(now_ms);
     let retry_after_ms = if allowed {
         0
     } else {
-        sliding_retry_after(prev, cur, cost, limit, elapsed, window_ms)
+        sliding_retry_after(prev, cur, cost, limit, elapsed, span.len_ms())
     };
     Verdict {
         allowed,
@@ -85,10 +151,16 @@ pub fn sliding_window(
 /// at `now_ms`, rounded up: `⌈prev × (window − elapsed) / window⌉`.
 #[inline]
 pub fn weighted_previous(prev: u64, now_ms: u64, window_ms: u64) -> u64 {
-    let w = window_ms.max(1);
-    let inside = w - now_ms % w;
+    weighted_previous_in(prev, now_ms, Span::epoch(now_ms, window_ms))
+}
+
+/// [`weighted_previous`] in the period `span`.
+#[inline]
+pub fn weighted_previous_in(prev: u64, now_ms: u64, span: Span) -> u64 {
+    let w = span.len_ms();
+    let inside = span.left_ms(now_ms);
     // 64-bit arithmetic unless the product could overflow (it never does for windows
-    // under a day and counts under four billion): 128-bit division is slow.
+    // under a month and counts under a million): 128-bit division is slow.
     match prev.checked_mul(inside) {
         Some(product) => product.div_ceil(w),
         None => (prev as u128 * inside as u128).div_ceil(w as u128) as u64,
@@ -153,6 +225,13 @@ impl SlidingLog {
         }
     }
 
+    /// Takes back the newest `cost` entries (an admission handed back).
+    pub fn refund(&mut self, cost: u64) {
+        for _ in 0..cost {
+            self.admitted.pop_back();
+        }
+    }
+
     /// Entries still inside the window at `now_ms`.
     pub fn len_at(&self, now_ms: u64, window_ms: u64) -> u64 {
         self.admitted
@@ -192,6 +271,17 @@ impl Bucket {
     /// GCRA's tolerance `τ`: the whole bucket, expressed as time.
     pub fn tolerance_ns(&self) -> u64 {
         self.interval_ns().saturating_mul(self.burst)
+    }
+
+    /// One node's part of the bucket among `nodes`: its share of the rate and of the burst,
+    /// rounded up (at least one token).
+    pub fn share(&self, nodes: u64) -> Bucket {
+        let part = |n: u64| n.div_ceil(nodes.max(1)).max(1);
+        Bucket {
+            count: part(self.count),
+            per_ns: self.per_ns,
+            burst: part(self.burst),
+        }
     }
 }
 
@@ -426,6 +516,35 @@ mod tests {
             "{admitted_near_boundary}"
         );
         assert!(admitted_near_boundary >= limit);
+    }
+
+    #[test]
+    fn calendar_spans_weigh_the_previous_period_by_the_current_one() {
+        // February (28 days) after a January that admitted 100 of 100: half way through
+        // February half of January still counts, whatever January's own length.
+        const DAY: u64 = 86_400_000;
+        let feb = Span {
+            id: 685,
+            start_ms: 1_000 * DAY,
+            end_ms: 1_028 * DAY,
+        };
+        let mid = feb.start_ms + 14 * DAY;
+        assert_eq!(weighted_previous_in(100, mid, feb), 50);
+        assert!(sliding_window_in(100, 49, 1, 100, mid, feb).allowed);
+        assert!(!sliding_window_in(100, 50, 1, 100, mid, feb).allowed);
+        // The reset counts to the real end of the period.
+        let v = fixed_window_in(100, 1, 100, mid, feb);
+        assert_eq!(
+            (v.allowed, v.retry_after_ms, v.reset_ms),
+            (false, 14 * DAY, 14 * DAY)
+        );
+        assert_eq!(fixed_window_in(0, 1, 100, feb.end_ms - 1, feb).reset_ms, 1);
+        // Epoch spans are what the epoch functions use.
+        assert_eq!(
+            fixed_window(3, 1, 3, 10_400, SEC),
+            fixed_window_in(3, 1, 3, 10_400, Span::epoch(10_400, SEC))
+        );
+        assert_eq!(Span::epoch(10_400, SEC).left_ms(10_400), 600);
     }
 
     #[test]

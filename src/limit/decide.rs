@@ -2,12 +2,26 @@
 
 use super::algorithm::{self, Verdict};
 use super::key::{self, RequestFacts};
-use super::lease::Lease;
+use super::lease::{self, Lease};
 use super::link::{unix_ms, unix_ns, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
+use super::receipt::Receipt;
 use super::scripts;
 use crate::config::{CostSpec, Mode, OnRedisError, Scope, SyncMode};
 use pingora_limits::inflight::Guard;
+
+/// What to do with a global async request whose lease cannot cover it yet while the fleet
+/// may still have quota (its grant is on its way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Let the caller wait for the next sync round.
+    Wait,
+    /// Redis answered for the key and left it dry: refuse, unless that answer left quota
+    /// nobody has reserved (then a grant is still coming: wait).
+    Refuse,
+    /// Redis did not answer in time: `on_redis_error` decides.
+    Degrade,
+}
 
 /// What a decision means for the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,13 +35,31 @@ pub enum Outcome {
     FailedOpen,
     /// Redis is unreachable and the policy fails closed: 503.
     Unavailable,
+    /// The client is exempt from this policy: never limited, nothing counted.
+    Exempt,
+    /// Over the limit, but the policy delays such requests and this one would fit within
+    /// `max_delay`: see [`Policy::wait_for_room`]. Not counted until it is settled.
+    Deferred,
 }
 
 impl Outcome {
+    /// The name in metrics, logs and the admin API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Limited => "limited",
+            Outcome::ShadowLimited => "shadow_limited",
+            Outcome::FailedOpen => "failed_open",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Exempt => "exempt",
+            Outcome::Deferred => "deferred",
+        }
+    }
+
     pub fn passes(self) -> bool {
         matches!(
             self,
-            Outcome::Allowed | Outcome::ShadowLimited | Outcome::FailedOpen
+            Outcome::Allowed | Outcome::ShadowLimited | Outcome::FailedOpen | Outcome::Exempt
         )
     }
 }
@@ -37,6 +69,8 @@ pub struct Check {
     pub outcome: Outcome,
     /// Held for the request's lifetime by concurrency limits.
     pub guard: Option<Guard>,
+    /// What an admission took, to hand back if the request ends up refused or uncounted.
+    pub receipt: Receipt,
 }
 
 /// Why a request's cost is unusable.
@@ -86,9 +120,10 @@ impl Policy {
         Ok(cost)
     }
 
-    /// Decides one request. Waits on Redis only in atomic mode, or when this node's lease
-    /// for the key ran dry while the fleet still has quota (the refill is already on its
-    /// way), and then at most `redis.timeout`.
+    /// Decides one request. Waits on Redis only in atomic mode, or when this node holds no
+    /// grant for the key while the fleet may still have quota (a new key, or a lease that
+    /// ran dry: the grant is already on its way), and then at most `redis.timeout`; past
+    /// that, `on_redis_error` decides.
     pub async fn check(
         &self,
         limiter: &Limiter,
@@ -96,33 +131,57 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Check {
-        if let Some(decided) = self.decide(limiter, facts, cost, link, true) {
+        // Before deciding, so that a round completing in between still counts.
+        let seen = link.map(|l| l.sync_generation());
+        if let Some(decided) = self.decide(limiter, facts, cost, link, Pending::Wait) {
             return decided;
         }
         let Some(link) = link else {
-            return self.finish(
-                self.local(limiter, key::hash(limiter.id, &self.key, facts), cost, 1),
-                false,
-                None,
-            );
+            let hash = key::hash(limiter.id, &self.key, facts);
+            return self.finish(self.local(limiter, hash, cost, 1), false, None);
         };
         if self.sync == SyncMode::Async {
-            // Rather than refuse a request the fleet has room for, wait for the refill this
-            // node has already asked for (a round under way may not carry it yet).
+            // Admit only quota Redis granted: wait for the grant this node has already asked
+            // for. The second round to complete after this request looked began after its
+            // key asked, so it carried the key: if that still left the lease dry, Redis has
+            // answered and the request is refused. Redis not answering within
+            // `redis.timeout` is a Redis failure.
             let deadline = std::time::Instant::now() + link.config.timeout;
+            let first = seen.unwrap_or(0);
             loop {
+                let answered = |link: &RedisLink| link.sync_generation().wrapping_sub(first) >= 2;
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                link.wait_for_sync(link.sync_generation(), left).await;
-                let may_wait = std::time::Instant::now() < deadline;
-                if let Some(decided) = self.decide(limiter, facts, cost, Some(link), may_wait) {
+                if !answered(link) && !left.is_zero() {
+                    link.wait_for_sync(link.sync_generation(), left).await;
+                }
+                let pending = if answered(link) {
+                    Pending::Refuse
+                } else if std::time::Instant::now() >= deadline {
+                    Pending::Degrade
+                } else {
+                    Pending::Wait
+                };
+                if let Some(decided) = self.decide(limiter, facts, cost, Some(link), pending) {
                     return decided;
                 }
             }
         }
         match self.atomic(limiter, facts, cost, link).await {
-            Ok(v) => self.finish(v, false, None),
+            Ok(decided) => {
+                let check = self.finish(decided, false, None);
+                if check.outcome == Outcome::Limited && limiter.blocks.is_some() {
+                    let hash = key::hash(limiter.id, &self.key, facts);
+                    self.penalize(limiter, hash, || key::text(&self.key, facts));
+                }
+                check
+            }
             Err(e) => {
-                link.mark_down("atomic", &e);
+                let text = key::text(&self.key, facts);
+                link.key_failed(
+                    "atomic",
+                    &self.redis_key(&link.config.key_prefix, &text, ""),
+                    &e,
+                );
                 match self.on_redis_error {
                     OnRedisError::Closed => self.unavailable(limiter),
                     OnRedisError::Open => {
@@ -144,7 +203,7 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Option<Check> {
-        self.decide(limiter, facts, cost, link, true)
+        self.decide(limiter, facts, cost, link, Pending::Wait)
     }
 
     #[inline]
@@ -154,54 +213,104 @@ impl Policy {
         facts: &RequestFacts<'_>,
         cost: u64,
         link: Option<&RedisLink>,
-        may_wait: bool,
+        pending: Pending,
     ) -> Option<Check> {
+        if !self.exempt.is_empty()
+            && self
+                .exempt
+                .covers(facts.client_ip, facts.api_key_id, facts.tenant)
+        {
+            return Some(self.exempted(limiter));
+        }
+        let hash = key::hash(limiter.id, &self.key, facts);
+        if limiter.blocks.is_some() {
+            let now = unix_ms();
+            if let Some(until) = self.blocked_until(limiter, hash, now) {
+                return Some(self.finish(
+                    (blocked(limiter, now, until), Receipt::Nothing),
+                    false,
+                    None,
+                ));
+            }
+        }
+        let reachable = |link: &RedisLink| {
+            link.reachable(|| {
+                self.redis_key(&link.config.key_prefix, &key::text(&self.key, facts), "")
+            })
+        };
         if let (Scope::Global, Some(link), SyncMode::Atomic) = (self.scope, link, self.sync) {
-            if link.is_up() && !matches!(limiter.params, Params::Concurrency { .. }) {
+            if !matches!(limiter.params, Params::Concurrency { .. }) && reachable(link) {
                 return None;
             }
         }
-        let hash = key::hash(limiter.id, &self.key, facts);
         let mut guard = None;
-        let (verdict, failed_open) = match (limiter.params, self.scope, link) {
+        let (decided, failed_open) = match (limiter.params, self.scope, link) {
             (Params::Concurrency { max }, ..) => {
                 let inflight = limiter.inflight.as_ref();
-                match inflight.map(|i| i.incr(hash, cost as isize)) {
+                let v = match inflight.map(|i| i.incr(hash, cost as isize)) {
                     Some((g, count)) => {
                         let v = algorithm::concurrency(count.max(0) as u64, max);
                         if v.allowed {
                             guard = Some(g);
                         }
-                        (v, false)
+                        v
                     }
-                    None => (algorithm::concurrency(0, max), false),
-                }
+                    None => algorithm::concurrency(0, max),
+                };
+                // The slot is released with the guard: nothing to hand back.
+                ((v, Receipt::Nothing), false)
             }
             (_, Scope::Local, _) | (_, Scope::Global, None) => {
                 (self.local(limiter, hash, cost, 1), false)
             }
-            (_, Scope::Global, Some(link)) if !link.is_up() => match self.on_redis_error {
+            (_, Scope::Global, Some(link)) if !reachable(link) => match self.on_redis_error {
                 OnRedisError::Closed => return Some(self.unavailable(limiter)),
                 OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
             },
             (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
-                Some((_, true)) if may_wait => return None,
-                Some((v, _)) => (v, false),
+                Some((decided, Some(room))) => match pending {
+                    Pending::Wait => return None,
+                    Pending::Refuse if room => return None,
+                    Pending::Refuse => (decided, false),
+                    // No answer within `redis.timeout`: too slow to decide this one.
+                    Pending::Degrade => match self.on_redis_error {
+                        OnRedisError::Closed => return Some(self.unavailable(limiter)),
+                        OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
+                    },
+                },
+                Some((decided, None)) => (decided, false),
                 None => {
                     self.counters.untracked.inc();
                     (self.local(limiter, hash, cost, link.nodes()), false)
                 }
             },
         };
-        Some(self.finish(verdict, failed_open, guard))
+        let check = self.finish(decided, failed_open, guard);
+        if check.outcome == Outcome::Limited && limiter.blocks.is_some() {
+            self.penalize(limiter, hash, || key::text(&self.key, facts));
+        }
+        Some(check)
     }
 
     #[inline]
-    fn finish(&self, verdict: Verdict, failed_open: bool, guard: Option<Guard>) -> Check {
+    fn finish(
+        &self,
+        (verdict, receipt): (Verdict, Receipt),
+        failed_open: bool,
+        guard: Option<Guard>,
+    ) -> Check {
         let outcome = match (verdict.allowed, self.mode) {
             (true, _) if failed_open => Outcome::FailedOpen,
             (true, _) => Outcome::Allowed,
             (false, Mode::Shadow) => Outcome::ShadowLimited,
+            (false, Mode::Enforce)
+                if self
+                    .delay
+                    .as_ref()
+                    .is_some_and(|d| d.may_wait(verdict.retry_after_ms)) =>
+            {
+                Outcome::Deferred
+            }
             (false, Mode::Enforce) => Outcome::Limited,
         };
         self.count(outcome);
@@ -209,6 +318,11 @@ impl Policy {
             verdict,
             outcome,
             guard,
+            receipt: if verdict.allowed {
+                receipt
+            } else {
+                Receipt::Nothing
+            },
         }
     }
 
@@ -221,6 +335,27 @@ impl Policy {
             Outcome::ShadowLimited => c.shadow_limited.inc(),
             Outcome::FailedOpen => c.failed_open.inc(),
             Outcome::Unavailable => c.unavailable.inc(),
+            Outcome::Exempt => c.exempt.inc(),
+            // Counted once it is settled.
+            Outcome::Deferred => {}
+        }
+    }
+
+    #[cold]
+    fn exempted(&self, limiter: &Limiter) -> Check {
+        self.count(Outcome::Exempt);
+        let quota = limiter.params.quota();
+        Check {
+            verdict: Verdict {
+                allowed: true,
+                limit: quota,
+                remaining: quota,
+                reset_ms: 0,
+                retry_after_ms: 0,
+            },
+            outcome: Outcome::Exempt,
+            guard: None,
+            receipt: Receipt::Nothing,
         }
     }
 
@@ -236,31 +371,39 @@ impl Policy {
             },
             outcome: Outcome::Unavailable,
             guard: None,
+            receipt: Receipt::Nothing,
         }
     }
 
-    /// This node alone, with `1/nodes` of the numbers (all of them for local policies).
-    fn local(&self, limiter: &Limiter, hash: u64, cost: u64, nodes: u64) -> Verdict {
-        let params = limiter.params.share(nodes);
-        match params {
-            Params::Window {
-                limit,
-                window_ms,
-                sliding,
-            } => {
+    /// This node alone among `nodes` (1 for local policies). A key it holds Redis's word
+    /// on continues from that (see [`Lease::admit_alone`]); any other key gets this node's
+    /// share of the numbers.
+    fn local(&self, limiter: &Limiter, hash: u64, cost: u64, nodes: u64) -> (Verdict, Receipt) {
+        match limiter.params {
+            Params::Window { limit, sliding, .. } => {
                 let now = unix_ms();
-                // A key this node holds a lease for keeps its exact count for the window
-                // through an outage, and what it admits is flushed once Redis is back.
-                let leased = limiter.leases.get(hash, |lease| {
-                    lease.admit_alone(cost, limit, nodes, now, window_ms, sliding)
+                let span = limiter.window_at(now);
+                // What this node admits is flushed once Redis is back.
+                let known = limiter.leases.get(hash, |lease| {
+                    let v = lease.admit_alone(cost, limit, nodes, now, span, sliding);
+                    (v, lease_receipt(lease, hash, cost, true))
                 });
-                match (leased, &limiter.windows) {
-                    (Some(v), _) => v,
-                    (None, Some(w)) => w.check(hash, cost, limit, now, sliding),
-                    (None, None) => algorithm::fixed_window(0, cost, limit, now, window_ms),
+                let share = lease::fallback_share(limit, nodes).max(1);
+                let window = span.id;
+                match (known, &limiter.windows) {
+                    (Some(decided), _) => decided,
+                    (None, Some(w)) => (
+                        w.check(hash, cost, share, now, span, sliding),
+                        Receipt::Window { hash, window, cost },
+                    ),
+                    (None, None) => (
+                        algorithm::fixed_window_in(0, cost, share, now, span),
+                        Receipt::Nothing,
+                    ),
                 }
             }
             Params::Log { limit, window_ms } => {
+                let limit = lease::fallback_share(limit, nodes).max(1);
                 let now = unix_ms();
                 let exact = limiter.logs.as_ref().and_then(|logs| {
                     logs.with(
@@ -270,19 +413,44 @@ impl Policy {
                     )
                 });
                 match (exact, &limiter.windows) {
-                    (Some(v), _) => v,
+                    (Some(v), _) => (v, Receipt::Log { hash, cost }),
                     (None, Some(w)) => {
                         self.counters.untracked.inc();
-                        w.check(hash, cost, limit, now, true)
+                        let span = limiter.window_at(now);
+                        (
+                            w.check(hash, cost, limit, now, span, true),
+                            Receipt::Window {
+                                hash,
+                                window: span.id,
+                                cost,
+                            },
+                        )
                     }
-                    (None, None) => algorithm::fixed_window(0, cost, limit, now, window_ms),
+                    (None, None) => (
+                        algorithm::fixed_window(0, cost, limit, now, window_ms),
+                        Receipt::Nothing,
+                    ),
                 }
             }
-            Params::Bucket(bucket) => match &limiter.tats {
-                Some(t) => t.check(hash, cost, bucket, unix_ns()),
-                None => algorithm::gcra(0, cost, bucket, unix_ns()).0,
-            },
-            Params::Concurrency { max } => algorithm::concurrency(0, max),
+            Params::Bucket(bucket) => {
+                let now = unix_ns();
+                let known = limiter.leases.get(hash, |lease| {
+                    let v = lease.admit_bucket_alone(cost, bucket, nodes, now);
+                    (v, lease_receipt(lease, hash, cost, false))
+                });
+                match (known, &limiter.tats) {
+                    (Some(decided), _) => decided,
+                    (None, Some(t)) => (
+                        t.check(hash, cost, bucket.share(nodes), now),
+                        Receipt::Tat { hash, cost },
+                    ),
+                    (None, None) => (
+                        algorithm::gcra(0, cost, bucket.share(nodes), now).0,
+                        Receipt::Nothing,
+                    ),
+                }
+            }
+            Params::Concurrency { max } => (algorithm::concurrency(0, max), Receipt::Nothing),
         }
     }
 
@@ -295,27 +463,36 @@ impl Policy {
         facts: &RequestFacts<'_>,
         cost: u64,
         link: &RedisLink,
-    ) -> Option<(Verdict, bool)> {
+    ) -> Option<((Verdict, Receipt), Option<bool>)> {
         let now = unix_ms();
         let nodes = link.nodes();
         let sync_ms = link.config.sync_interval.as_millis() as u64;
         let make = || {
             let window = match limiter.params {
-                Params::Window { window_ms, .. } => algorithm::window_of(now, window_ms),
+                Params::Window { .. } => limiter.window_at(now).id,
                 _ => 0,
             };
             Lease::new(key::text(&self.key, facts).into(), window)
         };
-        let admit = |lease: &mut Lease| self.admit(limiter, lease, cost, now, nodes, sync_ms);
-        let (verdict, urgent, pending) = limiter.leases.with(hash, make, admit)?;
+        let admit = |lease: &mut Lease| {
+            let (verdict, urgent, pending) = self.admit(limiter, lease, cost, now, nodes, sync_ms);
+            let windowed = matches!(limiter.params, Params::Window { .. });
+            (
+                (verdict, lease_receipt(lease, hash, cost, windowed)),
+                urgent,
+                pending,
+            )
+        };
+        let (decided, urgent, pending) = limiter.leases.with(hash, make, admit)?;
         if urgent {
             link.mark_urgent(limiter.id, hash);
         }
-        Some((verdict, pending))
+        Some((decided, pending))
     }
 
     /// One request against this node's lease for its key: the verdict, whether the sync
-    /// task must be woken for the key, and whether the refusal is only a refill in flight.
+    /// task must be woken for the key, and, when the refusal is only a refill in flight,
+    /// whether Redis last said there is quota left to grant.
     #[inline(always)]
     fn admit(
         &self,
@@ -325,13 +502,12 @@ impl Policy {
         now: u64,
         nodes: u64,
         sync_ms: u64,
-    ) -> (Verdict, bool, bool) {
+    ) -> (Verdict, bool, Option<bool>) {
         let verdict = match limiter.params {
-            Params::Window {
-                limit,
-                window_ms,
-                sliding,
-            } => lease.admit_window(cost, limit, now, window_ms, sliding, nodes, sync_ms),
+            Params::Window { limit, sliding, .. } => {
+                let span = limiter.window_at(now);
+                lease.admit_window(cost, limit, now, span, sliding, nodes, sync_ms)
+            }
             Params::Bucket(b) => lease.admit_bucket(cost, b.burst, nodes, sync_ms),
             // Logs are atomic-only and concurrency is local-only (validation); decide
             // conservatively rather than panic.
@@ -341,114 +517,208 @@ impl Policy {
         };
         let signal = lease.urgent && !lease.signalled;
         lease.signalled |= signal;
-        // Refused only because this node's refill is still on its way.
-        let pending = !verdict.allowed && !lease.exhausted;
+        // Refused only because this node's refill is still on its way; and whether Redis
+        // last said there is quota left to grant.
+        let pending = (!verdict.allowed && !lease.exhausted).then_some(lease.room);
         (verdict, signal, pending)
     }
 
-    /// One round trip to Redis, which decides exactly.
+    /// One round trip to Redis, which decides exactly. What Redis answers is kept per key,
+    /// so a node that must decide without Redis continues from it, and what the node
+    /// admitted alone meanwhile rides along with the next call.
     async fn atomic(
         &self,
         limiter: &Limiter,
         facts: &RequestFacts<'_>,
         cost: u64,
         link: &RedisLink,
-    ) -> Result<Verdict, AtomicError> {
+    ) -> Result<(Verdict, Receipt), AtomicError> {
         let mut connection = link.connection().ok_or(AtomicError::NotConnected)?;
         let prefix = &link.config.key_prefix;
         let text = key::text(&self.key, facts);
-        let call = async {
-            match limiter.params {
-                Params::Window {
-                    limit,
-                    window_ms,
-                    sliding,
-                } => {
-                    let now = unix_ms();
-                    let window = algorithm::window_of(now, window_ms);
-                    let (total, grant, prev, _used): (u64, u64, u64, u64) = scripts::WINDOW_SCRIPT
+        let hash = key::hash(limiter.id, &self.key, facts);
+        let timeout = link.config.timeout;
+        match limiter.params {
+            Params::Window { limit, sliding, .. } => {
+                let now = unix_ms();
+                let span = limiter.window_at(now);
+                let window = span.id;
+                let delta = limiter
+                    .leases
+                    .get(hash, |l| l.take_exact_window_delta(window))
+                    .unwrap_or(0);
+                let answer = bounded(
+                    timeout,
+                    scripts::WINDOW_SCRIPT
+                        .key(self.redis_key(prefix, &text, &limiter.window_suffix(window)))
                         .key(self.redis_key(
                             prefix,
                             &text,
-                            &policy::window_suffix(window_ms, window),
+                            &limiter.window_suffix(window.wrapping_sub(1)),
                         ))
-                        .key(self.redis_key(
-                            prefix,
-                            &text,
-                            &policy::window_suffix(window_ms, window.wrapping_sub(1)),
-                        ))
-                        .arg(0)
+                        .arg(delta)
                         .arg(0)
                         .arg(cost)
                         .arg(limit)
-                        .arg(now % window_ms)
-                        .arg(window_ms)
+                        .arg(span.elapsed_ms(now))
+                        .arg(span.len_ms())
                         .arg(u8::from(sliding))
                         .arg(1)
                         .arg(link.reservation_field())
                         .arg(0)
-                        .invoke_async(&mut connection)
-                        .await?;
-                    let allowed = grant == cost;
-                    let used = if allowed { total - cost } else { total };
-                    let mut v = if sliding {
-                        algorithm::sliding_window(prev, used, cost, limit, now, window_ms)
-                    } else {
-                        algorithm::fixed_window(used, cost, limit, now, window_ms)
-                    };
-                    v.allowed = allowed;
-                    Ok(v)
-                }
-                Params::Bucket(b) => {
-                    let (grant, left, next_ms): (u64, u64, u64) = scripts::BUCKET_SCRIPT
+                        .arg(limiter.window_keep_ms(span, now))
+                        .invoke_async::<(u64, u64, u64, u64)>(&mut connection),
+                )
+                .await;
+                let (total, grant, prev, used_after) = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        limiter
+                            .leases
+                            .get(hash, |l| l.restore_exact_delta(Some(window), delta));
+                        return Err(e);
+                    }
+                };
+                let make = || Lease::new(text.as_str().into(), window);
+                limiter.leases.with(hash, make, |l| {
+                    l.record_exact_window(window, used_after, prev)
+                });
+                let allowed = grant == cost;
+                let used = if allowed { total - cost } else { total };
+                let mut v = if sliding {
+                    algorithm::sliding_window_in(prev, used, cost, limit, now, span)
+                } else {
+                    algorithm::fixed_window_in(used, cost, limit, now, span)
+                };
+                v.allowed = allowed;
+                let receipt = Receipt::Exact {
+                    key_text: text,
+                    window: Some(window),
+                    cost,
+                    member: None,
+                };
+                Ok((v, receipt))
+            }
+            Params::Bucket(b) => {
+                let delta = limiter
+                    .leases
+                    .get(hash, |l| l.take_exact_bucket_delta())
+                    .unwrap_or(0);
+                let answer = bounded(
+                    timeout,
+                    scripts::BUCKET_SCRIPT
                         .key(self.redis_key(prefix, &text, &policy::bucket_suffix(&b)))
+                        .arg(delta)
                         .arg(0)
                         .arg(cost)
                         .arg(b.per_ns as f64 / b.count.max(1) as f64 / 1_000.0)
                         .arg(b.burst)
                         .arg(1)
-                        .invoke_async(&mut connection)
-                        .await?;
-                    let allowed = grant == cost;
-                    let per_token_ms = b.interval_ns().div_ceil(1_000_000);
-                    Ok(Verdict {
-                        allowed,
-                        limit: b.burst,
-                        remaining: left,
-                        reset_ms: (b.burst - left.min(b.burst)) * per_token_ms,
-                        retry_after_ms: if allowed {
-                            0
-                        } else {
-                            next_ms.max(1) + (cost.saturating_sub(1)) * per_token_ms
-                        },
-                    })
-                }
-                Params::Log { limit, window_ms } => {
-                    let now = unix_ms();
-                    let (allowed, remaining, wait): (u64, u64, u64) = scripts::LOG_SCRIPT
+                        .arg(link.reservation_field())
+                        .arg(0)
+                        .invoke_async::<(u64, u64, u64)>(&mut connection),
+                )
+                .await;
+                let (grant, left, next_ms) = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        limiter
+                            .leases
+                            .get(hash, |l| l.restore_exact_delta(None, delta));
+                        return Err(e);
+                    }
+                };
+                let per_token_ms = b.interval_ns().div_ceil(1_000_000);
+                let make = || Lease::new(text.as_str().into(), 0);
+                limiter.leases.with(hash, make, |l| {
+                    l.record_exact_bucket(left, per_token_ms, unix_ns())
+                });
+                let allowed = grant == cost;
+                let verdict = Verdict {
+                    allowed,
+                    limit: b.burst,
+                    remaining: left,
+                    reset_ms: (b.burst - left.min(b.burst)) * per_token_ms,
+                    retry_after_ms: if allowed {
+                        0
+                    } else {
+                        next_ms.max(1) + (cost.saturating_sub(1)) * per_token_ms
+                    },
+                };
+                let receipt = Receipt::Exact {
+                    key_text: text,
+                    window: None,
+                    cost,
+                    member: None,
+                };
+                Ok((verdict, receipt))
+            }
+            Params::Log { limit, window_ms } => {
+                let now = unix_ms();
+                let member = link.unique_member();
+                let (allowed, remaining, wait) = bounded(
+                    timeout,
+                    scripts::LOG_SCRIPT
                         .key(self.redis_key(prefix, &text, &policy::log_suffix(window_ms)))
                         .arg(now)
                         .arg(window_ms)
                         .arg(limit)
                         .arg(cost)
-                        .arg(link.unique_member())
-                        .invoke_async(&mut connection)
-                        .await?;
-                    Ok(Verdict {
-                        allowed: allowed == 1,
-                        limit,
-                        remaining,
-                        reset_ms: window_ms,
-                        retry_after_ms: if allowed == 1 { 0 } else { wait.max(1) },
-                    })
-                }
-                Params::Concurrency { max } => Ok(algorithm::concurrency(0, max)),
+                        .arg(&member)
+                        .invoke_async::<(u64, u64, u64)>(&mut connection),
+                )
+                .await?;
+                let verdict = Verdict {
+                    allowed: allowed == 1,
+                    limit,
+                    remaining,
+                    reset_ms: window_ms,
+                    retry_after_ms: if allowed == 1 { 0 } else { wait.max(1) },
+                };
+                let receipt = Receipt::Exact {
+                    key_text: text,
+                    window: None,
+                    cost,
+                    member: Some(member),
+                };
+                Ok((verdict, receipt))
             }
-        };
-        match tokio::time::timeout(link.config.timeout, call).await {
-            Ok(result) => result.map_err(AtomicError::Redis),
-            Err(_) => Err(AtomicError::Timeout(link.config.timeout)),
+            Params::Concurrency { max } => Ok((algorithm::concurrency(0, max), Receipt::Nothing)),
         }
+    }
+}
+
+/// The verdict for a key that is blocked until `until` (Unix ms).
+#[cold]
+fn blocked(limiter: &Limiter, now: u64, until: u64) -> Verdict {
+    Verdict {
+        allowed: false,
+        limit: limiter.params.quota(),
+        remaining: 0,
+        reset_ms: until - now,
+        retry_after_ms: until - now,
+    }
+}
+
+/// What an admission just made on `lease` took (only read when it was admitted).
+#[inline]
+fn lease_receipt(lease: &Lease, hash: u64, cost: u64, windowed: bool) -> Receipt {
+    Receipt::Lease {
+        hash,
+        window: windowed.then_some(lease.window),
+        cost,
+        backed: lease.last_backed,
+    }
+}
+
+/// A Redis call on the request path, cut off at `redis.timeout`.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, AtomicError> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result.map_err(AtomicError::Redis),
+        Err(_) => Err(AtomicError::Timeout(timeout)),
     }
 }
 

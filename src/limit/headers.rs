@@ -132,6 +132,7 @@ mod tests {
             limit: 100,
             window_ms: 60_000,
             sliding: true,
+            calendar: None,
         };
         let f = FieldTemplate::new("per_client", &p).fields(&verdict(true, 42, 16_200, 0));
         assert_eq!(f[0].0, "RateLimit-Policy");

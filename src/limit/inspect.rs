@@ -4,7 +4,7 @@
 //! Global counts are read from Redis (the fleet's view, including quota nodes have
 //! reserved but not yet spent); local ones from this node's estimators.
 
-use super::algorithm::{self, window_of};
+use super::algorithm;
 use super::key;
 use super::link::{resets_key, unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
@@ -23,14 +23,25 @@ pub struct Usage {
     /// Where the figures come from: `redis` (the fleet) or `local` (this node).
     pub source: &'static str,
     pub limit: u64,
+    /// The current window's length: for calendar periods this one's (a 28-day February,
+    /// a 23-hour day), not a nominal month.
     pub window_ms: Option<u64>,
+    /// The current window's bounds (Unix ms), for windows.
+    pub window_start_ms: Option<u64>,
+    pub window_end_ms: Option<u64>,
+    /// `1d`, `1w` or `1mo` for calendar periods, with the time zone they are counted in.
+    pub period: Option<&'static str>,
+    pub timezone: Option<&'static str>,
     pub used: u64,
-    /// Quota other nodes reserved and have not spent yet (global window limits).
+    /// Quota other nodes reserved and have not spent yet (global limits).
     pub reserved: u64,
     pub remaining: u64,
     pub reset_ms: u64,
     pub window: Option<WindowUsage>,
     pub bucket: Option<BucketUsage>,
+    /// When a `block_for` penalty on this key ends (Unix ms), as this node knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -105,35 +116,37 @@ impl Policy {
             source: "local",
             limit: limiter.params.quota(),
             window_ms: None,
+            window_start_ms: None,
+            window_end_ms: None,
+            period: None,
+            timezone: None,
             used: 0,
             reserved: 0,
             remaining: 0,
             reset_ms: 0,
             window: None,
             bucket: None,
+            blocked_until_ms: self.blocked_until(limiter, hash, now),
         };
         let remote = match link {
             Some(link) if self.uses_redis(Some(link)) => Some(link),
             _ => None,
         };
         match limiter.params {
-            Params::Window {
-                limit,
-                window_ms,
-                sliding,
-            } => {
+            Params::Window { limit, sliding, .. } => {
+                let span = limiter.window_at(now);
                 // Redis holds what the fleet admitted and reported (`u`) and quota each node
                 // reserved but has not spent (`r:<node>`). This node adds what it admitted
                 // since its last report and leaves its own reservation out, so a lone node
                 // reports exactly what it admitted.
                 let (previous, current, others_reserved) = match remote {
                     Some(link) => {
-                        let w = window_of(now, window_ms);
+                        let w = span.id;
                         let key = |window: u64| {
                             self.redis_key(
                                 &link.config.key_prefix,
                                 key_text,
-                                &policy::window_suffix(window_ms, window),
+                                &limiter.window_suffix(window),
                             )
                         };
                         let mut pipe = redis::pipe();
@@ -154,22 +167,31 @@ impl Policy {
                         let (p, c) = limiter
                             .windows
                             .as_ref()
-                            .map_or((0, 0), |w| w.peek_both(hash, now));
+                            .map_or((0, 0), |w| w.peek_both(hash, span));
                         (p, c, 0)
                     }
                 };
                 usage.reserved = others_reserved;
-                let elapsed = now % window_ms;
+                let elapsed = span.elapsed_ms(now);
                 let weighted = if sliding {
-                    (previous as u128 * (window_ms - elapsed) as u128).div_ceil(window_ms as u128)
-                        as u64
+                    algorithm::weighted_previous_in(previous, now, span)
                 } else {
                     0
                 };
                 usage.used = weighted + current;
                 usage.remaining = limit.saturating_sub(usage.used + others_reserved);
-                usage.reset_ms = window_ms - elapsed;
-                usage.window_ms = Some(window_ms);
+                usage.reset_ms = span.left_ms(now);
+                usage.window_ms = Some(span.len_ms());
+                usage.window_start_ms = Some(span.start_ms);
+                usage.window_end_ms = Some(span.end_ms);
+                if let Some(periods) = &limiter.periods {
+                    usage.period = Some(periods.calendar.unit.spelling());
+                    usage.timezone = Some(periods.calendar.tz.name());
+                } else if span.len_ms() == 86_400_000 {
+                    // A UTC day counts as an epoch window, and is still a calendar day.
+                    usage.period = Some("1d");
+                    usage.timezone = Some("UTC");
+                }
                 usage.window = Some(WindowUsage {
                     current,
                     previous: if sliding { previous } else { 0 },
@@ -203,31 +225,48 @@ impl Policy {
             }
             Params::Bucket(b) => {
                 let now_ns = super::link::unix_ns();
-                let tat_ns = match remote {
+                let t = b.interval_ns();
+                // Redis holds the arrival time (`t`, µs) and each node's reservation, which
+                // stays inside the bucket until it is reported spent. What this node spent
+                // or admitted since its last report is not in Redis yet.
+                let (tat_ns, reserved_elsewhere, spent_here) = match remote {
                     Some(link) => {
                         let k = self.redis_key(
                             &link.config.key_prefix,
                             key_text,
                             &policy::bucket_suffix(&b),
                         );
-                        let mut get = redis::cmd("GET");
+                        let mut get = redis::cmd("HGETALL");
                         get.arg(k);
-                        let tat_us: Option<u64> = query(link, &get).await?;
-                        tat_us.unwrap_or(0).saturating_mul(1_000)
+                        let fields: HashMap<String, String> = query(link, &get).await?;
+                        let tat_us: u64 = fields
+                            .get("t")
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .map_or(0, |v| v as u64);
+                        let others =
+                            live_reservations(&fields, &link.reservation_field(), unix_ms());
+                        let mine_in_redis = fields
+                            .get(&link.reservation_field())
+                            .and_then(|v| v.split_once(':'))
+                            .and_then(|(amount, _)| amount.parse::<u64>().ok())
+                            .unwrap_or(0);
+                        let (held, uncharged) = limiter
+                            .leases
+                            .get(hash, |l| (l.held(), l.unreported_provisional))
+                            .unwrap_or((0, 0));
+                        // This node's part: its reservation in Redis less what it still
+                        // holds is spent, plus unbacked units not yet charged.
+                        let spent_here = (mine_in_redis + uncharged).saturating_sub(held);
+                        (tat_us.saturating_mul(1_000), others, spent_here)
                     }
-                    None => limiter.tats.as_ref().map_or(0, |t| t.peek(hash)),
+                    None => (limiter.tats.as_ref().map_or(0, |t| t.peek(hash)), 0, 0),
                 };
                 let held = tat_ns.max(now_ns) - now_ns;
-                let t = b.interval_ns();
-                let unspent = if remote.is_some() {
-                    limiter
-                        .leases
-                        .get(hash, |l| l.granted.saturating_sub(l.used))
-                        .unwrap_or(0)
-                } else {
-                    0
-                };
-                let tokens = (b.tolerance_ns().saturating_sub(held) / t + unspent).min(b.burst);
+                let content = b.tolerance_ns().saturating_sub(held) / t;
+                let tokens = content
+                    .saturating_sub(reserved_elsewhere + spent_here)
+                    .min(b.burst);
+                usage.reserved = reserved_elsewhere;
                 usage.used = b.burst - tokens.min(b.burst);
                 usage.remaining = tokens;
                 usage.reset_ms = held.div_ceil(1_000_000);
@@ -270,14 +309,10 @@ impl Policy {
             let mut keys = Vec::new();
             for l in self.limiters() {
                 match l.params {
-                    Params::Window { window_ms, .. } => {
-                        let w = window_of(now, window_ms);
+                    Params::Window { .. } => {
+                        let w = l.window_at(now).id;
                         for window in [w.wrapping_sub(1), w, w + 1] {
-                            keys.push(self.redis_key(
-                                prefix,
-                                key_text,
-                                &policy::window_suffix(window_ms, window),
-                            ));
+                            keys.push(self.redis_key(prefix, key_text, &l.window_suffix(window)));
                         }
                     }
                     Params::Log { window_ms, .. } => {
@@ -290,8 +325,11 @@ impl Policy {
                 }
             }
             let notice = format!("{}\u{0}{key_text}\u{0}{}", self.name, rand::random::<u32>());
+            // The key's state and the fleet's notices are in two slots on a cluster.
+            let mut del = redis::cmd("DEL");
+            del.arg(&keys[..]);
+            query::<(), _>(link, &del).await?;
             let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(&keys[..]).ignore();
             pipe.cmd("ZADD")
                 .arg(resets_key(prefix))
                 .arg(now)
@@ -320,7 +358,7 @@ impl Policy {
             };
             limiter.leases.remove(hash);
             if let Some(w) = &limiter.windows {
-                w.forget(hash, now);
+                w.forget(hash, limiter.window_at(now));
             }
             if let Some(t) = &limiter.tats {
                 t.forget(hash);
@@ -353,14 +391,14 @@ async fn query<T: redis::FromRedisValue, C: Runnable>(
 pub trait Runnable {
     fn run<'a, T: redis::FromRedisValue + 'a>(
         &'a self,
-        connection: &'a mut redis::aio::MultiplexedConnection,
+        connection: &'a mut crate::redis_store::Connection,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>;
 }
 
 impl Runnable for redis::Cmd {
     fn run<'a, T: redis::FromRedisValue + 'a>(
         &'a self,
-        connection: &'a mut redis::aio::MultiplexedConnection,
+        connection: &'a mut crate::redis_store::Connection,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>
     {
         Box::pin(self.query_async(connection))
@@ -370,7 +408,7 @@ impl Runnable for redis::Cmd {
 impl Runnable for redis::Pipeline {
     fn run<'a, T: redis::FromRedisValue + 'a>(
         &'a self,
-        connection: &'a mut redis::aio::MultiplexedConnection,
+        connection: &'a mut crate::redis_store::Connection,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = redis::RedisResult<T>> + Send + 'a>>
     {
         Box::pin(self.query_async(connection))

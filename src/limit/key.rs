@@ -19,6 +19,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub method: &'a str,
     pub route: &'a str,
+    /// The request's host as routing saw it (lower case, no port), if it named one.
+    pub host: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
 }
 
@@ -39,6 +41,7 @@ fn value<'a>(part: &KeyPart, facts: &RequestFacts<'a>) -> Value<'a> {
         KeyPart::Path => Value::Text(facts.path.as_bytes()),
         KeyPart::Method => Value::Text(facts.method.as_bytes()),
         KeyPart::Route => Value::Text(facts.route.as_bytes()),
+        KeyPart::Host => text(facts.host),
         KeyPart::Header(name) => facts
             .headers
             .get(name.as_str())
@@ -205,6 +208,7 @@ mod tests {
             path: "/a/x",
             method: "GET",
             route: "/a",
+            host: None,
             headers,
         }
     }

@@ -1,24 +1,36 @@
 //! Quota leases: how a node decides fleet-wide limits without a Redis round trip per
-//! request.
+//! request, and never admits more than the fleet's limit.
 //!
 //! Redis keeps two numbers per key and window: `used` (what the fleet admitted and
-//! reported) and `reserved` (quota nodes took and have not spent yet). Every unit a node
-//! admits is backed by quota it reserved beforehand (a lease), except for a provisional
-//! allowance before its first sync for a key in a window. The sync task refills a lease
-//! when it runs low against the key's recent demand, taking this node's fair share of what
-//! is left (`remaining / live nodes`), reports what the node admitted (moving it from
-//! reserved to used), and reserves the next window's quota shortly before it starts. A Lua
-//! script grants only quota that fits under the limit, so nodes can never all spend the
-//! same remainder. Sliding windows weigh the previous window's `used` only, so quota a node
-//! reserved and never spent does not shrink the next window.
+//! reported) and `reserved` (quota nodes took and have not spent yet, one field per node).
+//! A Lua script grants only quota that fits under the limit beside both, so what Redis
+//! grants the whole fleet never exceeds the limit. A node admits a request only from
+//! quota Redis granted it (its lease): `admitted ≤ granted ≤ limit`. A key new to a node
+//! (or whose lease ran dry) waits for its grant, one round trip that the sync task starts
+//! at once; the grant covers the key's recent demand, so the requests after it decide
+//! locally again.
 //!
-//! A provisional admission, and a refusal while the fleet still has quota, ask for a sync
-//! at once (`urgent`), so a new key's count reaches Redis within a round trip rather than a
-//! whole sync interval: that is the only span in which the fleet can overshoot. The fleet
-//! under-admits by at most what nodes hold unused when a window ends; a node that stops
-//! hands its unspent reservations back.
+//! The one exception keeps large limits free of that wait: when the limit is at least
+//! [`UNBACKED_MIN_PER_NODE`] × live nodes, a node may admit up to `limit / (100 × nodes)`
+//! units per window with nothing granted behind them, and reports them at the next sync
+//! like any other. The whole fleet can overshoot by at most that much: 1 % of the limit.
+//!
+//! Buckets work the same way: a node reserves tokens, which stay inside the shared bucket
+//! (it refills only up to its burst counting them) until the node reports them spent.
+//!
+//! The sync task refills a lease when it runs low against the key's recent demand, taking
+//! this node's fair share of what is left (`remaining / live nodes`), reports what the
+//! node admitted (moving it from reserved to used), and, for fixed windows, reserves the
+//! next window's quota shortly before it starts. A key that goes quiet hands its unspent
+//! quota back after a few syncs, so quota that idle nodes hold returns to the fleet; a
+//! node that stops hands everything back, and a node that crashes loses its reservations
+//! when they expire.
+//!
+//! When Redis cannot answer, a node continues from what it last heard: what it holds, plus
+//! its share of what the window had left at Redis's last answer. Only a key it never heard
+//! of starts from a share of the whole limit.
 
-use super::algorithm::{self, Verdict};
+use super::algorithm::{self, Bucket, Span, Verdict};
 
 /// How many syncs' worth of recent demand a lease aims to hold.
 const LEASE_SYNCS: f64 = 2.0;
@@ -26,23 +38,30 @@ const LEASE_SYNCS: f64 = 2.0;
 /// Syncs without any demand after which an entry with nothing pending is dropped.
 pub const IDLE_SYNCS: u32 = 40;
 
-/// Quiet syncs after which a key hands its unspent window reservation back, so a node
-/// whose clients went elsewhere does not keep quota other nodes need.
+/// Quiet syncs after which a key hands its unspent reservation back, so a node whose
+/// clients went elsewhere does not keep quota other nodes need.
 const QUIET_RELEASE_SYNCS: u32 = 4;
 
-/// Syncs after which tokens held for a bucket go back (they would be stale by then).
-const BUCKET_HOLD_SYNCS: u32 = 2;
+/// Units per live node below which a node admits nothing Redis has not granted it.
+pub const UNBACKED_MIN_PER_NODE: u64 = 100;
 
-/// The provisional allowance per node: its fair share of what is left, so a lone node (or
-/// a client pinned to one) is never refused while quota remains, a new key's burst spread
-/// over the fleet stays near the limit, and nothing left means no allowance.
-pub fn provisional_cap(left: u64, nodes: u64) -> u64 {
+/// Units a node may admit per window (buckets: between two charges) with no grant behind
+/// them: `quota / (100 × nodes)`, none below [`UNBACKED_MIN_PER_NODE`] × nodes. Summed over
+/// the fleet that is at most 1 % of the quota, the most the fleet can overshoot by.
+pub fn unbacked_allowance(quota: u64, nodes: u64) -> u64 {
+    quota / UNBACKED_MIN_PER_NODE.saturating_mul(nodes.max(1))
+}
+
+/// A node's share of what is left when it must decide without Redis. Rounded up, so a
+/// balanced fleet admits about what was left (at most `nodes − 1` more), and nothing left
+/// means nothing.
+pub fn fallback_share(left: u64, nodes: u64) -> u64 {
     left.div_ceil(nodes.max(1))
 }
 
-/// How long Redis keeps a node's window reservation without hearing from it: long enough
-/// to ride out a few slow syncs, short enough that a crashed node's quota returns to the
-/// fleet within seconds instead of at the end of a long window.
+/// How long Redis keeps a node's reservation without hearing from it: long enough to ride
+/// out a few slow syncs, short enough that a crashed node's quota returns to the fleet
+/// within seconds instead of at the end of a long window.
 pub fn reservation_ttl_ms(sync_ms: u64) -> u64 {
     (sync_ms * 20).max(2_000)
 }
@@ -56,18 +75,34 @@ pub struct Prefetch {
     pub prev: u64,
 }
 
-/// What a window's numbers in Redis must change by: units admitted and not yet reported
-/// (`delta`, added to `used`) and reservations to drop (`unreserve`: spent ones, now in
-/// `used`, and unspent ones handed back).
+/// What Redis has not heard yet of a window (or a bucket): units admitted and not yet
+/// reported (`delta`, added to `used` or charged to the bucket), how many of them had no
+/// reservation behind them, how many were spent from one, and unspent reservation handed
+/// back. Redis itself gets `delta` and the reservation the node still holds.
+/// `refund`: units Redis was told of and that were handed back since (another policy of
+/// the route refused the request, or its response did not count), taken off `used`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Report {
     pub delta: u64,
-    pub unreserve: u64,
+    pub provisional: u64,
+    pub spent: u64,
+    pub released: u64,
+    pub refund: u64,
 }
 
 impl Report {
     pub fn is_empty(&self) -> bool {
-        self.delta == 0 && self.unreserve == 0
+        self.delta == 0 && self.released == 0 && self.refund == 0
+    }
+
+    /// What Redis adds to the window's `used` (or charges the bucket): may be negative.
+    pub fn net_delta(&self) -> i64 {
+        self.delta as i64 - self.refund as i64
+    }
+
+    /// Units of reservation this report drops.
+    pub fn unreserve(&self) -> u64 {
+        self.spent + self.released
     }
 }
 
@@ -79,42 +114,51 @@ pub struct Lease {
     /// The window these numbers belong to (windows only).
     pub window: u64,
     /// Units this node may admit in `window` (windows) or tokens taken (buckets): what
-    /// Redis granted plus what it admitted provisionally.
+    /// Redis granted plus what it admitted unbacked.
     pub granted: u64,
     /// Units admitted in `window` (windows) or tokens spent (buckets).
     pub used: u64,
+    /// Of `used`, units admitted with no reservation behind them and not since covered by
+    /// a grant.
     pub provisional: u64,
-    /// Provisional admissions since the lease last became unsynced, against the allowance.
+    /// Windows: units admitted unbacked in `window`, against the allowance. Buckets: units
+    /// admitted unbacked and not yet charged.
     pub provisional_spell: u64,
-    /// Windows: units admitted and not yet reported to Redis.
+    /// Units admitted and not yet reported to Redis.
     pub unreported: u64,
-    /// Windows: of those, admitted provisionally (no reservation behind them).
+    /// Of those, admitted with no reservation behind them.
     pub unreported_provisional: u64,
-    /// Buckets: units admitted provisionally, not yet charged to the bucket.
-    pub debt: u64,
-    /// Windows: Redis `used + reserved` for `window`. Buckets: tokens left.
+    /// Windows: Redis `used + reserved` for `window`. Buckets: tokens left beside every
+    /// reservation.
     pub known_total: u64,
-    /// Windows: Redis `used` of the window before `window`. Buckets: ms until one token.
+    /// Windows: the fleet's count of the window before `window` (reservations included).
+    /// Buckets: ms until one token.
     pub known_prev: u64,
     /// Windows: Redis `used` for `window` (without anyone's reservations).
     pub known_used: u64,
     /// Units asked for since the last sync, admitted or not.
     pub demand: u64,
-    /// Whether a sync has answered for `window` (buckets: ever).
+    /// Whether Redis has answered for `window` (buckets: ever).
     pub synced: bool,
-    /// Redis refused quota: the window (or bucket) is spent fleet-wide.
+    /// Redis granted less than asked and no other node holds quota that could come back:
+    /// the window (or bucket) is spent fleet-wide, as far as this node knows.
     pub exhausted: bool,
     /// This key needs a sync before the next scheduled one.
     pub urgent: bool,
     /// The sync task has been woken for this key since its last sync.
     pub signalled: bool,
-    /// Windows: units Redis reserved for this node and this node has not reported spent.
+    /// Whether the last admission was spent from a grant (else it was unbacked).
+    pub last_backed: bool,
+    /// Whether Redis's last answer left quota nobody had reserved (or there was none yet),
+    /// so that a grant can still come for a dry lease.
+    pub room: bool,
+    /// Units Redis reserved for this node and this node has not reported spent.
     pub reserved: u64,
     /// What only syncs read, apart: decisions touch the fields above and no more.
     pub sync: Box<SyncBooks>,
 }
 
-/// A lease's bookkeeping for its syncs.
+/// A lease's bookkeeping for its syncs and for deciding without Redis.
 #[derive(Debug, Clone)]
 pub struct SyncBooks {
     /// The key's text, used in Redis key names.
@@ -125,10 +169,15 @@ pub struct SyncBooks {
     /// Demand per sync, smoothed.
     pub rate: f64,
     pub idle_syncs: u32,
-    /// Syncs since the held bucket tokens were granted.
-    pub held_syncs: u32,
     /// When the reservation Redis holds for this node must be renewed (Unix ms).
     pub renew_at_ms: u64,
+    /// Buckets: when Redis last answered (Unix ns).
+    pub answered_ns: u64,
+    /// Buckets: this node's own arrival time while it decides without Redis, started from
+    /// the tokens Redis last reported.
+    pub alone_tat_ns: Option<u64>,
+    /// Units handed back after Redis was told of them, for the next report.
+    pub refund: u64,
 }
 
 impl Lease {
@@ -137,52 +186,129 @@ impl Lease {
             window,
             granted: 0,
             used: 0,
-            unreported: 0,
-            unreported_provisional: 0,
-            reserved: 0,
-            debt: 0,
             provisional: 0,
             provisional_spell: 0,
-            synced: false,
-            exhausted: false,
+            unreported: 0,
+            unreported_provisional: 0,
             known_total: 0,
             known_prev: 0,
             known_used: 0,
             demand: 0,
+            synced: false,
+            exhausted: false,
             urgent: false,
             signalled: false,
+            last_backed: false,
+            room: true,
+            reserved: 0,
             sync: Box::new(SyncBooks {
                 key,
                 stale: Vec::new(),
                 next: None,
                 rate: 0.0,
                 idle_syncs: 0,
-                held_syncs: 0,
                 renew_at_ms: 0,
+                answered_ns: 0,
+                alone_tat_ns: None,
+                refund: 0,
             }),
         }
     }
 
     /// Units this node still holds: granted, minus what it spent from grants.
     #[inline]
-    fn held(&self) -> u64 {
+    pub fn held(&self) -> u64 {
         self.granted
             .saturating_sub(self.used - self.provisional.min(self.used))
     }
 
-    /// Takes out what Redis has not heard yet: admissions, and how many of them were spent
-    /// from reservations. `release` also hands back the unspent reservations.
+    /// Counts one admitted request; `backed` when it was spent from a grant.
+    #[inline]
+    fn count(&mut self, cost: u64, backed: bool) {
+        self.last_backed = backed;
+        self.used += cost;
+        self.unreported += cost;
+        if !backed {
+            self.provisional += cost;
+            self.provisional_spell += cost;
+            self.unreported_provisional += cost;
+        }
+    }
+
+    /// Takes out what Redis has not heard yet. `release` also hands back the unspent
+    /// reservation.
     fn take_report(&mut self, release: bool) -> Report {
         let delta = std::mem::take(&mut self.unreported);
-        let provisional = std::mem::take(&mut self.unreported_provisional);
-        let spent = (delta - provisional.min(delta)).min(self.reserved);
+        let provisional = std::mem::take(&mut self.unreported_provisional).min(delta);
+        let spent = (delta - provisional).min(self.reserved);
         self.reserved -= spent;
-        let unreserve = if release {
-            spent + std::mem::take(&mut self.reserved)
+        let released = if release {
+            std::mem::take(&mut self.reserved)
         } else {
-            spent
+            0
         };
-        Report { delta, unreserve }
+        // What is handed back can no longer be spent here.
+        self.granted = self.granted.saturating_sub(released);
+        Report {
+            delta,
+            provisional,
+            spent,
+            released,
+            refund: std::mem::take(&mut self.sync.refund),
+        }
+    }
+
+    /// Puts back what a report took out, when Redis never got it.
+    fn restore_report(&mut self, report: &Report) {
+        self.unreported += report.delta;
+        self.unreported_provisional += report.provisional;
+        self.reserved += report.unreserve();
+        self.granted += report.released;
+        self.sync.refund += report.refund;
+    }
+
+    /// Hands back one admission of `cost` made in `window` (buckets: `None`), `backed` when
+    /// it was spent from a grant. Not yet reported, it simply never happened: a backed unit
+    /// is this node's to spend again. Already reported, the next report takes it off
+    /// Redis's count, and the reservation it was spent from does not come back here.
+    pub fn refund(&mut self, window: Option<u64>, cost: u64, backed: bool) {
+        if let Some(w) = window.filter(|w| *w != self.window) {
+            if w < self.window {
+                // Its window has ended here: correct that window's count.
+                let report = Report {
+                    refund: cost,
+                    ..Report::default()
+                };
+                self.sync.stale.push((w, report));
+            }
+            return;
+        }
+        self.used = self.used.saturating_sub(cost);
+        if self.unreported >= cost {
+            self.unreported -= cost;
+            if !backed {
+                self.provisional = self.provisional.saturating_sub(cost);
+                self.provisional_spell = self.provisional_spell.saturating_sub(cost);
+                self.unreported_provisional = self.unreported_provisional.saturating_sub(cost);
+            }
+        } else {
+            self.sync.refund += cost;
+            if backed {
+                self.granted = self.granted.saturating_sub(cost);
+            } else {
+                self.provisional = self.provisional.saturating_sub(cost);
+            }
+        }
+    }
+
+    /// Takes up a grant. Units admitted unbacked since the request left are paid from it
+    /// rather than reported on top of it.
+    fn take_grant(&mut self, grant: u64) {
+        let cover = grant.min(self.unreported_provisional);
+        self.unreported_provisional -= cover;
+        self.provisional -= cover.min(self.provisional);
+        self.granted += grant;
+        self.reserved += grant;
     }
 
     /// Moves the lease into `window`, reporting the old window's tail and handing back its
@@ -200,13 +326,10 @@ impl Lease {
         if !report.is_empty() {
             self.sync.stale.push((self.window, report));
         }
-        let contiguous = window == self.window + 1;
-        // The fleet's count for the window that just ended, as far as this node knows: what
-        // Redis last said (other nodes' admissions included), or its own if that is more.
-        // This node's own count alone would leave a sliding window almost the whole limit
-        // again at its start, and every node would admit its share of that provisionally.
-        let prev = if contiguous {
-            self.used.max(self.known_used)
+        // The fleet's count for the window that just ended, as far as this node knows:
+        // what Redis last said it used and reserved, or this node's own count if more.
+        let prev = if window == self.window + 1 {
+            self.used.max(self.known_used).max(self.known_total)
         } else {
             0
         };
@@ -231,20 +354,20 @@ impl Lease {
         self.used = 0;
         self.provisional = 0;
         self.provisional_spell = 0;
-        self.unreported_provisional = 0;
     }
 
     /// The limit left in this window once the previous one's weighted count is taken off.
     #[inline]
-    fn effective_limit(&self, limit: u64, now_ms: u64, window_ms: u64, sliding: bool) -> u64 {
+    fn effective_limit(&self, limit: u64, now_ms: u64, span: Span, sliding: bool) -> u64 {
         if !sliding {
             return limit;
         }
-        let weighted = algorithm::weighted_previous(self.known_prev, now_ms, window_ms);
+        let weighted = algorithm::weighted_previous_in(self.known_prev, now_ms, span);
         limit.saturating_sub(weighted)
     }
 
-    /// Decides one request against a window limit.
+    /// Decides one request against a window limit. A refusal with `exhausted` unset means
+    /// the grant is on its way (the caller waits for it).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn admit_window(
@@ -252,49 +375,39 @@ impl Lease {
         cost: u64,
         limit: u64,
         now_ms: u64,
-        window_ms: u64,
+        span: Span,
         sliding: bool,
         nodes: u64,
         sync_ms: u64,
     ) -> Verdict {
-        self.roll(algorithm::window_of(now_ms, window_ms));
+        self.roll(span.id);
         self.demand += cost;
-        let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
-        // The provisional allowance is a share of what this window has left as far as this
-        // node knows: all of it for a key new to the window, less for one that went quiet
-        // and handed its quota back after the fleet had spent some.
-        let allowance = || provisional_cap(effective.saturating_sub(self.known_used), nodes);
-        let allowed = if self.held() >= cost {
-            true
-        } else if !self.synced && self.provisional_spell + cost <= allowance() {
-            self.urgent |= self.provisional_spell == 0;
-            self.provisional += cost;
-            self.provisional_spell += cost;
-            self.unreported_provisional += cost;
-            true
-        } else {
+        let effective = self.effective_limit(limit, now_ms, span, sliding);
+        let backed = self.held() >= cost;
+        let allowed = backed || self.fits_unbacked(cost, limit, effective, nodes);
+        if !backed {
+            // Dry: refill now rather than at the next scheduled sync.
             self.urgent |= !self.exhausted;
-            false
-        };
+            self.room = !self.synced || self.known_total < effective;
+        }
         if allowed {
-            self.used += cost;
-            self.unreported += cost;
+            self.count(cost, backed);
         }
         let remaining = if self.synced {
             effective.saturating_sub(self.known_total) + self.held()
         } else {
             effective.saturating_sub(self.used)
         };
-        let reset_ms = window_ms - now_ms % window_ms.max(1);
+        let reset_ms = span.left_ms(now_ms);
         let retry_after_ms = if allowed {
             0
-        } else if self.exhausted || !self.synced {
+        } else if self.exhausted {
             // Judged on spent quota: reservations may still come back this window.
             let spent = self.known_used.max(self.used);
             let fleet = if sliding {
-                algorithm::sliding_window(self.known_prev, spent, cost, limit, now_ms, window_ms)
+                algorithm::sliding_window_in(self.known_prev, spent, cost, limit, now_ms, span)
             } else {
-                algorithm::fixed_window(spent, cost, limit, now_ms, window_ms)
+                algorithm::fixed_window_in(spent, cost, limit, now_ms, span)
             };
             if fleet.allowed {
                 sync_ms
@@ -302,7 +415,7 @@ impl Lease {
                 fleet.retry_after_ms
             }
         } else {
-            // The fleet still has quota; this node's next refill is one sync away.
+            // The fleet still has quota; this node's grant is one sync away.
             sync_ms
         };
         Verdict {
@@ -314,77 +427,107 @@ impl Lease {
         }
     }
 
+    /// Whether a window request may be admitted with no grant behind it: within this
+    /// window's unbacked allowance, and within what the fleet has not taken as far as this
+    /// node knows.
+    #[cold]
+    fn fits_unbacked(&self, cost: u64, limit: u64, effective: u64, nodes: u64) -> bool {
+        let taken = if self.synced {
+            self.known_total
+        } else {
+            self.known_used
+        } + self.unreported_provisional;
+        !self.exhausted
+            && self.provisional_spell + cost <= unbacked_allowance(limit, nodes)
+            && taken + cost <= effective
+    }
+
     /// Gives back quota reserved for `window` and not spent (the node is leaving); the
     /// next sync sends it with the last report, and asks for nothing more.
     pub fn release(&mut self, window: u64) {
-        if self.window != window {
-            return;
-        }
-        let report = self.take_report(true);
-        if !report.is_empty() {
-            self.sync.stale.push((self.window, report));
+        if self.window == window {
+            let report = self.take_report(true);
+            if !report.is_empty() {
+                self.sync.stale.push((self.window, report));
+            }
         }
         if let Some(next) = self.sync.next.take().filter(|p| p.granted > 0) {
             self.sync.stale.push((
                 next.window,
                 Report {
-                    delta: 0,
-                    unreserve: next.granted,
+                    released: next.granted,
+                    ..Report::default()
                 },
             ));
         }
-        self.granted = self.used - self.provisional.min(self.used);
+        // Ask for nothing more: no demand, so no top-up and no prefetch.
         self.exhausted = true;
+        self.demand = 0;
         self.sync.rate = 0.0;
     }
 
-    /// Decides one request with no Redis: this node's count for the window against its
-    /// share of the limit. What it admits is reported when Redis is back, so the fleet's
-    /// count for the window stays whole.
+    /// Decides one request against a window limit with no Redis: what this node holds,
+    /// plus its share of what the window had left when Redis last answered (of the whole
+    /// limit for a window Redis never answered for). What it admits is reported when Redis
+    /// is back, so the fleet's count for the window stays whole.
     #[allow(clippy::too_many_arguments)]
     pub fn admit_alone(
         &mut self,
         cost: u64,
-        share: u64,
+        limit: u64,
         nodes: u64,
         now_ms: u64,
-        window_ms: u64,
+        span: Span,
         sliding: bool,
     ) -> Verdict {
-        self.roll(algorithm::window_of(now_ms, window_ms));
-        let verdict = if sliding {
-            let prev_share = self.known_prev.div_ceil(nodes.max(1));
-            algorithm::sliding_window(prev_share, self.used, cost, share, now_ms, window_ms)
+        self.roll(span.id);
+        let effective = self.effective_limit(limit, now_ms, span, sliding);
+        let known = if self.synced {
+            self.known_total
         } else {
-            algorithm::fixed_window(self.used, cost, share, now_ms, window_ms)
+            self.known_used
         };
-        if verdict.allowed {
-            // Admitted with no reservation behind it, like a provisional admission.
-            self.used += cost;
-            self.provisional += cost;
-            self.unreported += cost;
-            self.unreported_provisional += cost;
+        let share = fallback_share(effective.saturating_sub(known), nodes);
+        let backed = self.held() >= cost;
+        // Unbacked admissions since Redis last heard from this node count against the share.
+        let allowed = backed || self.unreported_provisional + cost <= share;
+        if allowed {
+            self.count(cost, backed);
         }
-        verdict
+        let reset_ms = span.left_ms(now_ms);
+        let retry_after_ms = match (allowed, sliding) {
+            (true, _) => 0,
+            (false, false) => reset_ms,
+            (false, true) => {
+                let count = known.max(self.used);
+                algorithm::sliding_window_in(self.known_prev, count, cost, limit, now_ms, span)
+                    .retry_after_ms
+                    .max(1)
+            }
+        };
+        Verdict {
+            allowed,
+            limit,
+            remaining: (self.held() + share.saturating_sub(self.unreported_provisional)).min(limit),
+            reset_ms,
+            retry_after_ms,
+        }
     }
 
-    /// Decides one request against a bucket whose tokens this node takes from Redis.
+    /// Decides one request against a bucket whose tokens this node reserves from Redis. A
+    /// refusal with `exhausted` unset means the tokens are on their way.
     pub fn admit_bucket(&mut self, cost: u64, burst: u64, nodes: u64, sync_ms: u64) -> Verdict {
         self.demand += cost;
-        let allowed = if self.held() >= cost {
-            true
-        } else if !self.synced && self.provisional_spell + cost <= provisional_cap(burst, nodes) {
-            self.urgent |= self.provisional_spell == 0;
-            self.provisional += cost;
-            self.provisional_spell += cost;
-            self.debt += cost;
-            true
-        } else {
+        let backed = self.held() >= cost;
+        let allowed = backed
+            || (!self.exhausted
+                && self.provisional_spell + cost <= unbacked_allowance(burst, nodes));
+        if !backed {
             self.urgent |= !self.exhausted;
-            false
-        };
+            self.room = !self.synced || self.known_total > 0;
+        }
         if allowed {
-            self.used += cost;
+            self.count(cost, backed);
         }
         let remaining = if self.synced {
             self.known_total + self.held()
@@ -401,6 +544,50 @@ impl Lease {
             } else {
                 self.known_prev.max(sync_ms)
             },
+        }
+    }
+
+    /// Decides one request against a bucket with no Redis: the tokens this node holds,
+    /// then a bucket of its own with its share of the rate and burst, starting from its
+    /// share of the tokens Redis last reported (refilled since), or full for a key Redis
+    /// never answered for.
+    pub fn admit_bucket_alone(
+        &mut self,
+        cost: u64,
+        bucket: Bucket,
+        nodes: u64,
+        now_ns: u64,
+    ) -> Verdict {
+        if self.held() >= cost {
+            self.count(cost, true);
+            return Verdict {
+                allowed: true,
+                limit: bucket.burst,
+                remaining: self.held().min(bucket.burst),
+                reset_ms: self.known_prev,
+                retry_after_ms: 0,
+            };
+        }
+        let share = bucket.share(nodes);
+        let (synced, known, answered) = (self.synced, self.known_total, self.sync.answered_ns);
+        let tat = *self.sync.alone_tat_ns.get_or_insert_with(|| {
+            let tokens = if synced {
+                let refilled = now_ns.saturating_sub(answered) / bucket.interval_ns();
+                known.saturating_add(refilled).min(bucket.burst)
+            } else {
+                bucket.burst
+            };
+            let mine = fallback_share(tokens, nodes).min(share.burst);
+            now_ns.saturating_add((share.burst - mine).saturating_mul(share.interval_ns()))
+        });
+        let (verdict, tat) = algorithm::gcra(tat, cost, share, now_ns);
+        if verdict.allowed {
+            self.sync.alone_tat_ns = Some(tat);
+            self.count(cost, false);
+        }
+        Verdict {
+            limit: bucket.burst,
+            ..verdict
         }
     }
 
@@ -426,20 +613,26 @@ impl Lease {
         (self.sync.rate * LEASE_SYNCS).ceil().max(1.0) as u64
     }
 
-    /// How much more window quota to reserve. A key in use holds this node's fair share of
-    /// what is left (`fair`, what it holds included), refilled when it falls below half
-    /// of that or below recent demand, so bursts are served locally; Redis grants at most
-    /// the unreserved remainder.
-    fn window_top_up(&mut self, unreserved: u64, fair: u64) -> u64 {
-        self.observe_demand();
+    /// Whether the key has had no demand for a few syncs: it holds no quota then, and
+    /// asks for none until a request comes.
+    fn is_quiet(&self) -> bool {
+        self.sync.idle_syncs >= QUIET_RELEASE_SYNCS
+    }
+
+    /// How much more window quota to reserve: what recent demand needs (two syncs' worth),
+    /// never more than this node's fair share of what is left (`fair`, what it holds
+    /// included), so that a burst reaching every node at once is spread over them instead
+    /// of stranded on the first to ask. Refilled when it falls below half of that; Redis
+    /// grants at most the unreserved remainder.
+    fn window_top_up(&self, unreserved: u64, fair: u64) -> u64 {
         if self.exhausted || self.sync.rate == 0.0 {
             return 0;
         }
-        let low_water = self.low_water();
-        if self.held() >= low_water.max(fair / 2) {
+        let target = self.low_water().min(fair);
+        if self.held() * 2 >= target {
             return 0;
         }
-        (fair.max(low_water) - self.held()).min(unreserved.max(1))
+        (target - self.held()).min(unreserved.max(1))
     }
 
     /// What to send to Redis for a window limit at this sync, taking the report out of the
@@ -449,14 +642,15 @@ impl Lease {
         &mut self,
         limit: u64,
         now_ms: u64,
-        window_ms: u64,
+        span: Span,
         sliding: bool,
         nodes: u64,
         sync_ms: u64,
     ) -> Option<WindowPlan> {
-        let window = algorithm::window_of(now_ms, window_ms);
+        let window = span.id;
         self.roll(window);
-        let effective = self.effective_limit(limit, now_ms, window_ms, sliding);
+        self.observe_demand();
+        let effective = self.effective_limit(limit, now_ms, span, sliding);
         let unreserved = if self.synced {
             effective.saturating_sub(self.known_total)
         } else {
@@ -467,26 +661,29 @@ impl Lease {
             // Room reappears as the previous window slides out: ask again every sync.
             self.exhausted = false;
         }
-        let want = self.window_top_up(unreserved, fair);
-        let quiet = self.sync.idle_syncs >= QUIET_RELEASE_SYNCS && self.held() > 0;
-        let report = self.take_report(quiet);
-        if quiet {
-            self.granted = self.used - self.provisional.min(self.used);
-            // The key starts over like a new one: its next burst gets the provisional
-            // allowance and an early sync, instead of refusals until the next refill.
-            self.synced = false;
-            self.provisional_spell = 0;
+        let quiet = self.is_quiet();
+        let want = if quiet {
+            0
+        } else {
+            self.window_top_up(unreserved, fair)
+        };
+        let release = quiet && self.reserved > 0;
+        let report = self.take_report(release);
+        if release {
+            // What this node handed back is room again.
+            self.exhausted = false;
         }
         let stale = std::mem::take(&mut self.sync.stale);
-        // Near the end of a busy window, reserve the next one so it starts with quota.
-        // Not while this node still admits provisionally: Redis has not heard of those
-        // admissions yet, so it would weigh the next window against too small a count.
-        let until_end = window_ms - now_ms % window_ms.max(1);
-        let prefetch = (self.synced
+        // Near the end of a busy fixed window, reserve the next one so it starts with
+        // quota. Not for sliding windows: this window may still fill up after the
+        // prefetch, and the next window's room depends on how full it ends.
+        let until_end = span.left_ms(now_ms);
+        let prefetch = (!sliding
+            && !quiet
             && self.sync.rate > 0.0
             && until_end <= sync_ms * 5 / 2
             && self.sync.next.is_none_or(|p| p.window != window + 1))
-        .then(|| (limit / nodes.max(1)).max(1));
+        .then(|| self.low_water().clamp(1, (limit / nodes.max(1)).max(1)));
         let renew = self.reserved > 0 && now_ms >= self.sync.renew_at_ms;
         let needed =
             want > 0 || !report.is_empty() || !stale.is_empty() || prefetch.is_some() || renew;
@@ -501,36 +698,29 @@ impl Lease {
             want,
             stale,
             prefetch,
-            released: quiet,
         })
     }
 
     pub fn apply_window(&mut self, plan: &WindowPlan, answer: &WindowAnswer) {
         if self.window == plan.window {
-            // Provisional admissions made while the sync was under way are paid for from
-            // the fresh grant rather than reported on top of it.
-            let cover = answer.grant.min(self.unreported_provisional);
-            self.unreported_provisional -= cover;
-            self.provisional -= cover;
-            self.granted += answer.grant;
-            self.reserved += answer.grant;
+            self.take_grant(answer.grant);
             self.known_total = answer.total;
             self.known_prev = answer.prev;
             self.known_used = answer.used;
-            // A key that just handed its quota back stays unsynced: its next burst starts
-            // with the provisional allowance.
-            self.synced |= !plan.released;
+            self.synced = true;
             // Only spent quota is gone for good: what other nodes hold reserved comes back
             // when they go quiet, stop or crash, so keep asking while any is out there.
             let others_reserved = answer.total.saturating_sub(answer.used + self.reserved);
-            self.exhausted = answer.grant < plan.want && others_reserved == 0;
+            if plan.want > 0 {
+                self.exhausted = answer.grant < plan.want && others_reserved == 0;
+            }
         } else if answer.grant > 0 {
             // The window ended while the sync was under way: hand the grant back.
             self.sync.stale.push((
                 plan.window,
                 Report {
-                    delta: 0,
-                    unreserve: answer.grant,
+                    released: answer.grant,
+                    ..Report::default()
                 },
             ));
         }
@@ -541,8 +731,8 @@ impl Lease {
                 self.sync.stale.push((
                     next.window,
                     Report {
-                        delta: 0,
-                        unreserve: next.granted,
+                        released: next.granted,
+                        ..Report::default()
                     },
                 ));
             }
@@ -552,75 +742,118 @@ impl Lease {
     /// Puts back what a failed sync took out.
     pub fn restore_window(&mut self, plan: WindowPlan) {
         if self.window == plan.window {
-            self.unreported += plan.report.delta;
-            self.unreported_provisional +=
-                plan.report.delta - plan.report.unreserve.min(plan.report.delta);
-            self.reserved += plan.report.unreserve;
+            self.restore_report(&plan.report);
         } else if !plan.report.is_empty() {
+            // The window ended meanwhile: what it admitted is still owed to it, and its
+            // reservation was handed back with the rest when it rolled.
             self.sync.stale.push((plan.window, plan.report));
         }
         self.sync.stale.extend(plan.stale);
     }
 
-    pub fn plan_bucket(&mut self, burst: u64, nodes: u64) -> Option<BucketPlan> {
-        self.sync.held_syncs += 1;
-        let idle = self.demand == 0;
-        if self.sync.held_syncs > BUCKET_HOLD_SYNCS {
-            // Tokens held this long were taken when the bucket was fuller than it may be
-            // now; spending them later would exceed the burst.
-            self.granted = self.used - self.provisional.min(self.used);
-            if idle {
-                // A quiet key starts over like a new one: its next burst is admitted
-                // provisionally (this node's share of the burst) and charged to the bucket
-                // at once, instead of being refused while tokens are fetched one sync at a
-                // time.
-                self.synced = false;
-                self.provisional_spell = 0;
-            }
-        }
-        let share = if self.synced {
-            (self.known_total / nodes.max(1)).max(1)
-        } else {
-            (burst / nodes.max(1)).max(1)
-        };
-        self.exhausted = false;
+    pub fn plan_bucket(
+        &mut self,
+        burst: u64,
+        nodes: u64,
+        now_ms: u64,
+        sync_ms: u64,
+    ) -> Option<BucketPlan> {
         self.observe_demand();
-        // Tokens held unused are lost to the shared bucket, so buckets hold only what
-        // recent demand needs.
-        let want = if self.sync.rate == 0.0 {
+        let quiet = self.is_quiet();
+        let available = if self.synced { self.known_total } else { burst };
+        let fair = ((available + self.held()) / nodes.max(1)).max(1);
+        // Reserved tokens are out of other nodes' reach, so hold only what recent demand
+        // needs. A bucket refills all the time: ask again even after a short grant.
+        let want = if quiet || self.sync.rate == 0.0 {
             0
         } else {
-            self.low_water().saturating_sub(self.held()).min(share)
+            self.low_water().saturating_sub(self.held()).min(fair)
         };
-        let debt = std::mem::take(&mut self.debt);
-        (want > 0 || debt > 0).then_some(BucketPlan { debt, want })
+        let report = self.take_report(quiet && self.reserved > 0);
+        let renew = self.reserved > 0 && now_ms >= self.sync.renew_at_ms;
+        if want == 0 && report.is_empty() && !renew {
+            return None;
+        }
+        self.sync.renew_at_ms = now_ms + reservation_ttl_ms(sync_ms) / 4;
+        Some(BucketPlan {
+            report,
+            held: self.reserved,
+            want,
+        })
     }
 
-    pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer) {
-        if answer.grant > 0 {
-            // Provisional admissions made meanwhile are paid from the new tokens.
-            let cover = answer.grant.min(self.debt);
-            self.debt -= cover;
-            self.provisional -= cover.min(self.provisional);
-            self.granted += answer.grant;
-            // Start the hold period afresh with the new tokens.
-            self.sync.held_syncs = 0;
-        }
+    pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer, now_ns: u64) {
+        self.take_grant(answer.grant);
         self.known_total = answer.tokens;
         self.known_prev = answer.ms_per_token;
         self.synced = true;
-        self.exhausted = answer.grant < plan.want;
+        if plan.want > 0 {
+            self.exhausted = answer.grant < plan.want;
+        }
+        // Unbacked units in this report are charged now; those since are still out.
+        self.provisional_spell = self.unreported_provisional;
+        self.sync.answered_ns = now_ns;
+        self.sync.alone_tat_ns = None;
     }
 
     pub fn restore_bucket(&mut self, plan: BucketPlan) {
-        self.debt += plan.debt;
+        self.restore_report(&plan.report);
     }
 
-    /// Whether nothing is pending and the key has gone quiet, so the entry can go.
+    /// Atomic mode: what this node admitted alone for `window` while Redis was away, to be
+    /// added to Redis's count by the next atomic call.
+    pub fn take_exact_window_delta(&mut self, window: u64) -> u64 {
+        if self.window != window {
+            return 0;
+        }
+        self.unreported_provisional = 0;
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Atomic mode, buckets: units admitted alone, to be charged by the next call.
+    pub fn take_exact_bucket_delta(&mut self) -> u64 {
+        self.unreported_provisional = 0;
+        std::mem::take(&mut self.unreported)
+    }
+
+    /// Atomic mode: the delta of a call that failed is still owed.
+    pub fn restore_exact_delta(&mut self, window: Option<u64>, delta: u64) {
+        if window.is_none_or(|w| w == self.window) {
+            self.unreported += delta;
+            self.unreported_provisional += delta;
+        }
+    }
+
+    /// Atomic mode: what Redis answered for a window, so that a node deciding without
+    /// Redis continues from it.
+    pub fn record_exact_window(&mut self, window: u64, used: u64, prev: u64) {
+        self.roll(window);
+        // Ended windows are not reported in atomic mode.
+        self.sync.stale.clear();
+        self.known_used = used;
+        self.known_total = used;
+        self.known_prev = prev;
+        self.synced = true;
+    }
+
+    /// Atomic mode: what Redis answered for a bucket.
+    pub fn record_exact_bucket(&mut self, tokens: u64, ms_per_token: u64, now_ns: u64) {
+        self.known_total = tokens;
+        self.known_prev = ms_per_token;
+        self.synced = true;
+        self.sync.answered_ns = now_ns;
+        self.sync.alone_tat_ns = None;
+    }
+
+    /// Whether nothing is pending and the key has gone quiet, so the entry can go. A
+    /// window's entry stays while it holds quota or has spent unbacked allowance, so that
+    /// allowance is never handed out twice in one window.
     pub fn is_idle(&self, window: Option<u64>) -> bool {
-        let pending = self.debt > 0 || self.unreported > 0 || !self.sync.stale.is_empty();
-        let current = window.is_some_and(|w| self.window >= w && self.reserved > 0);
-        !pending && !current && self.sync.idle_syncs >= IDLE_SYNCS
+        let pending = self.unreported > 0 || self.sync.refund > 0 || !self.sync.stale.is_empty();
+        let current = window
+            .is_some_and(|w| self.window >= w && (self.reserved > 0 || self.provisional_spell > 0));
+        let holding = window.is_none() && self.reserved > 0;
+        !pending && !current && !holding && self.sync.idle_syncs >= IDLE_SYNCS
     }
 }
 
@@ -635,8 +868,6 @@ pub struct WindowPlan {
     pub stale: Vec<(u64, Report)>,
     /// Units to reserve in the next window.
     pub prefetch: Option<u64>,
-    /// The key went quiet and handed its reservation back.
-    pub released: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,364 +875,30 @@ pub struct WindowAnswer {
     /// `used + reserved` after the script.
     pub total: u64,
     pub grant: u64,
-    /// The previous window's `used`.
+    /// The previous window's `used` plus its live reservations.
     pub prev: u64,
     /// `used` after the script.
     pub used: u64,
     pub next: Option<Prefetch>,
 }
 
+/// One key's part of a sync, for a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketPlan {
-    pub debt: u64,
+    /// `delta` is charged to the bucket.
+    pub report: Report,
+    /// Tokens this node still holds reserved (before `want` is granted).
+    pub held: u64,
     pub want: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketAnswer {
     pub grant: u64,
-    /// Tokens left in the shared bucket.
+    /// Tokens left in the shared bucket beside every reservation.
     pub tokens: u64,
     pub ms_per_token: u64,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const W: u64 = 1_000;
-    const SYNC: u64 = 50;
-
-    /// A stand-in for the Redis window script: `used` and `reserved`, granting what fits.
-    #[derive(Default)]
-    struct Redis {
-        used: u64,
-        reserved: u64,
-    }
-
-    impl Redis {
-        fn apply(&mut self, plan: &WindowPlan, limit: u64) -> WindowAnswer {
-            self.used += plan.report.delta;
-            self.reserved = self.reserved.saturating_sub(plan.report.unreserve);
-            let grant = plan
-                .want
-                .min(limit.saturating_sub(self.used + self.reserved));
-            self.reserved += grant;
-            WindowAnswer {
-                total: self.used + self.reserved,
-                grant,
-                prev: 0,
-                used: self.used,
-                next: None,
-            }
-        }
-    }
-
-    #[test]
-    fn a_new_key_gets_a_provisional_allowance_then_leases() {
-        let mut lease = Lease::new("k".into(), 0);
-        let now = 10 * W;
-        // limit 100 over 2 nodes: the provisional allowance is this node's half.
-        assert!(lease.admit_window(1, 100, now, W, false, 2, SYNC).allowed);
-        assert!(lease.urgent, "a new key asks for a sync at once");
-        for _ in 1..50 {
-            assert!(lease.admit_window(1, 100, now, W, false, 2, SYNC).allowed);
-        }
-        assert!(!lease.admit_window(1, 100, now, W, false, 2, SYNC).allowed);
-        let mut redis = Redis::default();
-        let plan = lease.plan_window(100, now + 10, W, false, 2, SYNC).unwrap();
-        assert!(!lease.urgent);
-        assert_eq!(
-            plan.report,
-            Report {
-                delta: 50,
-                unreserve: 0
-            }
-        );
-        assert!(plan.want >= 1);
-        let answer = redis.apply(&plan, 100);
-        lease.apply_window(&plan, &answer);
-        assert!(
-            lease
-                .admit_window(1, 100, now + 20, W, false, 2, SYNC)
-                .allowed
-        );
-    }
-
-    #[test]
-    fn two_nodes_never_exceed_the_limit_once_synced() {
-        let limit = 50;
-        let mut nodes = [Lease::new("k".into(), 0), Lease::new("k".into(), 0)];
-        let mut redis = Redis::default();
-        let mut admitted = 0;
-        let start = 20 * W;
-        for step in 0..18u64 {
-            let now = start + step * SYNC;
-            for lease in nodes.iter_mut() {
-                for _ in 0..40 {
-                    if lease.admit_window(1, limit, now, W, false, 2, SYNC).allowed {
-                        admitted += 1;
-                    }
-                }
-                if let Some(plan) = lease.plan_window(limit, now + 1, W, false, 2, SYNC) {
-                    let answer = redis.apply(&plan, limit);
-                    lease.apply_window(&plan, &answer);
-                }
-            }
-        }
-        let provisional = 2 * provisional_cap(limit, 2);
-        assert!(admitted <= limit + provisional, "admitted {admitted}");
-        assert!(admitted >= limit - 5, "admitted {admitted}");
-        // Everything admitted was reported as used; nothing is left reserved but unspent
-        // beyond what the nodes still hold.
-        assert_eq!(
-            redis.used + nodes.iter().map(|l| l.unreported).sum::<u64>(),
-            admitted
-        );
-    }
-
-    #[test]
-    fn admissions_during_a_sync_are_covered_by_its_grant() {
-        let mut lease = Lease::new("k".into(), 0);
-        let now = 3 * W;
-        lease.admit_window(1, 5, now, W, false, 1, SYNC);
-        let plan = lease.plan_window(5, now, W, false, 1, SYNC).unwrap();
-        // A second provisional admission before the answer arrives.
-        assert!(lease.admit_window(1, 5, now, W, false, 1, SYNC).allowed);
-        let mut redis = Redis::default();
-        let answer = redis.apply(&plan, 5);
-        assert_eq!((answer.total, answer.grant), (5, 4));
-        lease.apply_window(&plan, &answer);
-        let mut more = 0;
-        while lease.admit_window(1, 5, now, W, false, 1, SYNC).allowed {
-            more += 1;
-        }
-        assert_eq!(2 + more, 5, "exactly the limit");
-        let plan = lease.plan_window(5, now + 1, W, false, 1, SYNC).unwrap();
-        let answer = redis.apply(&plan, 5);
-        lease.apply_window(&plan, &answer);
-        assert_eq!(
-            (redis.used, redis.reserved),
-            (5, 0),
-            "all reported, nothing reserved"
-        );
-    }
-
-    #[test]
-    fn a_window_without_prefetch_weighs_the_fleets_previous_count() {
-        // Three nodes spent a 300 sliding window, this one a third of it; the next window
-        // starts before any prefetch arrived. Its previous-window weight must be the
-        // fleet's 300, not this node's 100, or each node admits ~67 provisionally at once.
-        let (limit, nodes) = (300, 3);
-        let mut lease = Lease::new("k".into(), 0);
-        let now = 3 * W + 900;
-        for _ in 0..100 {
-            assert!(
-                lease
-                    .admit_window(1, limit, now, W, true, nodes, SYNC)
-                    .allowed
-            );
-        }
-        let mut redis = Redis {
-            used: 200,
-            reserved: 0,
-        };
-        let plan = lease.plan_window(limit, now, W, true, nodes, SYNC).unwrap();
-        let answer = redis.apply(&plan, limit);
-        assert_eq!(answer.used, 300);
-        lease.apply_window(&plan, &answer);
-        let start = 4 * W + 1;
-        let admitted = (0..100)
-            .filter(|_| {
-                lease
-                    .admit_window(1, limit, start, W, true, nodes, SYNC)
-                    .allowed
-            })
-            .count();
-        assert!(
-            admitted <= 1,
-            "{admitted} admitted at the start of a window the fleet just filled"
-        );
-    }
-
-    #[test]
-    fn a_key_that_went_quiet_starts_over_from_what_its_window_has_left() {
-        // 3 of 4 spent and reported, the rest of the lease handed back after a quiet spell:
-        // the next burst may take the one unit left, not a fresh allowance of 4.
-        let (limit, nodes) = (4, 1);
-        let mut lease = Lease::new("k".into(), 0);
-        let now = 7 * W;
-        let mut redis = Redis::default();
-        for _ in 0..3 {
-            assert!(
-                lease
-                    .admit_window(1, limit, now, W, false, nodes, SYNC)
-                    .allowed
-            );
-        }
-        let mut at = now;
-        for _ in 0..10 {
-            at += SYNC;
-            if let Some(plan) = lease.plan_window(limit, at, W, false, nodes, SYNC) {
-                let answer = redis.apply(&plan, limit);
-                lease.apply_window(&plan, &answer);
-                if plan.released {
-                    break;
-                }
-            }
-        }
-        assert_eq!(
-            (redis.used, redis.reserved),
-            (3, 0),
-            "reported, and handed back"
-        );
-        assert!(!lease.synced, "quiet keys start over");
-        let admitted = (0..4)
-            .filter(|_| {
-                lease
-                    .admit_window(1, limit, at + 1, W, false, nodes, SYNC)
-                    .allowed
-            })
-            .count();
-        assert_eq!(admitted, 1, "one unit was left in the window");
-    }
-
-    #[test]
-    fn a_failed_sync_keeps_the_report() {
-        let mut lease = Lease::new("k".into(), 0);
-        lease.admit_window(1, 100, 5 * W, W, false, 1, SYNC);
-        let plan = lease
-            .plan_window(100, 5 * W + 1, W, false, 1, SYNC)
-            .unwrap();
-        assert_eq!(lease.unreported, 0);
-        lease.restore_window(plan);
-        assert_eq!(lease.unreported, 1);
-    }
-
-    #[test]
-    fn an_ended_window_reports_its_tail_and_returns_unspent_quota() {
-        let mut lease = Lease::new("k".into(), 5);
-        lease.granted = 10;
-        lease.reserved = 9;
-        lease.used = 4;
-        lease.unreported = 3;
-        lease.unreported_provisional = 0;
-        lease.synced = true;
-        lease.roll(6);
-        // 3 admitted since the last report, spent from the reservation; 6 unspent back.
-        assert_eq!(
-            lease.sync.stale,
-            vec![(
-                5,
-                Report {
-                    delta: 3,
-                    unreserve: 9
-                }
-            )]
-        );
-        assert_eq!((lease.used, lease.unreported, lease.reserved), (0, 0, 0));
-    }
-
-    #[test]
-    fn a_quiet_key_hands_its_reservation_back() {
-        let mut lease = Lease::new("k".into(), 7);
-        lease.synced = true;
-        lease.granted = 10;
-        lease.reserved = 10;
-        lease.used = 2;
-        lease.unreported = 2;
-        let now = 7 * W + 10;
-        let reports: Vec<Report> = (0..QUIET_RELEASE_SYNCS as u64 + 2)
-            .filter_map(|step| lease.plan_window(100, now + step, W, false, 2, SYNC))
-            .map(|plan| plan.report)
-            .collect();
-        assert_eq!(
-            reports.first(),
-            Some(&Report {
-                delta: 2,
-                unreserve: 2
-            })
-        );
-        assert_eq!(
-            reports.last(),
-            Some(&Report {
-                delta: 0,
-                unreserve: 8
-            })
-        );
-        assert_eq!(lease.held(), 0);
-    }
-
-    #[test]
-    fn prefetch_fills_the_next_window() {
-        let mut lease = Lease::new("k".into(), 0);
-        lease.admit_window(1, 100, 5 * W + 900, W, false, 1, SYNC);
-        // Still provisional: Redis has not counted this window's admissions, so no
-        // prefetch is weighed against them yet.
-        let first = lease
-            .plan_window(100, 5 * W + 900, W, false, 1, SYNC)
-            .unwrap();
-        assert_eq!(first.prefetch, None);
-        let mut redis = Redis::default();
-        let answer = redis.apply(&first, 100);
-        lease.apply_window(&first, &answer);
-        lease.admit_window(1, 100, 5 * W + 940, W, false, 1, SYNC);
-        let plan = lease
-            .plan_window(100, 5 * W + 950, W, false, 1, SYNC)
-            .unwrap();
-        assert!(plan.prefetch.is_some());
-        let next = Prefetch {
-            window: 6,
-            granted: 5,
-            total: 5,
-            prev: 1,
-        };
-        let mut answer = redis.apply(&plan, 100);
-        answer.next = Some(next);
-        lease.apply_window(&plan, &answer);
-        let v = lease.admit_window(1, 100, 6 * W + 1, W, false, 1, SYNC);
-        assert!(v.allowed);
-        assert!(
-            lease.synced,
-            "the prefetch counts as a sync: no provisional admissions"
-        );
-        assert_eq!((lease.granted, lease.reserved), (5, 5));
-    }
-
-    #[test]
-    fn alone_a_lease_keeps_its_count_and_reports_it_later() {
-        let mut lease = Lease::new("k".into(), 4);
-        lease.synced = true;
-        lease.granted = 10;
-        lease.reserved = 2;
-        lease.used = 8;
-        let now = 4 * W + 10;
-        // Half of 30 for this node of two: 15, of which 8 are spent.
-        let admitted = (0..20)
-            .filter(|_| lease.admit_alone(1, 15, 2, now, W, false).allowed)
-            .count();
-        assert_eq!(admitted, 7);
-        assert_eq!(lease.unreported, 7, "reported when Redis is back");
-    }
-
-    #[test]
-    fn buckets_spend_taken_tokens() {
-        let mut lease = Lease::new("k".into(), 0);
-        assert!(lease.admit_bucket(1, 10, 1, SYNC).allowed, "provisional");
-        let plan = lease.plan_bucket(10, 1).unwrap();
-        lease.apply_bucket(
-            &plan,
-            &BucketAnswer {
-                grant: 3,
-                tokens: 6,
-                ms_per_token: 100,
-            },
-        );
-        for _ in 0..3 {
-            assert!(lease.admit_bucket(1, 10, 1, SYNC).allowed);
-        }
-        let v = lease.admit_bucket(1, 10, 1, SYNC);
-        assert!(!v.allowed);
-        assert_eq!(v.retry_after_ms, 100);
-    }
-}
+mod tests;

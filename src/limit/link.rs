@@ -1,25 +1,23 @@
-//! The connection to Redis, its health, and the fleet's live-node count.
+//! What limits need of Redis beyond the store: whether it is up, the fleet's live-node
+//! count, the sync rounds requests wait on, and the resets that travel with the
+//! heartbeat. Connections and topology are [`crate::redis_store`]'s.
 //!
 //! The request path never waits for a connection: it asks [`RedisLink::connection`], gets
 //! one or none, and decides locally when there is none. The sync task (re)connects with
 //! backoff. Each change between up and down is logged once and counted.
 
 use crate::config::RedisConfig;
-use crate::identity::{self, KeyDigest, KeyRecord};
 use crate::metrics::Metrics;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use crate::redis_store::{fleet, Connection, Store};
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub struct RedisLink {
     pub config: RedisConfig,
-    client: redis::Client,
-    connection: ArcSwapOption<MultiplexedConnection>,
+    store: Store,
     up: AtomicBool,
     nodes: AtomicU64,
     node_id: String,
@@ -32,9 +30,6 @@ pub struct RedisLink {
     /// Wakes requests waiting for a refill when a sync round completes.
     sync_done: tokio::sync::Notify,
     sync_generation: AtomicU64,
-    /// API keys registered through the admin API, refreshed when their version changes.
-    registered: ArcSwap<HashMap<KeyDigest, Arc<KeyRecord>>>,
-    registered_version: AtomicU64,
     /// The newest reset notice applied (Unix ms).
     last_reset_ms: AtomicU64,
     /// Recent sync durations in ms, for the dashboard.
@@ -50,12 +45,6 @@ pub struct ResetNotice {
     pub key: String,
 }
 
-/// A registered-key set that matches nothing, for links that never loaded one.
-const NEVER_LOADED: u64 = u64::MAX;
-
-/// The most a (re)connection attempt may take; the sync loop must not stall behind it.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-
 /// Unix time in ms (see [`crate::clock`]).
 pub fn unix_ms() -> u64 {
     crate::clock::now_ms()
@@ -68,8 +57,7 @@ pub fn unix_ns() -> u64 {
 
 impl RedisLink {
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let client =
-            super::redis_client::build(config).map_err(|(key, why)| format!("{key}: {why}"))?;
+        let store = Store::new(config)?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "node".into());
         let node_id = format!(
             "{host}-{}-{:08x}",
@@ -79,8 +67,7 @@ impl RedisLink {
         metrics.redis_up.set(0);
         Ok(RedisLink {
             config: config.clone(),
-            client,
-            connection: ArcSwapOption::empty(),
+            store,
             up: AtomicBool::new(false),
             nodes: AtomicU64::new(1),
             node_id,
@@ -90,8 +77,6 @@ impl RedisLink {
             urgent: Mutex::new(Vec::new()),
             sync_done: tokio::sync::Notify::new(),
             sync_generation: AtomicU64::new(0),
-            registered: ArcSwap::from_pointee(HashMap::new()),
-            registered_version: AtomicU64::new(NEVER_LOADED),
             last_reset_ms: AtomicU64::new(unix_ms()),
             sync_ms: Mutex::new(VecDeque::with_capacity(SYNC_HISTORY)),
             last_failure: Mutex::new(String::new()),
@@ -124,8 +109,19 @@ impl RedisLink {
     }
 
     /// A handle on the shared connection, if there is one.
-    pub fn connection(&self) -> Option<MultiplexedConnection> {
-        self.connection.load_full().map(|c| (*c).clone())
+    pub fn connection(&self) -> Option<Connection> {
+        self.store.connection()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether a global decision for the Redis key `key` can use Redis right now: Redis is
+    /// up and, on a cluster, the master serving the key's slot answered last time.
+    #[inline]
+    pub fn reachable(&self, key: impl FnOnce() -> String) -> bool {
+        self.is_up() && self.store.reachable(key)
     }
 
     /// Live tollgate nodes sharing this Redis, as of the last heartbeat (at least 1).
@@ -153,22 +149,19 @@ impl RedisLink {
     }
 
     pub async fn connect(&self) -> redis::RedisResult<()> {
-        // No response timeout on the connection: every call has a deadline of its own,
-        // sized for what it does (one atomic decision, a heartbeat, a pipeline of 2,000
-        // sync scripts), and one connection-wide figure would be wrong for all but one.
-        let config = AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        self.connection.store(Some(Arc::new(connection)));
-        Ok(())
+        self.store.connect().await
+    }
+
+    /// A connection of its own, for bulk writes (the decision log) that must not queue
+    /// ahead of the sync's round trips on the shared connection.
+    pub async fn dedicated_connection(&self) -> redis::RedisResult<Connection> {
+        self.store.dedicated().await
     }
 
     pub fn mark_up(&self) {
         if !self.up.swap(true, Ordering::AcqRel) {
             self.last_failure.lock().clear();
-            tracing::info!(url = %redacted(&self.config.url), "redis is reachable: global limits are enforced fleet-wide again");
+            tracing::info!(redis = %self.config.describe(), "redis is reachable: global limits are enforced fleet-wide again");
             self.metrics.redis_up.set(1);
             self.metrics
                 .redis_state_changes
@@ -180,10 +173,10 @@ impl RedisLink {
     /// Records a failed call; the first failure after being up turns global limits local.
     pub fn mark_down(&self, op: &str, error: &dyn std::fmt::Display) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
-        self.connection.store(None);
+        self.store.disconnect();
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(
-                url = %redacted(&self.config.url),
+                redis = %self.config.describe(),
                 op,
                 "redis failed ({error}): enforcing local limits (this node's share) until it is back"
             );
@@ -197,42 +190,63 @@ impl RedisLink {
         }
         // Never up (or still down): say why once per distinct reason, not per retry, so a
         // wrong password or certificate is visible without flooding the log.
-        let error = error.to_string();
-        let mut last = self.last_failure.lock();
-        if *last != error {
+        if self.new_reason(error) {
             tracing::warn!(
-                url = %redacted(&self.config.url),
+                redis = %self.config.describe(),
                 op,
                 "redis is unreachable ({error}); limits stay local (this node's share) until it answers"
             );
-            *last = error;
+        }
+    }
+
+    /// Whether `error` differs from the last failure logged, which it then becomes.
+    fn new_reason(&self, error: &dyn std::fmt::Display) -> bool {
+        let error = error.to_string();
+        let mut last = self.last_failure.lock();
+        if *last == error {
+            return false;
+        }
+        *last = error;
+        true
+    }
+
+    /// A call for the Redis key `key` failed. On a cluster only the master serving its
+    /// slot turns local (until it answers again); on one server everything does.
+    pub fn key_failed(&self, op: &str, key: &str, error: &dyn std::fmt::Display) {
+        if !self.store.is_cluster() {
+            return self.mark_down(op, error);
+        }
+        self.store.key_failed(key);
+        self.note_failure(op, error);
+    }
+
+    /// Counts a failure that leaves Redis up for the other keys (a cluster master away, one
+    /// script's error), logged once per distinct reason.
+    pub fn note_failure(&self, op: &str, error: &dyn std::fmt::Display) {
+        self.metrics.redis_errors.with_label_values(&[op]).inc();
+        self.metrics
+            .redis_unreachable_slots
+            .set(i64::from(self.store.unreachable_slots()));
+        if self.new_reason(error) {
+            tracing::warn!(
+                redis = %self.config.describe(),
+                op,
+                unreachable_slots = self.store.unreachable_slots(),
+                "some redis calls failed ({error}): their keys use local limits until Redis answers for them"
+            );
         }
     }
 
     /// Registers this node as alive and reads how many are, in one round trip.
-    pub async fn heartbeat(
-        &self,
-        connection: &mut MultiplexedConnection,
-    ) -> redis::RedisResult<u64> {
-        let key = format!("{}:nodes", self.config.key_prefix);
-        let now = unix_ms();
-        let horizon = now.saturating_sub(self.liveness_ms());
-        let (_, _, count, _): (i64, i64, u64, i64) = redis::pipe()
-            .cmd("ZADD")
-            .arg(&key)
-            .arg(now)
-            .arg(&self.node_id)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&key)
-            .arg("-inf")
-            .arg(horizon)
-            .cmd("ZCARD")
-            .arg(&key)
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(self.liveness_ms() * 2)
-            .query_async(connection)
-            .await?;
+    pub async fn heartbeat(&self, connection: &mut Connection) -> redis::RedisResult<u64> {
+        let count = fleet::heartbeat(
+            connection,
+            &self.config.key_prefix,
+            &self.node_id,
+            unix_ms(),
+            self.liveness_ms(),
+        )
+        .await?;
         self.nodes.store(count.max(1), Ordering::Relaxed);
         self.metrics.redis_nodes.set(count as i64);
         Ok(count)
@@ -243,26 +257,14 @@ impl RedisLink {
         (self.config.sync_interval.as_millis() as u64 * 10).max(1_000)
     }
 
-    /// A registered API key by digest (constant-time confirmed).
-    pub fn find_registered(&self, presented: &KeyDigest) -> Option<Arc<KeyRecord>> {
-        identity::find(&self.registered.load(), presented)
-    }
-
-    pub fn registered(&self) -> Arc<HashMap<KeyDigest, Arc<KeyRecord>>> {
-        self.registered.load_full()
-    }
-
-    /// Reloads registered keys if their version moved, and returns reset notices published
-    /// since the last call; one round trip when nothing changed.
+    /// The reset notices published since the last call; one round trip.
     pub async fn refresh_control(
         &self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Connection,
     ) -> redis::RedisResult<Vec<ResetNotice>> {
         let prefix = &self.config.key_prefix;
         let since = self.last_reset_ms.load(Ordering::Relaxed);
-        let (version, resets): (Option<u64>, Vec<(String, u64)>) = redis::pipe()
-            .cmd("GET")
-            .arg(identity::registry::version_key(prefix))
+        let (resets,): (Vec<(String, u64)>,) = redis::pipe()
             .cmd("ZRANGEBYSCORE")
             .arg(resets_key(prefix))
             .arg(format!("({since}"))
@@ -270,12 +272,6 @@ impl RedisLink {
             .arg("WITHSCORES")
             .query_async(connection)
             .await?;
-        let version = version.unwrap_or(0);
-        if version != self.registered_version.load(Ordering::Relaxed) {
-            let keys = identity::registry::load(connection, prefix).await?;
-            self.registered.store(Arc::new(keys));
-            self.registered_version.store(version, Ordering::Relaxed);
-        }
         if let Some(newest) = resets.iter().map(|(_, score)| *score).max() {
             self.last_reset_ms.fetch_max(newest, Ordering::Relaxed);
         }
@@ -288,21 +284,6 @@ impl RedisLink {
                 Some(ResetNotice { policy, key })
             })
             .collect())
-    }
-
-    /// Applies this node's own registration or revocation at once; the next refresh
-    /// reloads the whole set from Redis.
-    pub fn registered_changed(&self, added: Option<KeyRecord>, removed: Option<&str>) {
-        let mut keys = (*self.registered.load_full()).clone();
-        if let Some(record) = added {
-            keys.insert(record.digest, Arc::new(record));
-        }
-        if let Some(id) = removed {
-            keys.retain(|_, r| r.id != id);
-        }
-        self.registered.store(Arc::new(keys));
-        self.registered_version
-            .store(NEVER_LOADED, Ordering::Relaxed);
     }
 
     /// Counts sync rounds, so a request can tell whether one completed since it looked.
@@ -349,11 +330,8 @@ impl RedisLink {
     /// Removes this node from the live set (on shutdown), so the others' shares grow at once.
     pub async fn leave(&self) {
         if let Some(mut c) = self.connection() {
-            let key = format!("{}:nodes", self.config.key_prefix);
-            let mut cmd = redis::cmd("ZREM");
-            cmd.arg(&key).arg(&self.node_id);
-            let _ =
-                tokio::time::timeout(self.config.timeout * 4, cmd.query_async::<i64>(&mut c)).await;
+            let leave = fleet::leave(&mut c, &self.config.key_prefix, &self.node_id);
+            let _ = tokio::time::timeout(self.config.timeout * 4, leave).await;
         }
     }
 }
@@ -366,35 +344,5 @@ const SYNC_HISTORY: usize = 256;
 
 /// The sorted set of reset notices.
 pub fn resets_key(prefix: &str) -> String {
-    format!("{prefix}:resets")
-}
-
-/// The URL without its password, for logs and the admin API.
-pub fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            let shown = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                "***".into()
-            };
-            format!("{}{shown}{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redacted("redis://:secret@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(redacted("rediss://user:pw@h:1"), "rediss://user:***@h:1");
-        assert_eq!(redacted("redis://token@h:1"), "redis://***@h:1");
-    }
+    fleet::key(prefix, "resets")
 }

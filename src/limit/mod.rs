@@ -2,14 +2,17 @@
 //! per-request evaluation of a route's policies.
 
 pub mod algorithm;
+pub mod blocks;
+pub mod calendar;
 mod decide;
+pub mod delay;
 pub mod headers;
 pub mod inspect;
 pub mod key;
 pub mod lease;
 pub mod link;
 pub mod policy;
-pub mod redis_client;
+pub mod receipt;
 pub mod scripts;
 pub mod sketch;
 pub mod sync;
@@ -19,3 +22,4 @@ pub use decide::{Check, CostError, Outcome};
 pub use key::RequestFacts;
 pub use link::RedisLink;
 pub use policy::Policy;
+pub use receipt::Receipt;

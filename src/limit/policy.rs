@@ -1,7 +1,8 @@
 //! A rate limit policy compiled from its config: numbers per tier, the local estimators,
 //! the lease table, and pre-resolved metric handles.
 
-use super::algorithm::{Bucket, SlidingLog};
+use super::algorithm::{Bucket, SlidingLog, Span};
+use super::calendar::{Calendar, Periods};
 use super::headers::FieldTemplate;
 use super::lease::Lease;
 use super::sketch::{TatSketch, WindowSketch};
@@ -33,8 +34,11 @@ const SKETCH_SLOTS: usize = 16_384;
 pub enum Params {
     Window {
         limit: u64,
+        /// The window's length; a calendar period's nominal one (see `RateSpec::per`).
         window_ms: u64,
         sliding: bool,
+        /// Days, weeks or months on the calendar instead of epoch windows.
+        calendar: Option<Calendar>,
     },
     Log {
         limit: u64,
@@ -77,20 +81,18 @@ impl Params {
                 limit,
                 window_ms,
                 sliding,
+                calendar,
             } => Params::Window {
                 limit: part(limit),
                 window_ms,
                 sliding,
+                calendar,
             },
             Params::Log { limit, window_ms } => Params::Log {
                 limit: part(limit),
                 window_ms,
             },
-            Params::Bucket(b) => Params::Bucket(Bucket {
-                count: part(b.count),
-                per_ns: b.per_ns,
-                burst: part(b.burst),
-            }),
+            Params::Bucket(b) => Params::Bucket(b.share(nodes)),
             p @ Params::Concurrency { .. } => p,
         }
     }
@@ -107,9 +109,16 @@ pub struct Limiter {
     pub inflight: Option<Inflight>,
     pub logs: Option<KeyTable<SlidingLog>>,
     pub leases: KeyTable<Lease>,
+    /// Keys blocked until a time (Unix ms), for policies with `block_for`.
+    pub blocks: Option<KeyTable<u64>>,
     /// The response fields' fixed parts, built once.
     pub fields: FieldTemplate,
+    /// Calendar windows, with their current period cached.
+    pub periods: Option<Periods>,
 }
+
+/// Slack on the lifetime of a calendar period's Redis hash, for nodes whose clocks differ.
+const CALENDAR_KEEP_SLACK_MS: u64 = 60_000;
 
 impl Limiter {
     fn new(
@@ -119,18 +128,15 @@ impl Limiter {
         id: u64,
         max_keys: usize,
         scope: Scope,
-        sync: SyncMode,
+        blocking: bool,
     ) -> Self {
-        let leased = scope == Scope::Global && sync == SyncMode::Async;
+        // Global keys keep what Redis last said about them (leases in async mode, the last
+        // answer in atomic mode), so that deciding without Redis continues from it.
+        let global = scope == Scope::Global;
         let (windows, tats, inflight, logs) = match params {
-            Params::Window { window_ms, .. } => (
-                Some(WindowSketch::new(window_ms, SKETCH_SLOTS)),
-                None,
-                None,
-                None,
-            ),
-            Params::Log { window_ms, .. } => (
-                Some(WindowSketch::new(window_ms, SKETCH_SLOTS)),
+            Params::Window { .. } => (Some(WindowSketch::new(SKETCH_SLOTS)), None, None, None),
+            Params::Log { .. } => (
+                Some(WindowSketch::new(SKETCH_SLOTS)),
                 None,
                 None,
                 Some(KeyTable::<SlidingLog>::new(max_keys)),
@@ -138,7 +144,14 @@ impl Limiter {
             Params::Bucket(_) => (None, Some(TatSketch::new(SKETCH_SLOTS)), None, None),
             Params::Concurrency { .. } => (None, None, Some(Inflight::new()), None),
         };
+        let periods = match params {
+            Params::Window {
+                calendar: Some(c), ..
+            } => Some(Periods::new(c)),
+            _ => None,
+        };
         Limiter {
+            periods,
             fields: FieldTemplate::new(policy, &params),
             tier,
             params,
@@ -147,7 +160,46 @@ impl Limiter {
             tats,
             inflight,
             logs,
-            leases: KeyTable::new(if leased { max_keys } else { 0 }),
+            leases: KeyTable::new(if global { max_keys } else { 0 }),
+            blocks: blocking.then(|| KeyTable::new(max_keys)),
+        }
+    }
+}
+
+impl Limiter {
+    /// The window holding `now_ms`: the one path by which epoch and calendar windows are
+    /// found, so that decisions, syncs, receipts and the admin API agree on it. Epoch
+    /// windows cost a division, as before calendars; calendar ones a cached read.
+    #[inline]
+    pub fn window_at(&self, now_ms: u64) -> Span {
+        if let Some(periods) = &self.periods {
+            return periods.at(now_ms);
+        }
+        match self.params {
+            Params::Window { window_ms, .. } | Params::Log { window_ms, .. } => {
+                Span::epoch(now_ms, window_ms)
+            }
+            Params::Bucket(_) | Params::Concurrency { .. } => Span::epoch(now_ms, 1),
+        }
+    }
+
+    /// The part of a Redis key after the hash tag for window `id`'s counter.
+    pub fn window_suffix(&self, id: u64) -> String {
+        match (&self.periods, self.params) {
+            (Some(p), _) => format!("{}:{id}", p.calendar.label()),
+            (None, Params::Window { window_ms, .. }) => window_suffix(window_ms, id),
+            (None, _) => window_suffix(0, id),
+        }
+    }
+
+    /// How long Redis keeps a window's hash after a write in `span`: through the next
+    /// window, where a sliding window still weighs it. Epoch windows keep their old
+    /// `2 × window + 1 s`; calendar ones reach past the longest next period.
+    pub fn window_keep_ms(&self, span: Span, now_ms: u64) -> u64 {
+        match (&self.periods, self.params) {
+            (Some(p), _) => span.left_ms(now_ms) + p.calendar.max_len_ms() + CALENDAR_KEEP_SLACK_MS,
+            (None, Params::Window { window_ms, .. }) => 2 * window_ms + 1000,
+            (None, _) => 2 * span.len_ms() + 1000,
         }
     }
 }
@@ -155,6 +207,7 @@ impl Limiter {
 /// Handles on the decision counters, resolved once per policy.
 pub struct Counters {
     pub allowed: IntCounter,
+    pub exempt: IntCounter,
     pub limited: IntCounter,
     pub shadow_limited: IntCounter,
     pub failed_open: IntCounter,
@@ -176,6 +229,16 @@ pub struct Policy {
     pub on_redis_error: OnRedisError,
     pub status: u16,
     pub headers: bool,
+    /// Count only responses with these statuses (the rest are handed back).
+    pub count_status: Option<crate::config::limits::StatusSet>,
+    /// Clients never limited by this policy.
+    pub exempt: crate::config::limits::Exemptions,
+    /// How long a refused key stays refused.
+    pub block_for_ms: Option<u64>,
+    /// `on_limit: delay`: how requests over the limit wait.
+    pub delay: Option<super::delay::Delay>,
+    /// Blocks of global keys this node has not published yet: (key text, until).
+    pub block_outbox: parking_lot::Mutex<Vec<(String, u64)>>,
     pub base: Limiter,
     pub tiers: HashMap<String, Limiter>,
     pub counters: Counters,
@@ -186,24 +249,38 @@ fn params(
     rate: Option<crate::config::RateSpec>,
     burst: Option<u64>,
     limit: Option<u64>,
+    timezone: Option<crate::config::limits::TimeZone>,
 ) -> Params {
     // Validation guarantees the numbers each algorithm needs; the fallbacks keep a bad
     // combination from panicking if validation were ever skipped.
     let rate = rate.unwrap_or(crate::config::RateSpec {
         count: 1,
         per: std::time::Duration::from_secs(1),
+        calendar: None,
     });
     let window_ms = rate.per.as_millis() as u64;
+    // UTC days are epoch days: they keep the epoch path and its Redis keys.
+    let calendar = rate
+        .calendar
+        .map(|unit| Calendar {
+            unit,
+            tz: timezone.map_or(chrono_tz::Tz::UTC, |tz| tz.0),
+        })
+        .filter(|c| {
+            c.unit != crate::config::CalendarUnit::Day || !timezone.is_none_or(|tz| tz.is_utc())
+        });
     match algorithm {
         Algorithm::FixedWindow => Params::Window {
             limit: rate.count,
             window_ms,
             sliding: false,
+            calendar,
         },
         Algorithm::SlidingWindow => Params::Window {
             limit: rate.count,
             window_ms,
             sliding: true,
+            calendar,
         },
         Algorithm::SlidingLog => Params::Log {
             limit: rate.count,
@@ -226,11 +303,17 @@ impl Policy {
         let base = Limiter::new(
             name,
             None,
-            params(config.algorithm, config.rate, config.burst, config.limit),
+            params(
+                config.algorithm,
+                config.rate,
+                config.burst,
+                config.limit,
+                config.timezone,
+            ),
             id_of(""),
             config.max_keys,
             config.scope,
-            config.sync,
+            config.block_for.is_some(),
         );
         let tiers = config
             .tiers
@@ -244,11 +327,12 @@ impl Policy {
                         t.rate.or(config.rate),
                         t.burst.or(config.burst),
                         t.limit.or(config.limit),
+                        config.timezone,
                     ),
                     id_of(tier),
                     config.max_keys,
                     config.scope,
-                    config.sync,
+                    config.block_for.is_some(),
                 );
                 (tier.clone(), limiter)
             })
@@ -260,6 +344,7 @@ impl Policy {
         };
         let counters = Counters {
             allowed: counter("allowed"),
+            exempt: counter("exempt"),
             limited: counter("limited"),
             shadow_limited: counter("shadow_limited"),
             failed_open: counter("failed_open"),
@@ -279,6 +364,18 @@ impl Policy {
             on_redis_error: config.on_redis_error,
             status: config.status,
             headers: config.headers,
+            count_status: config.count_status.clone(),
+            exempt: config.exempt.clone(),
+            block_for_ms: config.block_for.map(|d| d.as_millis() as u64),
+            delay: (config.on_limit == crate::config::OnLimit::Delay).then(|| {
+                super::delay::Delay::new(
+                    config.max_delay,
+                    config.max_waiting,
+                    metrics.ratelimit_delayed.with_label_values(&[name]),
+                    metrics.ratelimit_waiting.with_label_values(&[name]),
+                )
+            }),
+            block_outbox: parking_lot::Mutex::new(Vec::new()),
             base,
             tiers,
             counters,
@@ -313,8 +410,10 @@ pub fn window_suffix(window_ms: u64, window: u64) -> String {
     format!("w{window_ms}:{window}")
 }
 
+/// `v2`: a hash of the arrival time and the nodes' reservations (the first layout was the
+/// arrival time alone, as a string; a new name keeps a rolling upgrade off WRONGTYPE).
 pub fn bucket_suffix(bucket: &Bucket) -> String {
-    format!("b{}x{}", bucket.interval_ns(), bucket.burst)
+    format!("b{}x{}:v2", bucket.interval_ns(), bucket.burst)
 }
 
 pub fn log_suffix(window_ms: u64) -> String {

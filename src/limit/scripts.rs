@@ -13,14 +13,20 @@ use std::sync::LazyLock;
 /// still holds (`held`) each time, and renews it well before it expires; a node that
 /// crashed stops renewing, so what it held returns to the fleet after `ttl_ms` instead of
 /// being stranded for the rest of the window. Expiry runs on the Redis clock. A sliding
-/// window weighs the previous window's `u` only, so reservations never spent do not shrink
-/// the next window.
+/// window weighs the previous window's `u` plus the reservations still live in it: a node
+/// may still spend those (its clock a little behind, or its last report not yet in), so
+/// leaving them out would let this window grant the same quota twice. A window's unspent
+/// reservations are handed back when it ends, so they shrink the next window only until
+/// then.
 ///
 /// KEYS[1] this window's hash, KEYS[2] the previous window's hash
-/// ARGV: delta (add to u), held (this node's unspent reservation), want, limit,
-/// elapsed_ms (into the window), window_ms, sliding (0/1), exact (0/1), node field,
-/// ttl_ms
-/// Returns {u + reservations after, granted, previous window's u, u after}.
+/// ARGV: delta (add to u; negative hands units back), held (this node's unspent reservation), want, limit,
+/// elapsed_ms (into the window), window_ms (this window's length: calendar months
+/// differ), sliding (0/1), exact (0/1), node field, ttl_ms (of the reservation), keep_ms
+/// (how long the hash outlives this write: through the next window, which a sliding window
+/// weighs it in; `2 × window + 1 s` when left out)
+/// Returns {u + reservations after, granted, previous window's u + live reservations, u
+/// after}.
 pub const WINDOW: &str = r#"
 local delta = tonumber(ARGV[1])
 local held = tonumber(ARGV[2])
@@ -31,28 +37,35 @@ local window = tonumber(ARGV[6])
 local exact = ARGV[8] == '1'
 local me = ARGV[9]
 local ttl = tonumber(ARGV[10])
+local keep = tonumber(ARGV[11]) or (2 * window + 1000)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local fields = redis.call('HGETALL', KEYS[1])
-local used = delta
-local others = 0
-local expired = {}
-for i = 1, #fields, 2 do
-  local name = fields[i]
-  if name == 'u' then
-    used = used + tonumber(fields[i + 1])
-  elseif name ~= me then
-    local amount, expires = string.match(fields[i + 1], '^(%d+):(%d+)$')
-    if amount and tonumber(expires) > now then
-      others = others + tonumber(amount)
-    else
-      expired[#expired + 1] = name
+-- u and the live reservations of one window's hash (all of them when skip is nil),
+-- dropping expired ones.
+local function count(key, skip)
+  local fields = redis.call('HGETALL', key)
+  local used, reserved, expired = 0, 0, {}
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if name == 'u' then
+      used = tonumber(fields[i + 1])
+    elseif name ~= skip then
+      local amount, expires = string.match(fields[i + 1], '^(%d+):(%d+)$')
+      if amount and tonumber(expires) > now then
+        reserved = reserved + tonumber(amount)
+      else
+        expired[#expired + 1] = name
+      end
     end
   end
+  if #expired > 0 then
+    redis.call('HDEL', key, unpack(expired))
+  end
+  return used, reserved
 end
-if #expired > 0 then
-  redis.call('HDEL', KEYS[1], unpack(expired))
-end
+local stored, others = count(KEYS[1], me)
+-- A negative delta hands back units admitted earlier (another policy refused the request).
+local used = math.max(0, stored + delta)
 local mine = held
 if exact then
   mine = 0
@@ -60,7 +73,8 @@ end
 local prev = 0
 local effective = limit
 if ARGV[7] == '1' then
-  prev = tonumber(redis.call('HGET', KEYS[2], 'u') or '0')
+  local prev_used, prev_reserved = count(KEYS[2], nil)
+  prev = prev_used + prev_reserved
   effective = limit - math.ceil(prev * (window - elapsed) / window)
 end
 local room = effective - used - others - mine
@@ -74,7 +88,7 @@ elseif room > 0 then
   grant = math.min(want, room)
   mine = mine + grant
 end
-if delta > 0 or grant > 0 or not exact then
+if delta ~= 0 or grant > 0 or not exact then
   redis.call('HSET', KEYS[1], 'u', used)
   if not exact then
     if mine > 0 then
@@ -83,40 +97,103 @@ if delta > 0 or grant > 0 or not exact then
       redis.call('HDEL', KEYS[1], me)
     end
   end
-  redis.call('PEXPIRE', KEYS[1], 2 * window + 1000)
+  redis.call('PEXPIRE', KEYS[1], keep)
 end
 return {used + others + mine, grant, prev, used}
 "#;
 
-/// A token bucket kept as its theoretical arrival time in microseconds (GCRA), timed by the
-/// Redis server's clock so nodes with skewed clocks still agree.
+/// A token bucket kept as its theoretical arrival time in microseconds (GCRA, field `t`),
+/// timed by the Redis server's clock so nodes with skewed clocks still agree, plus one
+/// field per node, `r:<node>` = `amount:expires_ms`: tokens that node reserved and has not
+/// reported spent.
+///
+/// Reserved tokens stay inside the bucket until they are spent: the bucket refills up to
+/// `burst` counting them, and grants only what is left beside them. So however long a node
+/// holds tokens, the fleet never spends more than `burst` at once (tokens taken out of the
+/// bucket at grant time would let it refill behind them). A spent token is charged when
+/// it is reported (`charge`), which only delays its refill by up to one sync. Units a node
+/// admitted with no reservation behind them are charged the same way. Atomic mode
+/// (`exact` = 1) takes all of `want` or nothing and charges it at once.
 ///
 /// KEYS[1] the bucket
-/// ARGV: debt, want, interval_us (may be fractional), burst, exact (0/1)
-/// Returns {granted, tokens left, ms until the next token}.
+/// ARGV: charge (negative hands tokens back), held (this node's unspent reservation after this report), want,
+/// interval_us (may be fractional), burst, exact (0/1), node field, ttl_ms
+/// Returns {granted, tokens left beside every reservation, ms until the next one}.
 pub const BUCKET: &str = r#"
-local debt = tonumber(ARGV[1])
-local want = tonumber(ARGV[2])
-local t = tonumber(ARGV[3])
-local tau = t * tonumber(ARGV[4])
+local charge = tonumber(ARGV[1])
+local held = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local t = tonumber(ARGV[4])
+local tau = t * tonumber(ARGV[5])
+local exact = ARGV[6] == '1'
+local me = ARGV[7]
+local ttl = tonumber(ARGV[8])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local now_ms = math.floor(now / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+local tat = 0
+local others = 0
+local expired = {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  if name == 't' then
+    tat = tonumber(fields[i + 1])
+  elseif name ~= me then
+    local amount, expires = string.match(fields[i + 1], '^(%d+):(%d+)$')
+    if amount and tonumber(expires) > now_ms then
+      others = others + tonumber(amount)
+    else
+      expired[#expired + 1] = name
+    end
+  end
+end
+if #expired > 0 then
+  redis.call('HDEL', KEYS[1], unpack(expired))
+end
+local mine = held
+if exact then
+  mine = 0
+end
 if tat < now then tat = now end
-tat = tat + debt * t
-local room = math.floor((now + tau - tat) / t)
+tat = tat + charge * t
+-- A negative charge hands tokens back; the bucket still holds no more than its burst.
+if tat < now then tat = now end
+local room = math.floor((now + tau - tat) / t) - others - mine
 local grant = 0
-if ARGV[5] == '1' then
-  if room >= want then grant = want end
+if exact then
+  if room >= want then
+    grant = want
+    tat = tat + grant * t
+  end
 elseif room > 0 then
   grant = math.min(want, room)
+  mine = mine + grant
 end
-tat = tat + grant * t
-local held = tat - now
-redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(tat)), 'PX', math.ceil(held / 1000) + 1000)
-local left = math.max(0, math.floor((tau - held) / t))
+local left = math.max(0, room - grant)
+if exact then
+  left = math.max(0, math.floor((now + tau - tat) / t) - others)
+end
+redis.call('HSET', KEYS[1], 't', string.format('%.0f', math.ceil(tat)))
+if not exact then
+  if mine > 0 then
+    redis.call('HSET', KEYS[1], me, string.format('%d:%d', mine, now_ms + ttl))
+  else
+    redis.call('HDEL', KEYS[1], me)
+  end
+end
+-- The bucket outlives its refill, and every live reservation: losing `t` while tokens are
+-- out would refill the bucket behind them.
+local keep = math.ceil((tat - now) / 1000) + 1000
+if others + mine > 0 then
+  keep = math.max(keep, ttl + 1000)
+end
+redis.call('PEXPIRE', KEYS[1], keep)
 local next_token = 0
-if left < 1 then next_token = math.ceil((held - tau + t) / 1000) end
+if left < 1 then
+  -- When one more token fits beside the reservations: tat - tau + t * (1 + reserved).
+  next_token = math.max(1, math.ceil((tat - tau + t * (1 + others + mine) - now) / 1000))
+end
 return {grant, left, next_token}
 "#;
 

@@ -6,7 +6,7 @@
 //! `Rate` is not (its windows start at process start); the counting itself is
 //! pingora-limits' count-min `Estimator`.
 
-use super::algorithm::{self, Bucket, Verdict};
+use super::algorithm::{self, Bucket, Span, Verdict};
 use parking_lot::Mutex;
 use pingora_limits::estimator::Estimator;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +16,6 @@ const HASHES: usize = 4;
 /// Counts per key in the current and previous aligned windows.
 pub struct WindowSketch {
     estimators: [Estimator; 2],
-    window_ms: u64,
     /// The window the estimator at `current % 2` counts.
     current: AtomicU64,
     /// Whether the other estimator holds the window just before `current`.
@@ -25,19 +24,19 @@ pub struct WindowSketch {
 }
 
 impl WindowSketch {
-    pub fn new(window_ms: u64, slots: usize) -> Self {
+    /// Windows are given to it by the limiter (`Limiter::window_at`), epoch or calendar.
+    pub fn new(slots: usize) -> Self {
         WindowSketch {
             estimators: [Estimator::new(HASHES, slots), Estimator::new(HASHES, slots)],
-            window_ms: window_ms.max(1),
             current: AtomicU64::new(0),
             previous_valid: AtomicU64::new(0),
             roll: Mutex::new(()),
         }
     }
 
-    /// Moves to the window of `now_ms` if time has passed into a new one.
-    fn roll(&self, now_ms: u64) -> u64 {
-        let window = algorithm::window_of(now_ms, self.window_ms);
+    /// Moves to the window `span` if time has passed into a new one.
+    fn roll(&self, span: Span) -> u64 {
+        let window = span.id;
         let current = self.current.load(Ordering::Acquire);
         if window <= current {
             return current;
@@ -60,8 +59,16 @@ impl WindowSketch {
     }
 
     /// Counts `cost` for `key` if the limit allows it; refused requests are not counted.
-    pub fn check(&self, key: u64, cost: u64, limit: u64, now_ms: u64, sliding: bool) -> Verdict {
-        let window = self.roll(now_ms);
+    pub fn check(
+        &self,
+        key: u64,
+        cost: u64,
+        limit: u64,
+        now_ms: u64,
+        span: Span,
+        sliding: bool,
+    ) -> Verdict {
+        let window = self.roll(span);
         let current = &self.estimators[(window % 2) as usize];
         let after = current.incr(key, cost as isize).max(0) as u64;
         let before = after.saturating_sub(cost);
@@ -71,9 +78,9 @@ impl WindowSketch {
             } else {
                 0
             };
-            algorithm::sliding_window(prev, before, cost, limit, now_ms, self.window_ms)
+            algorithm::sliding_window_in(prev, before, cost, limit, now_ms, span)
         } else {
-            algorithm::fixed_window(before, cost, limit, now_ms, self.window_ms)
+            algorithm::fixed_window_in(before, cost, limit, now_ms, span)
         };
         if !verdict.allowed {
             current.decr(key, cost as isize);
@@ -81,9 +88,20 @@ impl WindowSketch {
         verdict
     }
 
-    /// This node's counts for `key` in the previous and current windows of `now_ms`.
-    pub fn peek_both(&self, key: u64, now_ms: u64) -> (u64, u64) {
-        let window = self.roll(now_ms);
+    /// Takes back `cost` counted for `key` in `window`, if that is still one of the two
+    /// windows kept.
+    pub fn refund(&self, key: u64, cost: u64, window: u64) {
+        let current = self.current.load(Ordering::Acquire);
+        let kept = window == current
+            || (window + 1 == current && self.previous_valid.load(Ordering::Acquire) == 1);
+        if kept {
+            self.estimators[(window % 2) as usize].decr(key, cost as isize);
+        }
+    }
+
+    /// This node's counts for `key` in the window `span` and the one before.
+    pub fn peek_both(&self, key: u64, span: Span) -> (u64, u64) {
+        let window = self.roll(span);
         let prev = if self.previous_valid.load(Ordering::Acquire) == 1 {
             self.estimators[((window + 1) % 2) as usize].get(key).max(0) as u64
         } else {
@@ -97,18 +115,18 @@ impl WindowSketch {
 
     /// Takes `key`'s counts out (an admin reset). Keys sharing its counters lose as much,
     /// which can only make their limits more lenient for the rest of the window.
-    pub fn forget(&self, key: u64, now_ms: u64) {
-        let (prev, cur) = self.peek_both(key, now_ms);
-        let window = self.roll(now_ms);
+    pub fn forget(&self, key: u64, span: Span) {
+        let (prev, cur) = self.peek_both(key, span);
+        let window = self.roll(span);
         self.estimators[(window % 2) as usize].decr(key, cur as isize);
         if prev > 0 {
             self.estimators[((window + 1) % 2) as usize].decr(key, prev as isize);
         }
     }
 
-    /// This node's count for `key` in the window of `now_ms` (without counting anything).
-    pub fn peek(&self, key: u64, now_ms: u64) -> u64 {
-        let window = self.roll(now_ms);
+    /// This node's count for `key` in the window `span` (without counting anything).
+    pub fn peek(&self, key: u64, span: Span) -> u64 {
+        let window = self.roll(span);
         self.estimators[(window % 2) as usize].get(key).max(0) as u64
     }
 }
@@ -153,6 +171,18 @@ impl TatSketch {
         }
     }
 
+    /// Gives back the `cost` tokens an admission took. Keys sharing its slots get them too,
+    /// which can only make their limits more lenient by as much.
+    pub fn refund(&self, key: u64, cost: u64, bucket: Bucket) {
+        let back = cost.saturating_mul(bucket.interval_ns());
+        for row in 0..HASHES {
+            let cell = &self.rows[row][self.slot(key, row)];
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(old.saturating_sub(back))
+            });
+        }
+    }
+
     pub fn check(&self, key: u64, cost: u64, bucket: Bucket, now_ns: u64) -> Verdict {
         let estimate = (0..HASHES)
             .map(|row| self.rows[row][self.slot(key, row)].load(Ordering::Acquire))
@@ -177,35 +207,39 @@ impl TatSketch {
 mod tests {
     use super::*;
 
+    fn ep(now: u64) -> Span {
+        Span::epoch(now, 1_000)
+    }
+
     #[test]
     fn window_sketch_counts_per_key_and_rolls_on_epoch_boundaries() {
-        let s = WindowSketch::new(1_000, 1024);
+        let s = WindowSketch::new(1024);
         for _ in 0..3 {
-            assert!(s.check(1, 1, 3, 5_100, false).allowed);
+            assert!(s.check(1, 1, 3, 5_100, ep(5_100), false).allowed);
         }
-        assert!(!s.check(1, 1, 3, 5_999, false).allowed);
+        assert!(!s.check(1, 1, 3, 5_999, ep(5_999), false).allowed);
         assert!(
-            s.check(2, 1, 3, 5_999, false).allowed,
+            s.check(2, 1, 3, 5_999, ep(5_999), false).allowed,
             "another key has its own count"
         );
-        assert_eq!(s.peek(1, 5_999), 3, "a refused request is not counted");
+        assert_eq!(s.peek(1, ep(5_999)), 3, "a refused request is not counted");
         assert!(
-            s.check(1, 1, 3, 6_000, false).allowed,
+            s.check(1, 1, 3, 6_000, ep(6_000), false).allowed,
             "a new aligned window"
         );
     }
 
     #[test]
     fn window_sketch_sliding_uses_the_previous_window() {
-        let s = WindowSketch::new(1_000, 1024);
+        let s = WindowSketch::new(1024);
         for _ in 0..10 {
-            assert!(s.check(7, 1, 10, 9_500, true).allowed);
+            assert!(s.check(7, 1, 10, 9_500, ep(9_500), true).allowed);
         }
         // 10% into the next window, 90% of the previous 10 still count.
-        assert!(s.check(7, 1, 10, 10_100, true).allowed);
-        assert!(!s.check(7, 1, 10, 10_100, true).allowed);
+        assert!(s.check(7, 1, 10, 10_100, ep(10_100), true).allowed);
+        assert!(!s.check(7, 1, 10, 10_100, ep(10_100), true).allowed);
         // Two windows later nothing of it is left.
-        assert!(s.check(7, 5, 10, 12_000, true).allowed);
+        assert!(s.check(7, 5, 10, 12_000, ep(12_000), true).allowed);
     }
 
     #[test]
@@ -228,8 +262,8 @@ mod tests {
     #[test]
     fn collisions_only_make_limits_stricter() {
         // One slot per row: every key shares all counters.
-        let s = WindowSketch::new(1_000, 1);
-        assert!(s.check(1, 2, 3, 0, false).allowed);
-        assert!(!s.check(2, 2, 3, 0, false).allowed);
+        let s = WindowSketch::new(1);
+        assert!(s.check(1, 2, 3, 0, ep(0), false).allowed);
+        assert!(!s.check(2, 2, 3, 0, ep(0), false).allowed);
     }
 }

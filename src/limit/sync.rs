@@ -2,17 +2,16 @@
 //! node admitted provisionally and refills its leases for all active keys. It also keeps
 //! the connection alive (reconnecting with backoff) and the live-node count current.
 
-use super::algorithm;
 use super::lease::{self, BucketAnswer, BucketPlan, Lease, Prefetch, WindowAnswer, WindowPlan};
 use super::link::{unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
 use crate::gateway::SharedGateway;
+use crate::redis_store::{Answer, Connection};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use redis::aio::MultiplexedConnection;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +19,10 @@ pub struct LimitSync {
     gateway: SharedGateway,
     /// Set once the final flush on shutdown is done, so the process can exit.
     flushed: Arc<AtomicBool>,
+    /// The newest fleet-wide block notice read (see [`super::blocks`]).
+    blocks_seen: Arc<AtomicU64>,
+    /// A cluster's heartbeat and probe are in flight (they run beside the lease rounds).
+    housekeeping: Arc<AtomicBool>,
 }
 
 impl LimitSync {
@@ -27,6 +30,8 @@ impl LimitSync {
         LimitSync {
             gateway,
             flushed: Arc::new(AtomicBool::new(false)),
+            blocks_seen: Arc::new(AtomicU64::new(unix_ms())),
+            housekeeping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -41,8 +46,6 @@ const CHUNK: usize = 2_000;
 /// runs 2,000 scripts, which a loaded Redis cannot answer within a deadline sized for one
 /// heartbeat, and a chunk that times out turns the whole node local.
 const PER_PLAN: Duration = Duration::from_micros(100);
-/// How long an early sync waits for more keys that want one.
-const URGENT_BATCH: Duration = Duration::from_millis(1);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 /// Short enough that a Redis restart is noticed well within two seconds.
 const BACKOFF_MAX: Duration = Duration::from_millis(800);
@@ -83,7 +86,17 @@ impl BackgroundService for LimitSync {
                     } else {
                         Round::Urgent
                     };
-                    sync_once(link, connection, &gateway.policies, round).await;
+                    if round == Round::Scheduled && link.store().is_cluster() {
+                        self.spawn_cluster_housekeeping(link, &connection, &gateway.policies);
+                    }
+                    sync_once(
+                        link,
+                        connection,
+                        &gateway.policies,
+                        round,
+                        &self.blocks_seen,
+                    )
+                    .await;
                 }
             }
             if scheduled {
@@ -101,9 +114,10 @@ impl BackgroundService for LimitSync {
             let wanted = async {
                 match &link {
                     Some(link) => {
+                        // No batching delay: a request waits for this round. Keys that ask
+                        // while a round is in flight join the next one, which starts as
+                        // soon as it returns, so bursts still share round trips.
                         link.sync_wanted.notified().await;
-                        // Let other requests that want a sync join this one.
-                        tokio::time::sleep(URGENT_BATCH).await;
                     }
                     None => std::future::pending().await,
                 }
@@ -122,18 +136,59 @@ impl BackgroundService for LimitSync {
                 let now = unix_ms();
                 for policy in gateway.policies.values().filter(|p| p.is_leased()) {
                     for limiter in policy.limiters() {
-                        if let Params::Window { window_ms, .. } = limiter.params {
-                            let window = algorithm::window_of(now, window_ms);
+                        if let Params::Window { .. } = limiter.params {
+                            let window = limiter.window_at(now).id;
                             limiter.leases.for_each(|_, lease| lease.release(window));
                         }
                     }
                 }
-                sync_once(link, connection, &gateway.policies, Round::Final).await;
+                sync_once(
+                    link,
+                    connection,
+                    &gateway.policies,
+                    Round::Final,
+                    &self.blocks_seen,
+                )
+                .await;
             }
             link.leave().await;
         }
         self.flushed.store(true, Ordering::Release);
     }
+}
+
+impl LimitSync {
+    /// Starts a cluster's heartbeat and probe on a task of their own, unless the last ones
+    /// are still running. A master that just died makes them wait out their deadline, and
+    /// no lease round (scheduled or urgent) may wait behind that: a key whose window just
+    /// began would wait past `redis.timeout` for its grant and turn local.
+    fn spawn_cluster_housekeeping(
+        &self,
+        link: &Arc<RedisLink>,
+        connection: &Connection,
+        policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    ) {
+        if self.housekeeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (link, mut connection) = (link.clone(), connection.clone());
+        let (policies, blocks_seen) = (policies.clone(), self.blocks_seen.clone());
+        let busy = self.housekeeping.clone();
+        let deadline = round_deadline(&link);
+        tokio::spawn(async move {
+            let verdict =
+                cluster_housekeeping(&link, &mut connection, &policies, &blocks_seen, deadline)
+                    .await;
+            if let Some(why) = verdict {
+                link.mark_down("heartbeat", &why);
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+}
+
+fn round_deadline(link: &RedisLink) -> Duration {
+    (link.config.timeout * 4).max(link.config.sync_interval * 2)
 }
 
 /// One command of a pipeline and where its answer goes.
@@ -165,36 +220,70 @@ enum Round {
 
 async fn sync_once(
     link: &RedisLink,
-    mut connection: MultiplexedConnection,
+    mut connection: Connection,
     policies: &std::collections::BTreeMap<String, Arc<Policy>>,
     round: Round,
+    blocks_seen: &AtomicU64,
 ) {
     let started = Instant::now();
-    let deadline = (link.config.timeout * 4).max(link.config.sync_interval * 2);
-    if round == Round::Scheduled {
-        match tokio::time::timeout(deadline, link.heartbeat(&mut connection)).await {
-            Ok(Ok(_)) => link.mark_up(),
-            Ok(Err(e)) => return link.mark_down("heartbeat", &e),
-            Err(_) => {
-                return link.mark_down("heartbeat", &format!("no answer within {deadline:?}"))
-            }
-        }
-        // Registered API keys and fleet-wide resets travel with the heartbeat.
-        match tokio::time::timeout(deadline, link.refresh_control(&mut connection)).await {
-            Ok(Ok(resets)) => {
-                let now = unix_ms();
-                for reset in resets {
-                    if let Some(policy) = policies.get(&reset.policy) {
-                        policy.forget_locally(&reset.key, now);
-                    }
-                }
-            }
-            Ok(Err(e)) => return link.mark_down("heartbeat", &e),
-            Err(_) => {
-                return link.mark_down("heartbeat", &format!("no answer within {deadline:?}"))
-            }
+    let deadline = round_deadline(link);
+    // A cluster's heartbeat and probe run on their own task
+    // ([`LimitSync::spawn_cluster_housekeeping`]).
+    if round != Round::Scheduled || link.store().is_cluster() {
+        return lease_round(link, connection, policies, round, deadline, started).await;
+    }
+    match fleet_round(link, &mut connection, policies, blocks_seen, deadline).await {
+        Ok(()) => link.mark_up(),
+        Err((op, e)) => return link.mark_down(op, &e),
+    }
+    // Sentinel: whether the master moved (nothing to do for one server).
+    link.store().probe(&connection, deadline).await;
+    lease_round(link, connection, policies, round, deadline, started).await
+}
+
+/// A cluster's scheduled upkeep: the fleet's heartbeat (skipped while the master of the
+/// fleet's keys is away: it would only wait out its deadline; the probe says when that
+/// master or its replacement answers again), then the probe of every master. Says why
+/// when no master answers.
+async fn cluster_housekeeping(
+    link: &RedisLink,
+    connection: &mut Connection,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    blocks_seen: &AtomicU64,
+    deadline: Duration,
+) -> Option<String> {
+    let fleet_reachable = link
+        .store()
+        .reachable(|| crate::redis_store::fleet::key(&link.config.key_prefix, "nodes"));
+    if fleet_reachable {
+        match fleet_round(link, connection, policies, blocks_seen, deadline).await {
+            Ok(()) => link.mark_up(),
+            // While the fleet's master is away the node count and resets wait, and every
+            // other master's keys stay global.
+            Err((op, e)) => link.note_failure(op, &e),
         }
     }
+    let (answering, masters) = link.store().probe(connection, deadline).await?;
+    link.metrics()
+        .redis_unreachable_slots
+        .set(i64::from(link.store().unreachable_slots()));
+    if answering == 0 {
+        return Some(format!("none of {masters} cluster masters answers"));
+    }
+    link.mark_up();
+    None
+}
+
+/// Reports what this node admitted and refills its leases: every lease on a scheduled or
+/// final round, only the keys that asked on an urgent one.
+async fn lease_round(
+    link: &RedisLink,
+    mut connection: Connection,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    round: Round,
+    deadline: Duration,
+    started: Instant,
+) {
     let now = unix_ms();
     let nodes = link.nodes();
     let sync_ms = link.config.sync_interval.as_millis() as u64;
@@ -242,8 +331,13 @@ async fn sync_once(
             }
         }
     }
-    if let Err(e) = batch.finish().await {
-        return link.mark_down("sync", &e);
+    match batch.finish().await {
+        Ok(None) => {}
+        Ok(Some(partly)) => link.note_failure("sync", &partly),
+        // On a cluster a round may hold only keys of a master that is away; whether the
+        // cluster as a whole answers is the probe's to say.
+        Err(e) if link.store().is_cluster() => return link.note_failure("sync", &e),
+        Err(e) => return link.mark_down("sync", &e),
     }
     let took = started.elapsed().as_secs_f64();
     link.metrics().redis_sync_duration.observe(took);
@@ -251,20 +345,59 @@ async fn sync_once(
     link.sync_completed();
 }
 
+/// The heartbeat, then fleet-wide resets, then penalties
+/// published and read fleet-wide (no round trip unless a policy blocks): on failure, the
+/// operation and why.
+async fn fleet_round(
+    link: &RedisLink,
+    connection: &mut Connection,
+    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+    blocks_seen: &AtomicU64,
+    deadline: Duration,
+) -> Result<(), (&'static str, String)> {
+    let late = || format!("no answer within {deadline:?}");
+    match tokio::time::timeout(deadline, link.heartbeat(connection)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(("heartbeat", e.to_string())),
+        Err(_) => return Err(("heartbeat", late())),
+    }
+    match tokio::time::timeout(deadline, link.refresh_control(connection)).await {
+        Ok(Ok(resets)) => {
+            let now = unix_ms();
+            for reset in resets {
+                if let Some(policy) = policies.get(&reset.policy) {
+                    policy.forget_locally(&reset.key, now);
+                }
+            }
+        }
+        Ok(Err(e)) => return Err(("heartbeat", e.to_string())),
+        Err(_) => return Err(("heartbeat", late())),
+    }
+    let exchange = super::blocks::exchange(link, connection, policies, blocks_seen);
+    match tokio::time::timeout(deadline, exchange).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(("blocks", e.to_string())),
+        Err(_) => Err(("blocks", late())),
+    }
+}
+
 /// Plans sent to Redis in pipelines of up to `CHUNK`.
 struct Batch<'a, 'c> {
     link: &'a RedisLink,
-    connection: &'c mut MultiplexedConnection,
+    connection: &'c mut Connection,
     now: u64,
     deadline: Duration,
     slots: Vec<(Slot<'a>, &'a Policy)>,
+    /// Every command of a chunk failed: Redis is down for this node.
     failed: Option<String>,
+    /// Some commands failed (on a cluster: the keys of a master that did not answer).
+    partly: Option<String>,
 }
 
 impl<'a, 'c> Batch<'a, 'c> {
     fn new(
         link: &'a RedisLink,
-        connection: &'c mut MultiplexedConnection,
+        connection: &'c mut Connection,
         now: u64,
         deadline: Duration,
     ) -> Self {
@@ -275,6 +408,7 @@ impl<'a, 'c> Batch<'a, 'c> {
             deadline,
             slots: Vec::new(),
             failed: None,
+            partly: None,
         }
     }
 
@@ -292,20 +426,35 @@ impl<'a, 'c> Batch<'a, 'c> {
         }
         if self.failed.is_some() {
             // Redis already failed this round: keep what the plans took for the next one.
-            return restore(chunk);
+            for (slot, _) in chunk {
+                restore(slot);
+            }
+            return;
         }
-        match run_chunk(self.link, self.connection, &chunk, self.now, self.deadline).await {
-            Ok(answers) => apply(chunk, answers),
-            Err(e) => {
-                restore(chunk);
-                self.failed = Some(e);
+        let answers = run_chunk(self.link, self.connection, &chunk, self.now, self.deadline).await;
+        let total = answers.iter().map(Vec::len).sum::<usize>();
+        let errors: Vec<&String> = answers
+            .iter()
+            .flatten()
+            .filter_map(|a| a.as_ref().err())
+            .collect();
+        if let Some(first) = errors.first() {
+            if errors.len() == total {
+                self.failed = Some((*first).clone());
+            } else {
+                self.partly = Some((*first).clone());
             }
         }
+        settle(chunk, answers);
     }
 
-    async fn finish(mut self) -> Result<(), String> {
+    /// `Err` when Redis failed as a whole; `Ok(Some(_))` when only some keys' calls did.
+    async fn finish(mut self) -> Result<Option<String>, String> {
         self.send().await;
-        self.failed.map_or(Ok(()), Err)
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.partly),
+        }
     }
 }
 
@@ -313,20 +462,47 @@ impl<'a, 'c> Batch<'a, 'c> {
 fn evict(policies: &std::collections::BTreeMap<String, Arc<Policy>>, now: u64) {
     for policy in policies.values() {
         for limiter in policy.limiters() {
+            if !policy.is_leased() {
+                evict_exact(limiter, now);
+            }
             match limiter.params {
-                Params::Window { window_ms, .. } => {
-                    let window = Some(algorithm::window_of(now, window_ms));
+                Params::Window { .. } if policy.is_leased() => {
+                    let window = Some(limiter.window_at(now).id);
                     limiter.leases.retain(|_, lease| !lease.is_idle(window));
                 }
-                Params::Bucket(_) => limiter.leases.retain(|_, lease| !lease.is_idle(None)),
+                Params::Bucket(_) if policy.is_leased() => {
+                    limiter.leases.retain(|_, lease| !lease.is_idle(None))
+                }
                 Params::Log { window_ms, .. } => {
                     if let Some(logs) = &limiter.logs {
                         logs.retain(|_, log| log.prune(now, window_ms));
                     }
                 }
-                Params::Concurrency { .. } => {}
+                _ => {}
             }
         }
+    }
+}
+
+/// Atomic mode keeps Redis's last answer per key for deciding without Redis; it is worth
+/// keeping while its window is current or its bucket has not refilled completely since.
+fn evict_exact(limiter: &Limiter, now: u64) {
+    if limiter.leases.is_empty() {
+        return;
+    }
+    match limiter.params {
+        Params::Window { .. } => {
+            let window = limiter.window_at(now).id;
+            limiter.leases.retain(|_, lease| lease.window + 1 >= window);
+        }
+        Params::Bucket(b) => {
+            let now_ns = super::link::unix_ns();
+            let full_after = b.tolerance_ns();
+            limiter.leases.retain(|_, lease| {
+                lease.unreported > 0 || now_ns.saturating_sub(lease.sync.answered_ns) < full_after
+            });
+        }
+        Params::Log { .. } | Params::Concurrency { .. } => {}
     }
 }
 
@@ -341,57 +517,65 @@ fn plan<'a>(
 ) -> Option<Slot<'a>> {
     let key = lease.sync.key.clone();
     match limiter.params {
-        Params::Window {
-            limit,
-            window_ms,
-            sliding,
-        } => lease
-            .plan_window(limit, now, window_ms, sliding, nodes, sync_ms)
+        Params::Window { limit, sliding, .. } => lease
+            .plan_window(limit, now, limiter.window_at(now), sliding, nodes, sync_ms)
             .map(|plan| Slot::Window {
                 limiter,
                 hash,
                 key,
                 plan,
             }),
-        Params::Bucket(b) => lease.plan_bucket(b.burst, nodes).map(|plan| Slot::Bucket {
-            limiter,
-            hash,
-            key,
-            plan,
-        }),
+        Params::Bucket(b) => {
+            lease
+                .plan_bucket(b.burst, nodes, now, sync_ms)
+                .map(|plan| Slot::Bucket {
+                    limiter,
+                    hash,
+                    key,
+                    plan,
+                })
+        }
         _ => None,
     }
 }
 
+/// Runs a chunk's plans, split per master on a cluster; the answers of each plan's
+/// commands, in the chunk's order.
 async fn run_chunk(
     link: &RedisLink,
-    connection: &mut MultiplexedConnection,
+    connection: &mut Connection,
     chunk: &[(Slot<'_>, &Policy)],
     now: u64,
     deadline: Duration,
-) -> Result<Vec<Vec<u64>>, String> {
+) -> Vec<Vec<Answer>> {
     let deadline = deadline + PER_PLAN * chunk.len() as u32;
     let prefix = &link.config.key_prefix;
     let field = link.reservation_field();
     let mut pipe = redis::pipe();
+    let mut sizes = Vec::with_capacity(chunk.len());
     for (slot, policy) in chunk {
+        let before = pipe.len();
         match slot {
             Slot::Window {
                 limiter, key, plan, ..
             } => {
-                let Params::Window {
-                    limit,
-                    window_ms,
-                    sliding,
-                } = limiter.params
-                else {
+                let Params::Window { limit, sliding, .. } = limiter.params else {
+                    sizes.push(0);
                     continue;
                 };
-                let key =
-                    |w: u64| policy.redis_key(prefix, key, &policy::window_suffix(window_ms, w));
-                let elapsed = now % window_ms;
+                let key = |w: u64| policy.redis_key(prefix, key, &limiter.window_suffix(w));
+                // The plan's window is the one of `now` unless the sync straddled its end;
+                // then the scripts run as in the window that began.
+                let span = limiter.window_at(now);
+                let elapsed = if span.id == plan.window {
+                    span.elapsed_ms(now)
+                } else {
+                    0
+                };
+                let window_ms = span.len_ms();
+                let keep = limiter.window_keep_ms(span, now);
                 let ttl = lease::reservation_ttl_ms(link.config.sync_interval.as_millis() as u64);
-                let mut add = |current: u64, delta: u64, held: u64, want: u64, elapsed: u64| {
+                let mut add = |current: u64, delta: i64, held: u64, want: u64, elapsed: u64| {
                     pipe.invoke_script(
                         scripts::WINDOW_SCRIPT
                             .key(key(current))
@@ -405,17 +589,18 @@ async fn run_chunk(
                             .arg(u8::from(sliding))
                             .arg(0)
                             .arg(&field)
-                            .arg(ttl),
+                            .arg(ttl)
+                            .arg(keep),
                     );
                 };
                 // Corrections to ended windows go first, so this window's script reads the
                 // previous window's corrected count. Nothing stays reserved in them.
                 for (window, report) in &plan.stale {
-                    add(*window, report.delta, 0, 0, 0);
+                    add(*window, report.net_delta(), 0, 0, 0);
                 }
                 add(
                     plan.window,
-                    plan.report.delta,
+                    plan.report.net_delta(),
                     plan.held,
                     plan.want,
                     elapsed,
@@ -428,51 +613,55 @@ async fn run_chunk(
                 limiter, key, plan, ..
             } => {
                 let Params::Bucket(b) = limiter.params else {
+                    sizes.push(0);
                     continue;
                 };
                 pipe.invoke_script(
                     scripts::BUCKET_SCRIPT
                         .key(policy.redis_key(prefix, key, &policy::bucket_suffix(&b)))
-                        .arg(plan.debt)
+                        .arg(plan.report.net_delta())
+                        .arg(plan.held)
                         .arg(plan.want)
                         .arg(b.per_ns as f64 / b.count.max(1) as f64 / 1_000.0)
                         .arg(b.burst)
-                        .arg(0),
+                        .arg(0)
+                        .arg(&field)
+                        .arg(lease::reservation_ttl_ms(
+                            link.config.sync_interval.as_millis() as u64,
+                        )),
                 );
             }
         }
+        sizes.push(pipe.len() - before);
     }
-    let query = |c: &mut MultiplexedConnection| {
-        let pipe = pipe.clone();
-        let mut c = c.clone();
-        async move { pipe.query_async::<Vec<Vec<u64>>>(&mut c).await }
-    };
-    let answer = match tokio::time::timeout(deadline, query(connection)).await {
-        Err(_) => return Err(format!("no answer within {deadline:?}")),
-        Ok(Err(e)) if e.kind() == redis::ErrorKind::NoScriptError => {
-            // Redis restarted or flushed its scripts: load them and try once more.
-            for (code, _) in scripts::all() {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(code);
-                tokio::time::timeout(deadline, load.query_async::<String>(connection))
-                    .await
-                    .map_err(|_| "script load timed out".to_string())?
-                    .map_err(|e| e.to_string())?;
-            }
-            tokio::time::timeout(deadline, query(connection))
-                .await
-                .map_err(|_| format!("no answer within {deadline:?}"))?
-        }
-        Ok(other) => other,
-    };
-    answer.map_err(|e| e.to_string())
+    let codes: Vec<&str> = scripts::all().iter().map(|(code, _)| *code).collect();
+    let mut answers = link
+        .store()
+        .run(connection, &pipe, deadline, &codes)
+        .await
+        .into_iter();
+    sizes
+        .into_iter()
+        .map(|n| answers.by_ref().take(n).collect())
+        .collect()
 }
 
-fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
-    let mut answers = answers.into_iter();
-    let mut next = || answers.next().unwrap_or_default();
+/// Applies each plan whose every command was answered; puts back what the others took,
+/// for the next round.
+fn settle(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
+    let now_ns = super::link::unix_ns();
     let field = |a: &[u64], i: usize| a.get(i).copied().unwrap_or(0);
-    for (slot, _) in chunk {
+    for ((slot, _), answers) in chunk.into_iter().zip(answers) {
+        let numbers: Option<Vec<Vec<u64>>> = answers
+            .into_iter()
+            .map(|a| a.ok().and_then(|v| redis::from_owned_redis_value(v).ok()))
+            .collect();
+        let Some(numbers) = numbers.filter(|n| !n.is_empty()) else {
+            restore(slot);
+            continue;
+        };
+        let mut numbers = numbers.into_iter();
+        let mut next = || numbers.next().unwrap_or_default();
         match slot {
             Slot::Window {
                 limiter,
@@ -518,14 +707,14 @@ fn apply(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<u64>>) {
                 };
                 limiter
                     .leases
-                    .get(hash, |lease| lease.apply_bucket(&plan, &answer));
+                    .get(hash, |lease| lease.apply_bucket(&plan, &answer, now_ns));
             }
         }
     }
 }
 
-fn restore(chunk: Vec<(Slot<'_>, &Policy)>) {
-    for (slot, _) in chunk {
+fn restore(slot: Slot<'_>) {
+    {
         match slot {
             Slot::Window {
                 limiter,

@@ -1,13 +1,16 @@
 //! Identity checks and rate limits for one request, before it is forwarded: the route's
-//! API key requirement, then its policies in order. The first policy that refuses answers;
-//! an allowed request carries the headers of the most restrictive policy that applied.
+//! API key requirement, then its policies in order. The first policy that refuses answers,
+//! and what the policies before it admitted is handed back: a refused request consumes
+//! nothing from any policy (decide all, then commit all). An allowed request carries the
+//! headers of the most restrictive policy that applied.
 
 use crate::config::Mode;
-use crate::decisions::Summary;
+use crate::decisions::{Outcome as Logged, Summary};
 use crate::gateway::{Gateway, Route};
 use crate::identity::Lookup;
 use crate::limit::headers::{self, Fields};
-use crate::limit::{Outcome, RequestFacts};
+use crate::limit::receipt::{hand_back, Taken};
+use crate::limit::{Check, Outcome, Receipt, RequestFacts};
 use http::HeaderValue;
 use pingora_limits::inflight::Guard;
 use serde_json::{json, Value};
@@ -17,6 +20,9 @@ pub enum Admission {
         headers: Fields,
         guards: Vec<Guard>,
         summary: Option<Summary>,
+        /// Admissions by policies that count only some responses (`count_status`), by
+        /// index into the route's limits: [`settle`] hands back those that do not count.
+        uncounted: Vec<(usize, Receipt)>,
     },
     Refuse {
         status: u16,
@@ -51,20 +57,10 @@ pub fn require_key(route: &Route, lookup: &Lookup, header: &str) -> Option<Admis
         )],
         summary: Summary {
             policy: None,
-            outcome: "unauthorized",
+            outcome: Logged::Unauthorized,
             remaining: None,
         },
     })
-}
-
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Allowed => "allowed",
-        Outcome::Limited => "limited",
-        Outcome::ShadowLimited => "shadow_limited",
-        Outcome::FailedOpen => "failed_open",
-        Outcome::Unavailable => "unavailable",
-    }
 }
 
 pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>) -> Admission {
@@ -76,55 +72,80 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
     )> = None;
     let mut summary: Option<(f64, Summary)> = None;
     let mut guards = Vec::new();
-    for policy in &route.limits {
+    let link = gateway.redis.as_deref();
+    // What earlier policies admitted; only a route with several policies can need it.
+    let mut taken: Vec<Taken> = Vec::new();
+    let mut uncounted = Vec::new();
+    for (index, policy) in route.limits.iter().enumerate() {
         let limiter = policy.limiter(facts.tier);
-        let name = Some(policy.name.clone());
+        let name = Some(index);
         let cost = match policy.cost_of(facts.headers, limiter) {
             Ok(cost) => cost,
             Err(e) => {
+                hand_back(taken, link).await;
                 return Admission::Refuse {
                     status: 400,
                     body: json!({"error": "invalid_cost", "policy": &*policy.name, "detail": e.to_string()}),
                     headers: Vec::new(),
                     summary: Summary {
                         policy: name,
-                        outcome: "invalid_cost",
+                        outcome: Logged::InvalidCost,
                         remaining: None,
                     },
-                }
+                };
             }
         };
-        let link = gateway.redis.as_deref();
-        let check = match policy.decide_now(limiter, facts, cost, link) {
+        let mut check = match policy.decide_now(limiter, facts, cost, link) {
             Some(decided) => decided,
             None => policy.check(limiter, facts, cost, link).await,
         };
-        guards.extend(check.guard);
-        let v = &check.verdict;
-        match check.outcome {
+        if check.outcome == Outcome::Deferred {
+            check = policy
+                .wait_for_room(limiter, facts, cost, link, check)
+                .await;
+        }
+        let Check {
+            verdict,
+            outcome,
+            guard,
+            receipt,
+        } = check;
+        guards.extend(guard);
+        let v = &verdict;
+        if receipt != Receipt::Nothing {
+            if policy.count_status.is_some() {
+                uncounted.push((index, receipt.clone()));
+            }
+            if route.limits.len() > 1 {
+                taken.push((policy, limiter, receipt));
+            }
+        }
+        match outcome {
             Outcome::Limited => {
+                hand_back(taken, link).await;
                 return Admission::Refuse {
                     status: policy.status,
                     body: headers::limited_body(&policy.name, v),
                     headers: limiter.fields.fields(v),
                     summary: Summary {
                         policy: name,
-                        outcome: "limited",
+                        outcome: Outcome::Limited.into(),
                         remaining: Some(v.remaining),
                     },
-                }
+                };
             }
             Outcome::Unavailable => {
+                hand_back(taken, link).await;
                 return Admission::Refuse {
                     status: 503,
                     body: headers::unavailable_body(&policy.name),
                     headers: vec![("Retry-After", HeaderValue::from_static("1"))],
                     summary: Summary {
                         policy: name,
-                        outcome: "unavailable",
+                        outcome: Outcome::Unavailable.into(),
                         remaining: None,
                     },
-                }
+                };
             }
             outcome => {
                 let left = v.remaining as f64 / v.limit.max(1) as f64;
@@ -137,13 +158,13 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 if summary.as_ref().is_none_or(|(b, _)| rank < *b) {
                     let s = Summary {
                         policy: name,
-                        outcome: outcome_name(outcome),
+                        outcome: outcome.into(),
                         remaining: Some(v.remaining),
                     };
                     summary = Some((rank, s));
                 }
-                // Shadow policies stay invisible to clients.
-                if outcome != Outcome::ShadowLimited
+                // Shadow policies and exemptions stay invisible to clients.
+                if !matches!(outcome, Outcome::ShadowLimited | Outcome::Exempt)
                     && policy.headers
                     && policy.mode == Mode::Enforce
                     && best.as_ref().is_none_or(|(b, _, _)| left < *b)
@@ -157,5 +178,32 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
         headers: best.map(|(_, t, v)| t.fields(&v)).unwrap_or_default(),
         guards,
         summary: summary.map(|(_, s)| s),
+        uncounted,
+    }
+}
+
+/// Once the response is known: hands back the admissions of `count_status` policies whose
+/// statuses it does not have, so only the responses they count use up their limit.
+pub async fn settle(
+    route: &Route,
+    gateway: &Gateway,
+    tier: Option<&str>,
+    uncounted: Vec<(usize, Receipt)>,
+    status: u16,
+) {
+    for (index, receipt) in uncounted {
+        let Some(policy) = route.limits.get(index) else {
+            continue;
+        };
+        if policy
+            .count_status
+            .as_ref()
+            .is_some_and(|s| !s.contains(status))
+        {
+            let limiter = policy.limiter(tier);
+            policy
+                .refund(limiter, receipt, gateway.redis.as_deref())
+                .await;
+        }
     }
 }

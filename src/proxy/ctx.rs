@@ -16,6 +16,10 @@ pub enum LocalAnswer {
     /// Refused for its size or framing (413, 414, 431, 400).
     BadMessage,
     NoRoute,
+    /// The route does not accept the request's method (405).
+    MethodNotAllowed,
+    /// Sent to HTTPS by a plaintext listener's `redirect_https` (308).
+    Redirect,
     UpstreamUnavailable,
     UpstreamTimeout,
     BadGateway,
@@ -29,6 +33,8 @@ pub struct RequestCtx {
     pub gateway: Arc<Gateway>,
     pub route: Option<Arc<Route>>,
     pub request_id: HeaderValue,
+    /// The request id's number, when tollgate made the id.
+    pub request_number: Option<u128>,
     /// The path (without query) to send upstream when it differs from the client's:
     /// normalized, and with the prefix removed on routes that strip it.
     pub upstream_path: Option<String>,
@@ -47,8 +53,12 @@ pub struct RequestCtx {
     pub api_key: Option<std::sync::Arc<crate::identity::KeyRecord>>,
     /// Request body bytes seen so far, against the route's `max_body_size`.
     pub body_received: u64,
+    /// The `Strict-Transport-Security` value of the request's listener.
+    pub hsts: Option<HeaderValue>,
     /// Concurrency slots, released when the request ends.
     pub _guards: Vec<Guard>,
+    /// Admissions that count only if the response has one of the policy's `count_status`.
+    pub uncounted: Vec<(usize, crate::limit::Receipt)>,
     _in_flight: InFlightGuard,
 }
 
@@ -59,6 +69,7 @@ impl RequestCtx {
             gateway,
             route: None,
             request_id: HeaderValue::from_static(""),
+            request_number: None,
             upstream_path: None,
             tried: Vec::new(),
             answer: None,
@@ -68,7 +79,9 @@ impl RequestCtx {
             summary: None,
             api_key: None,
             body_received: 0,
+            hsts: None,
             _guards: Vec::new(),
+            uncounted: Vec::new(),
             _in_flight: in_flight,
         }
     }
@@ -81,7 +94,7 @@ impl RequestCtx {
     /// The `route` label for metrics and logs.
     pub fn route_label(&self) -> &str {
         match (&self.route, self.answer) {
-            (Some(route), _) => &route.prefix,
+            (Some(route), _) => &route.label,
             (None, Some(LocalAnswer::Health)) => "/health",
             (None, _) => "unmatched",
         }

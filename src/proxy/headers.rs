@@ -9,22 +9,24 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 
-/// The client's `X-Request-Id` when it is sane, otherwise a fresh random one.
+/// The client's `X-Request-Id` when it is sane, otherwise a fresh random one, with its
+/// number when tollgate made it (the decision log keeps the number, not the text).
 ///
 /// Ids from clients are kept so a request can be traced across systems; anything long or
 /// odd is replaced, since ids end up in logs and upstream headers.
-pub fn request_id(req: &RequestHeader) -> HeaderValue {
+pub fn request_id(req: &RequestHeader) -> (HeaderValue, Option<u128>) {
     if let Some(given) = req.headers.get(X_REQUEST_ID) {
         let bytes = given.as_bytes();
         if !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic()) {
-            return given.clone();
+            return (given.clone(), None);
         }
     }
-    new_request_id()
+    let number = rand::random::<u128>();
+    (new_request_id(number), Some(number))
 }
 
-pub fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", rand::random::<u128>());
+pub fn new_request_id(number: u128) -> HeaderValue {
+    let id = format!("{number:032x}");
     HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -95,13 +97,14 @@ mod tests {
     #[test]
     fn keeps_a_sane_request_id_and_replaces_odd_ones() {
         let r = req(&[("x-request-id", "abc-123")]);
-        assert_eq!(request_id(&r), "abc-123");
+        assert_eq!(request_id(&r), (HeaderValue::from_static("abc-123"), None));
         let r = req(&[("x-request-id", "has space")]);
-        assert_eq!(request_id(&r).len(), 32);
+        assert_eq!(request_id(&r).0.len(), 32);
         let r = req(&[]);
-        let a = request_id(&r);
-        let b = request_id(&r);
+        let (a, number) = request_id(&r);
+        let b = request_id(&r).0;
         assert_eq!(a.len(), 32);
+        assert_eq!(a, format!("{:032x}", number.unwrap()).as_str());
         assert_ne!(a, b);
     }
 

@@ -14,7 +14,8 @@ mod respond;
 pub use ctx::{LocalAnswer, RequestCtx};
 
 use crate::access_log::{self, AccessLog};
-use crate::decisions::{Decision, DecisionHub, Kind};
+use crate::decisions::record::{InlineText, Limits, Record, RequestId, Verb};
+use crate::decisions::{DecisionHub, Kind, WANT_DASHBOARD};
 use crate::gateway::SharedGateway;
 use crate::identity::Lookup;
 use crate::lifecycle::InFlight;
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use failure::Verdict;
 use framing::Refusal;
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::Result;
 use pingora_error::{Error, ErrorSource};
@@ -35,21 +37,39 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct Proxy {
     gateway: SharedGateway,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
     in_flight: InFlight,
     decisions: Arc<DecisionHub>,
+    /// Whether Pingora's default downstream modules (a disabled compressor) stay in.
+    downstream_modules: bool,
 }
 
 impl Proxy {
-    /// Feeds the dashboard's series, the live stream and the per-client log.
-    fn record_decision(&self, session: &Session, ctx: &RequestCtx, status: u16) {
+    /// Hands the request's decision to the dashboard's series, the live stream and the
+    /// per-client log, when any of them wants it: a fixed-size record, nothing formatted.
+    fn record_decision(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
+        let wants = self.decisions.wants();
+        if wants == 0 {
+            return;
+        }
         let Some(route) = &ctx.route else {
             return;
         };
-        let now_s = crate::limit::link::unix_ms() / 1000;
+        // The log and the stream carry what limits decided; the dashboard counts every
+        // request of a route.
+        let limits = match (&ctx.summary, ctx.client_ip) {
+            (Some(s), Some(_)) => Some(Limits::new(
+                s.policy.and_then(|i| route.policy_ids.get(i).copied()),
+                s.outcome,
+                s.remaining,
+            )),
+            _ if wants & WANT_DASHBOARD == 0 => return,
+            _ => None,
+        };
         let refused_by_limit = ctx.answer == Some(LocalAnswer::Refused)
             && ctx.summary.as_ref().is_some_and(|s| s.policy.is_some());
         let kind = if refused_by_limit {
@@ -59,32 +79,25 @@ impl Proxy {
         } else {
             Kind::Allowed
         };
-        route.series.record(now_s, kind);
-        let (Some(summary), Some(client)) = (&ctx.summary, ctx.client_ip) else {
-            return;
-        };
-        if refused_by_limit {
-            if let Some(policy) = &summary.policy {
-                self.decisions.note_limited(client, policy, now_s);
-            }
-        }
-        if !self.decisions.wants_detail() {
-            return;
-        }
         let req = session.req_header();
-        self.decisions.publish(Decision {
-            ts: crate::access_log::now_rfc3339(),
-            request_id: ctx.request_id.to_str().unwrap_or("").to_string(),
-            route: route.prefix.clone(),
+        let request_id = match ctx.request_number {
+            Some(n) => RequestId::ours(n),
+            None => RequestId::Given(InlineText::new(ctx.request_id.to_str().unwrap_or(""))),
+        };
+        let client = ctx
+            .client_ip
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        self.decisions.push(Record {
+            unix_ms: crate::clock::now_ms(),
+            request_id,
             client,
-            api_key_id: ctx.api_key.as_ref().map(|k| k.id.clone()),
-            tenant: ctx.api_key.as_ref().map(|k| k.tenant.clone()),
-            method: req.method.as_str().to_string(),
-            path: req.uri.path().to_string(),
+            key: ctx.api_key.take(),
+            route: route.id,
             status,
-            policy: summary.policy.as_deref().map(str::to_string),
-            outcome: summary.outcome,
-            remaining: summary.remaining,
+            kind,
+            method: Verb::of(&req.method),
+            limits,
+            path: InlineText::new(req.uri.path()),
         });
     }
 
@@ -94,6 +107,7 @@ impl Proxy {
         access_log: Option<Arc<AccessLog>>,
         in_flight: InFlight,
         decisions: Arc<DecisionHub>,
+        downstream_modules: bool,
     ) -> Self {
         Proxy {
             gateway,
@@ -101,8 +115,58 @@ impl Proxy {
             access_log,
             in_flight,
             decisions,
+            downstream_modules,
         }
     }
+}
+
+impl Proxy {
+    /// Notes the HSTS header of the request's listener, and returns the HTTPS port to
+    /// redirect to when the listener redirects (every path but `/health`, so load
+    /// balancers' plain health checks keep working).
+    fn apply_listener_policy(&self, session: &Session, ctx: &mut RequestCtx) -> Option<u16> {
+        let local = *session
+            .digest()?
+            .socket_digest
+            .as_ref()?
+            .local_addr()?
+            .as_inet()?;
+        let policy = ctx.gateway.listener_policy(local)?;
+        ctx.hsts = policy.hsts.clone();
+        let port = policy.redirect_https?;
+        (session.req_header().uri.path() != "/health").then_some(port)
+    }
+}
+
+/// `308` to the same host and target over HTTPS (nginx's `return 308 https://$host$request_uri`).
+async fn redirect_to_https(session: &mut Session, ctx: &mut RequestCtx, port: u16) -> Result<bool> {
+    ctx.answer = Some(LocalAnswer::Redirect);
+    let req = session.req_header();
+    let Some(host) = request_host(req) else {
+        let body = serde_json::json!({"error": "bad_request", "detail": "a redirect to HTTPS needs a Host header"});
+        respond::json(session, ctx, 400, &body, &[]).await?;
+        return Ok(true);
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        let body = serde_json::json!({"error": "bad_request", "detail": "the request target cannot be redirected"});
+        respond::json(session, ctx, 400, &body, &[]).await?;
+        return Ok(true);
+    };
+    let body =
+        serde_json::json!({"error": "https_required", "location": location.to_str().unwrap_or("")});
+    respond::json(session, ctx, 308, &body, &[("location", location)]).await?;
+    Ok(true)
+}
+
+/// Whether the client connection is TLS (HTTP/1.1 or HTTP/2 over it).
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// Answers a request refused for its size or framing.
@@ -115,15 +179,18 @@ async fn refuse_message(
     if refusal.closes_connection() {
         session.set_keepalive(None);
     }
-    respond::json(
-        session,
-        refusal.status(),
-        &refusal.body(),
-        &ctx.request_id,
-        &[],
-    )
-    .await?;
+    respond::json(session, ctx, refusal.status(), &refusal.body(), &[]).await?;
     Ok(true)
+}
+
+/// The host the request names, as routing compares it: the request target's authority
+/// (HTTP/2's `:authority`, or an absolute-form HTTP/1.1 target), else the `Host` header.
+fn request_host(req: &RequestHeader) -> Option<std::borrow::Cow<'_, str>> {
+    let raw = match req.uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => req.headers.get(http::header::HOST)?.to_str().ok()?,
+    };
+    crate::routing::normalize_host(raw)
 }
 
 fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -137,12 +204,22 @@ fn client_ip(session: &Session) -> Option<IpAddr> {
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
 
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        // Pingora adds a disabled response compressor by default, which still costs a
+        // context per request and a call on every header and body chunk.
+        if self.downstream_modules {
+            modules.add_module(
+                pingora_core::modules::http::compression::ResponseCompressionBuilder::enable(0),
+            );
+        }
+    }
+
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.gateway.load_full(), self.in_flight.enter())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = headers::request_id(session.req_header());
+        (ctx.request_id, ctx.request_number) = headers::request_id(session.req_header());
 
         let raw_header = session
             .as_downstream()
@@ -153,10 +230,16 @@ impl ProxyHttp for Proxy {
             return refuse_message(session, ctx, refusal).await;
         }
 
+        if !ctx.gateway.listener_policies.is_empty() {
+            if let Some(port) = self.apply_listener_policy(session, ctx) {
+                return redirect_to_https(session, ctx, port).await;
+            }
+        }
+
         let raw_path = session.req_header().uri.path();
         if raw_path == "/health" {
             ctx.answer = Some(LocalAnswer::Health);
-            respond::json(session, 200, &respond::health_body(), &ctx.request_id, &[]).await?;
+            respond::json(session, ctx, 200, &respond::health_body(), &[]).await?;
             return Ok(true);
         }
 
@@ -165,17 +248,27 @@ impl ProxyHttp for Proxy {
             Err(why) => {
                 ctx.answer = Some(LocalAnswer::BadPath);
                 let body = respond::bad_path_body(&why.to_string());
-                respond::json(session, 400, &body, &ctx.request_id, &[]).await?;
+                respond::json(session, ctx, 400, &body, &[]).await?;
                 return Ok(true);
             }
         };
 
-        let Some(route) = ctx.gateway.router.lookup(&path).cloned() else {
+        let host = request_host(session.req_header());
+        let Some(route) = ctx.gateway.router.lookup(host.as_deref(), &path).cloned() else {
             ctx.answer = Some(LocalAnswer::NoRoute);
             let body = respond::no_route_body(&path);
-            respond::json(session, 404, &body, &ctx.request_id, &[]).await?;
+            respond::json(session, ctx, 404, &body, &[]).await?;
             return Ok(true);
         };
+        if !route.methods.allows(&session.req_header().method) {
+            ctx.answer = Some(LocalAnswer::MethodNotAllowed);
+            let allow = HeaderValue::from_str(route.methods.allow_header())
+                .unwrap_or_else(|_| HeaderValue::from_static(""));
+            let body = respond::method_not_allowed_body(session.req_header().method.as_str());
+            ctx.route = Some(route);
+            respond::json(session, ctx, 405, &body, &[("allow", allow)]).await?;
+            return Ok(true);
+        }
 
         let forwarded = if route.strip_prefix {
             strip_prefix(&path, &route.prefix)
@@ -220,7 +313,8 @@ impl ProxyHttp for Proxy {
                     tier: record.and_then(|r| r.tier.as_deref()),
                     path: &path,
                     method: req.method.as_str(),
-                    route: &route.prefix,
+                    route: &route.label,
+                    host: host.as_deref(),
                     headers: &req.headers,
                 };
                 admission::evaluate(&route, &gateway, &facts).await
@@ -231,10 +325,12 @@ impl ProxyHttp for Proxy {
                 headers,
                 guards,
                 summary,
+                uncounted,
             } => {
                 ctx.rate_headers = headers;
                 ctx._guards = guards;
                 ctx.summary = summary;
+                ctx.uncounted = uncounted;
                 Ok(false)
             }
             Admission::Refuse {
@@ -245,7 +341,7 @@ impl ProxyHttp for Proxy {
             } => {
                 ctx.answer = Some(LocalAnswer::Refused);
                 ctx.summary = Some(summary);
-                respond::json(session, status, &body, &ctx.request_id, &headers).await?;
+                respond::json(session, ctx, status, &body, &headers).await?;
                 Ok(true)
             }
         }
@@ -310,7 +406,8 @@ impl ProxyHttp for Proxy {
             upstream_request.set_uri(uri);
         }
         headers::remove_hop_by_hop(upstream_request, session.is_upgrade_req());
-        headers::add_forwarding(upstream_request, client_ip(session), "http");
+        let proto = if is_tls(session) { "https" } else { "http" };
+        headers::add_forwarding(upstream_request, client_ip(session), proto);
         upstream_request.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
         Ok(())
     }
@@ -322,6 +419,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
+        if let Some(hsts) = &ctx.hsts {
+            upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+        }
         for (name, value) in std::mem::take(&mut ctx.rate_headers) {
             upstream_response.insert_header(name, value)?;
         }
@@ -371,6 +471,11 @@ impl ProxyHttp for Proxy {
             }
         }
         let already_answered = session.response_written().is_some();
+        if !already_answered {
+            // The connection is not reused after a failure (below), so the answer says so:
+            // a client that reused it would meet a reset instead of its next response.
+            session.set_keepalive(None);
+        }
         let code = match verdict {
             Verdict::Silent => 0,
             Verdict::Status(code) => {
@@ -381,7 +486,7 @@ impl ProxyHttp for Proxy {
                             // The rest of the body is still on the wire.
                             session.set_keepalive(None);
                             let body = Refusal::BodyTooLarge { limit }.body();
-                            let _ = respond::json(session, 413, &body, &ctx.request_id, &[]).await;
+                            let _ = respond::json(session, ctx, 413, &body, &[]).await;
                         }
                         _ => {
                             let _ = session.respond_error(code).await;
@@ -404,7 +509,7 @@ impl ProxyHttp for Proxy {
                         _ => "bad_gateway",
                     };
                     let body = respond::upstream_body(error, upstream);
-                    let _ = respond::json(session, code, &body, &ctx.request_id, &[]).await;
+                    let _ = respond::json(session, ctx, code, &body, &[]).await;
                 }
                 code
             }
@@ -447,6 +552,11 @@ impl ProxyHttp for Proxy {
             .map(|r| r.status.as_u16())
             .or(ctx.failure_status)
             .unwrap_or(499);
+        if let (false, Some(route)) = (ctx.uncounted.is_empty(), ctx.route.clone()) {
+            let tier = ctx.api_key.as_ref().and_then(|k| k.tier.as_deref());
+            let uncounted = std::mem::take(&mut ctx.uncounted);
+            admission::settle(&route, &ctx.gateway, tier, uncounted, status).await;
+        }
         let elapsed = ctx.started.elapsed();
         let method = method_label(&session.req_header().method);
         let route = ctx.route_label();
@@ -474,7 +584,6 @@ impl ProxyHttp for Proxy {
                 );
             }
         }
-        self.record_decision(session, ctx, status);
         if let Some(log) = &self.access_log {
             let req = session.req_header();
             let entry = access_log::Entry {
@@ -499,9 +608,14 @@ impl ProxyHttp for Proxy {
                     .summary
                     .as_ref()
                     .filter(|_| ctx.answer == Some(LocalAnswer::Refused))
-                    .and_then(|s| s.policy.as_deref()),
+                    .and_then(|s| s.policy)
+                    .zip(ctx.route.as_ref())
+                    .and_then(|(i, r)| r.limits.get(i))
+                    .map(|p| &*p.name),
             };
             log.record(&entry);
         }
+        // Last: it moves the request's API key into the record.
+        self.record_decision(session, ctx, status);
     }
 }

@@ -4,6 +4,7 @@
 //! the protocol allows, so a refused client does not pay for a new handshake.
 
 use super::headers::X_REQUEST_ID;
+use super::RequestCtx;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora_core::Result;
@@ -11,19 +12,23 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::{json, Value};
 
+/// Writes a JSON answer with the request's id (and its listener's HSTS header).
 pub async fn json(
     session: &mut Session,
+    ctx: &RequestCtx,
     status: u16,
     body: &Value,
-    request_id: &HeaderValue,
     extra_headers: &[(&'static str, HeaderValue)],
 ) -> Result<()> {
     let body = Bytes::from(body.to_string());
-    let mut header = ResponseHeader::build(status, Some(4 + extra_headers.len()))?;
+    let mut header = ResponseHeader::build(status, Some(5 + extra_headers.len()))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    header.insert_header(X_REQUEST_ID, request_id)?;
+    header.insert_header(X_REQUEST_ID, &ctx.request_id)?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if let Some(hsts) = &ctx.hsts {
+        header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
+    }
     for (name, value) in extra_headers {
         header.insert_header(*name, value.clone())?;
     }
@@ -43,6 +48,10 @@ pub fn health_body() -> Value {
 
 pub fn no_route_body(path: &str) -> Value {
     json!({"error": "no_route", "path": path})
+}
+
+pub fn method_not_allowed_body(method: &str) -> Value {
+    json!({"error": "method_not_allowed", "method": method})
 }
 
 pub fn bad_path_body(detail: &str) -> Value {

@@ -18,6 +18,12 @@ pub struct Browser {
 impl Browser {
     /// Starts headless Chromium (with the flags this machine's closed network needs).
     pub fn start(width: u32, height: u32) -> Browser {
+        Browser::start_with(width, height, &[])
+    }
+
+    /// Starts with extra Chromium flags, e.g. `--host-resolver-rules=MAP name 127.0.0.1`
+    /// to point a made-up name at a local listener.
+    pub fn start_with(width: u32, height: u32, flags: &[&str]) -> Browser {
         let chromium = require_tool(
             "chromium",
             "install it with `apt-get install -y chromium`; .ci/run does this",
@@ -38,6 +44,7 @@ impl Browser {
                 &format!("--remote-debugging-port={port}"),
                 &format!("--window-size={width},{height}"),
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())

@@ -83,6 +83,36 @@ pub fn send(agent: &ureq::Agent, method: &str, url: &str, body: &str) -> Reply {
         .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
 }
 
+/// Sends `body` as `Content-Type: application/json`, which every admin API write needs.
+pub fn send_json(agent: &ureq::Agent, method: &str, url: &str, body: &str) -> Reply {
+    send_with(
+        agent,
+        method,
+        url,
+        &[("content-type", "application/json")],
+        body,
+    )
+}
+
+/// Sends `body` with the given headers; every status is a value.
+pub fn send_with(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut req = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.to_string()).expect("valid request");
+    agent
+        .run(req)
+        .map(into_reply)
+        .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"))
+}
+
 /// Sends raw bytes and returns one response (or whatever came before the server closed or
 /// went quiet). For requests an HTTP library would refuse to send (odd paths, smuggling).
 pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
@@ -139,7 +169,7 @@ impl RawConn {
 }
 
 /// Whether `data` holds one whole response with a Content-Length body.
-fn response_complete(data: &[u8]) -> bool {
+pub fn response_complete(data: &[u8]) -> bool {
     let text = String::from_utf8_lossy(data);
     let Some(head_end) = text.find("\r\n\r\n") else {
         return false;

@@ -11,8 +11,14 @@ pub mod clock;
 pub mod flood;
 pub mod http;
 pub mod load;
+pub mod nginx;
+pub mod postgres;
 pub mod procs;
+pub mod redis_topology;
 pub mod relay;
+pub mod tls;
+pub mod windows;
+pub mod ws;
 
 pub use self::http::*;
 pub use procs::*;

@@ -124,6 +124,8 @@ pub struct Tollgate {
     env: Vec<(String, String)>,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// A second free port for a TLS listener: `{tls_listen}` in the config body.
+    pub tls: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     log_path: PathBuf,
@@ -162,8 +164,9 @@ impl Tollgate {
         let dir = tempfile::tempdir().expect("tempdir");
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let config_path = dir.path().join("config.yaml");
-        let text = assemble_config(body, proxy, admin, dir.path());
+        let text = assemble_config(body, proxy, admin, tls, dir.path());
         fs::write(&config_path, text).expect("write config");
         let log_path = dir.path().join("tollgate.log");
         let mut t = Tollgate {
@@ -171,6 +174,7 @@ impl Tollgate {
             env: Vec::new(),
             proxy,
             admin,
+            tls,
             dir,
             config_path,
             log_path,
@@ -246,6 +250,16 @@ impl Tollgate {
         status
     }
 
+    /// Kills the process and starts it again on the same config, directory and ports.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = Some(self.launch(&[]));
+        self.wait_ready();
+    }
+
     /// Starts a second process on the same config with `--upgrade`; it takes the listening
     /// sockets once this one gets SIGQUIT.
     pub fn spawn_upgrade(&self) -> Child {
@@ -273,7 +287,7 @@ impl Tollgate {
 
     /// Rewrites the config file in place (for reload tests).
     pub fn write_config(&self, body: &str) {
-        let text = assemble_config(body, self.proxy, self.admin, self.dir.path());
+        let text = assemble_config(body, self.proxy, self.admin, self.tls, self.dir.path());
         fs::write(&self.config_path, text).expect("write config");
     }
 }
@@ -294,10 +308,18 @@ fn has_top_level_key(body: &str, key: &str) -> bool {
     body.lines().any(|l| l.starts_with(&format!("{key}:")))
 }
 
-fn assemble_config(body: &str, proxy: SocketAddr, admin: SocketAddr, dir: &Path) -> String {
+fn assemble_config(
+    body: &str,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    tls: SocketAddr,
+    dir: &Path,
+) -> String {
     let body = body
         .replace("{admin_listen}", &admin.to_string())
         .replace("{proxy_listen}", &proxy.to_string())
+        .replace("{tls_listen}", &tls.to_string())
+        .replace("{tls_port}", &tls.port().to_string())
         .replace("{dir}", &dir.display().to_string());
     let mut text = String::new();
     if !has_top_level_key(&body, "listen") {

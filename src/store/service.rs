@@ -1,0 +1,139 @@
+//! Keeps the store's in-memory copy current: (re)opens the database with backoff, reloads
+//! the key set when its version moves, and imports once the keys an older tollgate kept in
+//! Redis.
+
+use super::{db, Store, NOT_LOADED};
+use crate::gateway::SharedGateway;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often the version is checked: a change reaches every node within this, plus a
+/// load.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The `meta` row that records the one import from Redis.
+const IMPORTED: &str = "redis_api_keys_imported";
+
+pub struct StoreService {
+    store: Arc<Store>,
+    gateway: SharedGateway,
+}
+
+impl StoreService {
+    pub fn new(store: Arc<Store>, gateway: SharedGateway) -> Self {
+        StoreService { store, gateway }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for StoreService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let store = &self.store;
+        let mut retry = RETRY_FIRST;
+        let mut next_open = Instant::now();
+        let mut import_done = false;
+        loop {
+            if store.pool.load().is_none() && Instant::now() >= next_open {
+                if store.open().await.is_some() {
+                    retry = RETRY_FIRST;
+                } else {
+                    next_open = Instant::now() + retry;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+            }
+            if let Some(pool) = store.pool.load_full() {
+                if self.refresh(&pool).await && !import_done {
+                    import_done = self.import_from_redis(&pool).await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl StoreService {
+    /// Reloads the key set if its version moved; true when the store answered.
+    async fn refresh(&self, pool: &sqlx::AnyPool) -> bool {
+        let store = &self.store;
+        let Ok(version) = store.call("poll", db::keys_version(pool)).await else {
+            return false;
+        };
+        store.recovered();
+        if version != store.version.load(Ordering::Relaxed) {
+            match store.call("load", db::load_keys(pool)).await {
+                Ok((version, keys)) => store.install(version, keys),
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Imports the keys an older tollgate left in Redis, once, into a store that has
+    /// none. True when there is nothing left to do.
+    async fn import_from_redis(&self, pool: &sqlx::AnyPool) -> bool {
+        let store = &self.store;
+        match store.call("load", db::meta(pool, IMPORTED)).await {
+            Ok(Some(_)) => return true,
+            Ok(None) => {}
+            Err(_) => return false,
+        }
+        if !store.keys().is_empty() && store.version.load(Ordering::Relaxed) != NOT_LOADED {
+            // Keys were registered here already: an old Redis set is not this fleet's.
+            return store
+                .call(
+                    "write",
+                    db::set_meta(pool, IMPORTED, "skipped: store in use"),
+                )
+                .await
+                .is_ok();
+        }
+        let gateway = self.gateway.load_full();
+        let Some(link) = gateway.redis.as_ref() else {
+            return false; // nothing to import from (yet)
+        };
+        let Some(mut connection) = link.connection() else {
+            return false;
+        };
+        let read = crate::identity::registry::load(&mut connection, &link.config.key_prefix);
+        let old = match tokio::time::timeout(db::CALL_TIMEOUT, read).await {
+            Ok(Ok(keys)) => keys,
+            _ => return false,
+        };
+        let records: Vec<_> = old.values().map(|r| r.as_ref()).collect();
+        if !records.is_empty()
+            && store
+                .call("write", db::insert_keys(pool, &records))
+                .await
+                .is_err()
+        {
+            return false;
+        }
+        let note = format!(
+            "{} keys at {}",
+            records.len(),
+            crate::access_log::now_rfc3339()
+        );
+        if store
+            .call("write", db::set_meta(pool, IMPORTED, &note))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        if !records.is_empty() {
+            tracing::info!(
+                keys = records.len(),
+                "imported the API keys an older tollgate kept in Redis into the store, once"
+            );
+        }
+        true
+    }
+}

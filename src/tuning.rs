@@ -1,0 +1,96 @@
+//! How tollgate sets up Pingora, through its public API, where Pingora's defaults cost more
+//! per request than tollgate needs. Each choice was measured A/B in one load-harness run
+//! (BENCHMARKS.md, *Pingora tuned*). `TOLLGATE_TUNING` overrides them for such a run:
+//! `TOLLGATE_TUNING=work_stealing=1,downstream_modules=1,l4_read_buffer=65536,keepalive_pool=128`
+//! (and `peer_timeouts=0`, which only measures what the upstream timeouts cost).
+
+/// The settings; `Default` is what tollgate ships.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Tokio's work-stealing runtime (Pingora's default) or one current-thread runtime per
+    /// worker thread, with connections pinned to the thread that accepted them.
+    pub work_stealing: bool,
+    /// Pingora's default downstream modules: a response compression module, disabled, that
+    /// still builds a context for every request and runs its hooks on every header and body.
+    /// tollgate does not compress responses.
+    pub downstream_modules: bool,
+    /// The listener's L4 read buffer per connection; `None` for Pingora's (64 KiB).
+    pub l4_read_buffer: Option<usize>,
+    /// Idle upstream connections kept per worker thread (Pingora's default: 128).
+    pub keepalive_pool: usize,
+    /// The upstreams' connect, read, write and idle timeouts. Only for measuring what they
+    /// cost (a timer per pending I/O and per pooled connection): tollgate always sets them.
+    pub peer_timeouts: bool,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            work_stealing: true,
+            downstream_modules: false,
+            l4_read_buffer: None,
+            keepalive_pool: 128,
+            peer_timeouts: true,
+        }
+    }
+}
+
+static CURRENT: std::sync::OnceLock<Tuning> = std::sync::OnceLock::new();
+
+/// The settings this process runs with (set once at start; the default until then).
+pub fn current() -> Tuning {
+    CURRENT.get().copied().unwrap_or_default()
+}
+
+impl Tuning {
+    /// The shipped settings, with `TOLLGATE_TUNING`'s overrides.
+    pub fn from_env() -> Self {
+        let mut tuning = Tuning::default();
+        if let Ok(spec) = std::env::var("TOLLGATE_TUNING") {
+            tuning.apply(&spec);
+        }
+        let _ = CURRENT.set(tuning);
+        tuning
+    }
+
+    /// Applies `name=value,...`; unknown names and bad values are ignored with a warning.
+    pub fn apply(&mut self, spec: &str) {
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some((name, value)) = item.split_once('=') else {
+                tracing::warn!("TOLLGATE_TUNING: `{item}` is not name=value");
+                continue;
+            };
+            let flag = || value == "1" || value == "true";
+            let number = value.parse::<usize>().ok();
+            match (name, number) {
+                ("work_stealing", _) => self.work_stealing = flag(),
+                ("downstream_modules", _) => self.downstream_modules = flag(),
+                ("l4_read_buffer", Some(n)) => self.l4_read_buffer = Some(n),
+                ("keepalive_pool", Some(n)) => self.keepalive_pool = n,
+                ("peer_timeouts", _) => self.peer_timeouts = flag(),
+                _ => tracing::warn!("TOLLGATE_TUNING: `{item}` is not understood"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_apply_by_name() {
+        let mut t = Tuning::default();
+        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0");
+        assert_eq!(
+            t,
+            Tuning {
+                work_stealing: false,
+                downstream_modules: true,
+                l4_read_buffer: Some(0),
+                keepalive_pool: 8,
+                peer_timeouts: false,
+            }
+        );
+    }
+}

@@ -1,0 +1,455 @@
+//! tollgate on a real Redis Cluster (3 masters, 3 replicas, node timeout 1 s): fleet
+//! accuracy with keys on every master, a master SIGKILLed under load, and a slot migrated
+//! with `redis-cli --cluster reshard` under load.
+
+mod common;
+use common::clock::now_ms;
+use common::load::{Load, Outcome};
+use common::redis_topology::RedisCluster;
+use common::windows;
+use common::*;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tollgate::redis_store::slots::slot_of;
+
+const WINDOW_MS: u64 = 1_000;
+
+/// The hash slot of a limit key of `policy` keyed by path.
+fn slot(policy: &str, path: &str) -> u16 {
+    slot_of(format!("{{{policy}|{path}}}").as_bytes())
+}
+
+fn owner_of(ranges: &[(u16, u16, u16)], slot: u16) -> u16 {
+    ranges
+        .iter()
+        .find(|(a, b, _)| (*a..=*b).contains(&slot))
+        .map(|(_, _, port)| *port)
+        .expect("every slot has a master")
+}
+
+fn slot_ranges(cluster: &RedisCluster) -> Vec<(u16, u16, u16)> {
+    cluster
+        .nodes()
+        .into_iter()
+        .filter(|n| n.master && !n.failed)
+        .flat_map(|n| n.slots.into_iter().map(move |(a, b)| (a, b, n.port)))
+        .collect()
+}
+
+/// `per_master` paths under `prefix` for `policy` on each master, keyed by master port.
+fn paths_per_master(
+    cluster: &RedisCluster,
+    policy: &str,
+    prefix: &str,
+    per_master: usize,
+) -> BTreeMap<u16, Vec<String>> {
+    let ranges = slot_ranges(cluster);
+    let mut out: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for i in 0.. {
+        let path = format!("{prefix}{i}");
+        let list = out
+            .entry(owner_of(&ranges, slot(policy, &path)))
+            .or_default();
+        if list.len() < per_master {
+            list.push(path);
+        }
+        if out.len() == 3 && out.values().all(|l| l.len() == per_master) {
+            break;
+        }
+    }
+    out
+}
+
+fn config(cluster: &RedisCluster, stub: &Stub, limits: &str, routes: &str) -> String {
+    format!(
+        "redis:
+  cluster: [{}]
+  sync_interval: 50ms
+upstreams:
+  a:
+    backends: [{}]
+limits:
+{limits}
+routes:
+{routes}
+",
+        cluster.seeds().join(", "),
+        stub.address()
+    )
+}
+
+fn fleet(config: &str) -> Vec<Tollgate> {
+    let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::spawn(config)).collect();
+    for node in &nodes {
+        node.wait_ready();
+    }
+    wait_for(
+        "three live nodes on the cluster",
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.metric("tollgate_redis_nodes") == Some(3.0))
+                .then_some(())
+        },
+    );
+    nodes
+}
+
+/// Every node's URL for every path, and the path of each URL index.
+fn urls(nodes: &[Tollgate], paths: &[String]) -> (Vec<String>, Vec<String>) {
+    let mut urls = Vec::new();
+    let mut keys = Vec::new();
+    for path in paths {
+        for node in nodes {
+            urls.push(node.url(path));
+            keys.push(path.clone());
+        }
+    }
+    (urls, keys)
+}
+
+fn failed_open(nodes: &[Tollgate], policy: &str) -> f64 {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            n.metric(&format!(
+                "tollgate_ratelimit_decisions_total{{policy=\"{policy}\",result=\"failed_open\"}}"
+            ))
+        })
+        .sum()
+}
+
+fn server_errors(outcomes: &[Outcome]) -> Vec<&Outcome> {
+    outcomes
+        .iter()
+        .filter(|o| o.status >= 500 || o.status == 0)
+        .collect()
+}
+
+/// Checks every whole window of every key: at most `max_over` × the limit admitted, and at
+/// least 95 % of it counting requests that straddled a boundary.
+fn check_windows(
+    label: &str,
+    outcomes: &[Outcome],
+    base_ms: u64,
+    keys: &[String],
+    limit: u64,
+    max_over: f64,
+) {
+    let counts = windows::whole_windows(windows::count(outcomes, base_ms, WINDOW_MS, |i| {
+        keys[i].clone()
+    }));
+    assert!(!counts.is_empty(), "{label}: no whole window");
+    let mut worst = (u64::MAX, 0u64);
+    for ((key, window), c) in &counts {
+        assert!(
+            c.offered >= 2 * limit,
+            "{label}: {key} window {window} offered only {} (need several times {limit})",
+            c.offered
+        );
+        assert!(
+            c.admitted as f64 <= limit as f64 * max_over,
+            "{label}: {key} window {window} admitted {} > {max_over} × {limit}",
+            c.admitted
+        );
+        assert!(
+            (c.admitted + c.straddling) as f64 >= limit as f64 * 0.95,
+            "{label}: {key} window {window} admitted {} (+{} straddling) < 0.95 × {limit}",
+            c.admitted,
+            c.straddling
+        );
+        worst = (worst.0.min(c.admitted), worst.1.max(c.admitted));
+    }
+    println!(
+        "{label}: {} key-windows, admitted {}..={} per window of limit {limit}",
+        counts.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+fn accuracy(sync: &str, max_over: f64) {
+    const LIMIT: u64 = 25;
+    let cluster = RedisCluster::start(3);
+    let stub = Stub::start_with("a", &["--threads", "2"]);
+    let per_master = paths_per_master(&cluster, "per_path", "/a/k", 10);
+    let paths: Vec<String> = per_master.values().flatten().cloned().collect();
+    assert_eq!(paths.len(), 30);
+    let limits = format!(
+        "  per_path:\n    key: path\n    algorithm: fixed_window\n    rate: {LIMIT}/1s\n    sync: {sync}\n"
+    );
+    let routes = "  - prefix: /a\n    upstream: a\n    limits: [per_path]\n";
+    let nodes = fleet(&config(&cluster, &stub, &limits, routes));
+    let (urls, keys) = urls(&nodes, &paths);
+    let base_ms = now_ms();
+    let load = Load::start(24, &urls, &[]);
+    std::thread::sleep(Duration::from_millis(5 * WINDOW_MS + 200));
+    let outcomes = load.finish();
+    let rate = outcomes.len() as f64 / 5.2;
+    println!(
+        "{sync}: {} requests ({rate:.0}/s) over 30 keys on 3 masters",
+        outcomes.len()
+    );
+    assert!(
+        server_errors(&outcomes).is_empty(),
+        "5xx or failed requests"
+    );
+    check_windows(sync, &outcomes, base_ms, &keys, LIMIT, max_over);
+    // Each master served its share: the batch went to all three.
+    let mut per_master = Vec::new();
+    for port in cluster.masters() {
+        let stats = cluster
+            .cli(port, &["INFO", "commandstats"])
+            .unwrap_or_default();
+        assert!(
+            stats.contains("cmdstat_evalsha"),
+            "master {port} ran no script"
+        );
+        let calls: u64 = stats
+            .lines()
+            .filter_map(|l| l.split("calls=").nth(1))
+            .filter_map(|rest| rest.split(',').next())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum();
+        let scripts: u64 = stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let per_request = |n: u64| n as f64 / outcomes.len() as f64;
+        per_master.push((per_request(calls), per_request(scripts)));
+    }
+    // Redis counts the commands a script runs as calls too.
+    println!(
+        "{sync}: per request, by master (commands incl. those scripts run, EVALSHA): {per_master:.3?}"
+    );
+}
+
+#[test]
+fn async_fleet_holds_every_key_on_every_master() {
+    accuracy("async", 1.05);
+}
+
+#[test]
+fn atomic_fleet_never_overshoots_on_the_cluster() {
+    accuracy("atomic", 1.0);
+}
+
+/// The single-Redis fleet test's shape (tests/fleet.rs) on the cluster: one client key at
+/// many times a 200/s limit, round robin over three nodes.
+#[test]
+fn one_hot_key_at_a_high_rate_holds_its_limit_on_the_cluster() {
+    const LIMIT: u64 = 200;
+    let cluster = RedisCluster::start(3);
+    let stub = Stub::start_with("a", &["--threads", "2"]);
+    let limits =
+        format!("  fleet:\n    key: path\n    algorithm: fixed_window\n    rate: {LIMIT}/1s\n");
+    let routes = "  - prefix: /a\n    upstream: a\n    limits: [fleet]\n";
+    let nodes = fleet(&config(&cluster, &stub, &limits, routes));
+    let (urls, keys) = urls(&nodes, &["/a/x".to_string()]);
+    let base_ms = now_ms();
+    let load = Load::start(16, &urls, &[]);
+    std::thread::sleep(Duration::from_millis(4 * WINDOW_MS + 200));
+    let outcomes = load.finish();
+    println!(
+        "one key: {} requests ({:.0}/s)",
+        outcomes.len(),
+        outcomes.len() as f64 / 4.2
+    );
+    assert!(
+        server_errors(&outcomes).is_empty(),
+        "5xx or failed requests"
+    );
+    check_windows("one key", &outcomes, base_ms, &keys, LIMIT, 1.05);
+}
+
+/// Samples each node's failed-open count for `policy` until told to stop: (when, total).
+fn watch(nodes: &[Tollgate], policies: &[&str], until: Instant) -> Vec<(Instant, Vec<f64>)> {
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        let counts = policies.iter().map(|p| failed_open(nodes, p)).collect();
+        seen.push((Instant::now(), counts));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
+/// When the failed-open count of policy `i` last grew.
+fn last_growth(seen: &[(Instant, Vec<f64>)], i: usize) -> Option<Instant> {
+    seen.windows(2)
+        .rev()
+        .find(|w| w[1].1[i] > w[0].1[i])
+        .map(|w| w[1].0)
+}
+
+#[test]
+fn a_master_killed_under_load_turns_only_its_keys_local() {
+    failover("async", false);
+}
+
+/// The master that dies also holds the fleet's keys (live nodes, resets): the node count
+/// waits, limits do not.
+#[test]
+fn losing_the_fleet_keys_master_keeps_the_other_keys_global() {
+    failover("async", true);
+}
+
+#[test]
+fn atomic_keys_of_a_killed_master_fail_open_alone() {
+    failover("atomic", false);
+}
+
+fn failover(sync: &str, fleet_keys_on_victim: bool) {
+    const LIMIT: u64 = 25;
+    let mut cluster = RedisCluster::start(3);
+    let stub = Stub::start_with("a", &["--threads", "2"]);
+    let ranges = slot_ranges(&cluster);
+    let fleet_master = owner_of(&ranges, slot_of(b"{fleet}"));
+    // The hot key sits on a master that does not hold the fleet's keys; cold keys on the
+    // two others.
+    let hot = paths_per_master(&cluster, "hot", "/h/", 1);
+    let (&victim, hot_paths) = hot
+        .iter()
+        .find(|(port, _)| (**port == fleet_master) == fleet_keys_on_victim)
+        .expect("a master to kill");
+    let hot_path = hot_paths[0].clone();
+    let cold: Vec<String> = paths_per_master(&cluster, "cold", "/c/", 3)
+        .into_iter()
+        .filter(|(port, _)| *port != victim)
+        .flat_map(|(_, p)| p)
+        .collect();
+    let limits = format!(
+        "  hot:\n    key: path\n    algorithm: fixed_window\n    rate: {LIMIT}/1s\n    sync: {sync}\n    on_redis_error: open\n\
+         \x20 cold:\n    key: path\n    algorithm: fixed_window\n    rate: {LIMIT}/1s\n    sync: {sync}\n    on_redis_error: open\n"
+    );
+    let routes = "  - prefix: /h\n    upstream: a\n    limits: [hot]\n  - prefix: /c\n    upstream: a\n    limits: [cold]\n";
+    let nodes = fleet(&config(&cluster, &stub, &limits, routes));
+    let mut paths = vec![hot_path.clone()];
+    paths.extend(cold.iter().cloned());
+    let (urls, keys) = urls(&nodes, &paths);
+    let base_ms = now_ms();
+    let load = Load::start(16, &urls, &[]);
+    load.wait_for_more(500);
+    let hot_slot = slot("hot", &hot_path);
+    let killed = Instant::now();
+    cluster.kill(victim);
+    wait_for(
+        "a node to report the killed master's slots unreachable",
+        Duration::from_secs(5),
+        || {
+            nodes
+                .iter()
+                .any(|n| n.metric("tollgate_redis_unreachable_slots").unwrap_or(0.0) > 0.0)
+                .then_some(())
+        },
+    );
+    let promoted = cluster.wait_promoted(hot_slot, victim);
+    let seen = watch(&nodes, &["hot", "cold"], promoted + Duration::from_secs(6));
+    let still_unreachable: Vec<f64> = nodes
+        .iter()
+        .map(|n| n.metric("tollgate_redis_unreachable_slots").unwrap_or(-1.0))
+        .collect();
+    let outcomes = load.finish();
+    let recovered =
+        last_growth(&seen, 0).map_or(Duration::ZERO, |t| t.saturating_duration_since(promoted));
+    println!(
+        "{sync}, fleet keys on the victim: {fleet_keys_on_victim}: killed master {victim}: replica promoted after {:?}; hot key global again {:?} after promotion; {} requests",
+        promoted - killed,
+        recovered,
+        outcomes.len()
+    );
+    let errors = server_errors(&outcomes);
+    assert!(
+        errors.is_empty(),
+        "5xx during failover: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(
+        still_unreachable.iter().all(|&n| n == 0.0),
+        "slots still unreachable 6 s after the promotion: {still_unreachable:?}"
+    );
+    let cold_failed = seen.last().map_or(0.0, |(_, c)| c[1]);
+    assert_eq!(cold_failed, 0.0, "keys on the other masters went local");
+    assert!(
+        seen.last().map_or(0.0, |(_, c)| c[0]) > 0.0,
+        "the hot key never went local: the kill did not take"
+    );
+    assert!(
+        recovered <= Duration::from_secs(5),
+        "hot key still local {recovered:?} after promotion"
+    );
+    // The cold keys stayed global: no window over the limit.
+    let cold_outcomes: Vec<Outcome> = outcomes
+        .iter()
+        .filter(|o| keys[o.url] != hot_path)
+        .cloned()
+        .collect();
+    let counts = windows::whole_windows(windows::count(&cold_outcomes, base_ms, WINDOW_MS, |i| {
+        keys[i].clone()
+    }));
+    for ((key, window), c) in counts {
+        assert!(
+            c.admitted as f64 <= LIMIT as f64 * 1.05,
+            "cold {key} window {window} admitted {}",
+            c.admitted
+        );
+    }
+}
+
+#[test]
+fn a_slot_migrated_under_load_loses_no_decision() {
+    const LIMIT: u64 = 25;
+    let cluster = RedisCluster::start(3);
+    let stub = Stub::start_with("a", &["--threads", "2"]);
+    let ranges = slot_ranges(&cluster);
+    let source = owner_of(&ranges, 0);
+    let target = *cluster
+        .masters()
+        .iter()
+        .find(|p| **p != source)
+        .expect("another master");
+    // A hot key among the first 100 slots of the master serving slot 0: reshard moves a
+    // source's lowest slots first.
+    let hot_path = (0..)
+        .map(|i| format!("/a/hot{i}"))
+        .find(|p| slot("per_path", p) < 100)
+        .expect("a path in the first slots");
+    let hot_slot = slot("per_path", &hot_path);
+    let limits = format!(
+        "  per_path:\n    key: path\n    algorithm: fixed_window\n    rate: {LIMIT}/1s\n    on_redis_error: open\n"
+    );
+    let routes = "  - prefix: /a\n    upstream: a\n    limits: [per_path]\n";
+    let nodes = fleet(&config(&cluster, &stub, &limits, routes));
+    let (urls, keys) = urls(&nodes, std::slice::from_ref(&hot_path));
+    let base_ms = now_ms();
+    let load = Load::start(8, &urls, &[]);
+    load.wait_for_more(300);
+    std::thread::sleep(Duration::from_millis(WINDOW_MS));
+    let started = Instant::now();
+    let out = cluster.reshard(source, target, 100);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "reshard failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.owner(hot_slot), Some(target), "the hot slot moved");
+    let after = load.now();
+    load.wait_for_sent_after(after, 300);
+    std::thread::sleep(Duration::from_millis(3 * WINDOW_MS));
+    let outcomes = load.finish();
+    println!(
+        "resharded 100 slots (hot slot {hot_slot}) from {source} to {target} in {took:?} under {} requests",
+        outcomes.len()
+    );
+    assert!(server_errors(&outcomes).is_empty(), "5xx during migration");
+    assert_eq!(
+        failed_open(&nodes, "per_path"),
+        0.0,
+        "a decision fell back to local"
+    );
+    check_windows("reshard", &outcomes, base_ms, &keys, LIMIT, 1.05);
+}

@@ -1,0 +1,215 @@
+//! The control-plane store: registered API keys outlive Redis and tollgate restarts, reach
+//! a fleet sharing one PostgreSQL within a second, survive the database going away, and
+//! the keys an older tollgate kept in Redis are imported once.
+
+mod common;
+use common::postgres::{Database, Server};
+use common::*;
+use std::time::{Duration, Instant};
+
+fn config(redis: &Redis, stub: &Stub, store: &str) -> String {
+    format!(
+        "redis:
+  url: {}
+  sync_interval: 50ms
+api_keys:
+  header: X-API-Key
+upstreams:
+  a:
+    backends: [{}]
+routes:
+  - prefix: /k
+    upstream: a
+    require_api_key: true
+{store}",
+        redis.url(),
+        stub.address()
+    )
+}
+
+fn postgres_store(url: &str) -> String {
+    format!("store:\n  url: {url}\n")
+}
+
+fn send_json(t: &Tollgate, method: &str, path: &str, body: &str) -> Reply {
+    common::send_json(&agent(), method, &t.admin_url(path), body)
+}
+
+/// Registers a key through `t`; returns (secret, id).
+fn register(t: &Tollgate, name: &str) -> (String, String) {
+    let r = send_json(
+        t,
+        "POST",
+        "/admin/keys",
+        &format!(r#"{{"name": "{name}"}}"#),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let j = r.json();
+    (
+        j["key"].as_str().unwrap().to_string(),
+        j["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn status_with_key(t: &Tollgate, secret: &str) -> u16 {
+    get_with(&agent(), &t.url("/k/x"), &[("x-api-key", secret)]).status
+}
+
+/// Waits until `t` answers `want` for `secret`; returns how long that took.
+fn until_status(t: &Tollgate, secret: &str, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    wait_for(
+        &format!("{want} for the key on {}", t.proxy),
+        within,
+        || (status_with_key(t, secret) == want).then_some(started.elapsed()),
+    )
+}
+
+#[test]
+fn a_registered_key_outlives_a_redis_restart_and_a_tollgate_restart() {
+    // No `store` section: the embedded SQLite file beside the config.
+    let mut redis = Redis::start();
+    let stub = Stub::start("a");
+    let mut t = Tollgate::start(&config(&redis, &stub, ""));
+    let (secret, id) = register(&t, "my-app");
+    assert_eq!(status_with_key(&t, &secret), 200);
+    assert!(t.dir.path().join("tollgate-state.db").is_file());
+
+    // Redis loses everything: the key is not in Redis, so nothing changes.
+    redis.kill();
+    redis.restart();
+    wait_for("redis back", Duration::from_secs(5), || {
+        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
+    });
+    assert_eq!(status_with_key(&t, &secret), 200, "after a Redis restart");
+
+    // tollgate restarts on the same config (and so the same file).
+    t.restart();
+    let again = &t;
+    assert_eq!(status_with_key(again, &secret), 200, "after a restart");
+    let listed = get(&again.admin_url("/admin/keys")).body;
+    assert!(
+        listed.contains(&id) && listed.contains("my-app"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret));
+    assert_eq!(get(&again.admin_url("/metrics")).status, 200);
+    assert_eq!(again.metric("tollgate_store_up"), Some(1.0));
+}
+
+#[test]
+fn a_fleet_on_one_postgres_sees_a_new_key_and_a_revocation_within_a_second() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let db = Database::create();
+    let body = config(&redis, &stub, &postgres_store(&db.url()));
+    let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::start(&body)).collect();
+    let (secret, id) = register(&nodes[0], "fleet-app");
+    let mut seen = Vec::new();
+    for node in &nodes[1..] {
+        seen.push(until_status(node, &secret, 200, Duration::from_secs(1)));
+    }
+    // The secret itself is never stored.
+    let rows = db.query("SELECT digest || record FROM api_keys");
+    assert!(
+        rows.contains("fleet-app") && !rows.contains(&secret),
+        "{rows}"
+    );
+
+    let r = send_json(&nodes[1], "DELETE", &format!("/admin/keys/{id}"), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut revoked = Vec::new();
+    for node in [&nodes[0], &nodes[2]] {
+        revoked.push(until_status(node, &secret, 401, Duration::from_secs(1)));
+    }
+    eprintln!("new key live on the other nodes after {seen:?}; revocation after {revoked:?}");
+}
+
+#[test]
+fn keys_an_older_tollgate_left_in_redis_are_imported_once() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    // What an older tollgate wrote: digest (hex) to record.
+    let secret = "tg_legacykey0000000000000000000000000000000";
+    let digest = sha256_hex(secret);
+    let record = format!(
+        r#"{{"id":"{}","tenant":"old","tier":null,"name":"legacy"}}"#,
+        &digest[..16]
+    );
+    redis
+        .cli(&["HSET", "tollgate:apikeys", &digest, &record])
+        .expect("HSET");
+    let db = Database::create();
+    let body = config(&redis, &stub, &postgres_store(&db.url()));
+    let t = Tollgate::start(&body);
+    until_status(&t, secret, 200, Duration::from_secs(3));
+    wait_for("the import to be logged", Duration::from_secs(2), || {
+        t.logs().contains("imported the API keys").then_some(())
+    });
+    // Revoked after the import, it stays revoked: the import never runs again.
+    let r = send_json(&t, "DELETE", &format!("/admin/keys/{}", &digest[..16]), "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(t);
+    let t = Tollgate::start(&body);
+    assert_eq!(status_with_key(&t, secret), 401, "imported again");
+    assert_eq!(t.logs().matches("imported the API keys").count(), 0);
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn when_postgres_is_away_every_key_still_works_and_writes_get_503() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let mut pg = Server::start();
+    let db = Database::create_on(pg.port);
+    let body = config(&redis, &stub, &postgres_store(&db.url()));
+    let one = Tollgate::start(&body);
+    let two = Tollgate::start(&body);
+    let (secret, _) = register(&one, "before-the-crash");
+    until_status(&two, &secret, 200, Duration::from_secs(1));
+
+    pg.kill();
+    wait_for(
+        "the store to be marked down",
+        Duration::from_secs(5),
+        || (one.metric("tollgate_store_up") == Some(0.0)).then_some(()),
+    );
+    // Requests keep flowing with every key.
+    let agent = agent();
+    let failed = (0..200)
+        .filter(|_| get_with(&agent, &one.url("/k/x"), &[("x-api-key", &secret)]).status != 200)
+        .count();
+    assert_eq!(failed, 0, "requests failed while the store was away");
+    let r = send_json(&one, "POST", "/admin/keys", r#"{"name": "during"}"#);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "store_unavailable");
+
+    // A node restarted while the database is down still honours the key (local cache).
+    let mut two = two;
+    two.restart();
+    assert_eq!(
+        status_with_key(&two, &secret),
+        200,
+        "restarted without its store"
+    );
+
+    // The database comes back: writes work again and reach the other node.
+    pg.restart();
+    wait_for("the store to be back", Duration::from_secs(10), || {
+        (one.metric("tollgate_store_up") == Some(1.0)).then_some(())
+    });
+    let (after, _) = register(&one, "after");
+    until_status(&two, &after, 200, Duration::from_secs(2));
+    assert!(
+        one.metric("tollgate_store_errors_total{op=\"poll\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
