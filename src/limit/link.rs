@@ -224,9 +224,6 @@ impl RedisLink {
     /// script's error), logged once per distinct reason.
     pub fn note_failure(&self, op: &str, error: &dyn std::fmt::Display) {
         self.metrics.redis_errors.with_label_values(&[op]).inc();
-        self.metrics
-            .redis_unreachable_slots
-            .set(i64::from(self.store.unreachable_slots()));
         if self.new_reason(error) {
             tracing::warn!(
                 redis = %self.config.describe(),

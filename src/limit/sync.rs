@@ -86,20 +86,16 @@ impl BackgroundService for LimitSync {
                     } else {
                         Round::Urgent
                     };
-                    if round == Round::Scheduled && link.store().is_cluster() {
-                        self.spawn_cluster_housekeeping(link, &connection, &gateway.policies);
-                    }
-                    sync_once(
-                        link,
-                        connection,
-                        &gateway.policies,
-                        round,
-                        &self.blocks_seen,
-                    )
-                    .await;
+                    self.sync_once(link, connection, &gateway.policies, round)
+                        .await;
                 }
             }
             if scheduled {
+                if let Some(link) = &gateway.redis {
+                    link.metrics()
+                        .redis_unreachable_slots
+                        .set(i64::from(link.store().unreachable_slots()));
+                }
                 evict(&gateway.policies, unix_ms());
                 for policy in gateway.policies.values() {
                     let keys: usize = policy
@@ -142,14 +138,8 @@ impl BackgroundService for LimitSync {
                         }
                     }
                 }
-                sync_once(
-                    link,
-                    connection,
-                    &gateway.policies,
-                    Round::Final,
-                    &self.blocks_seen,
-                )
-                .await;
+                self.sync_once(link, connection, &gateway.policies, Round::Final)
+                    .await;
             }
             link.leave().await;
         }
@@ -167,23 +157,60 @@ impl LimitSync {
         link: &Arc<RedisLink>,
         connection: &Connection,
         policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+        deadline: Duration,
     ) {
         if self.housekeeping.swap(true, Ordering::AcqRel) {
             return;
         }
         let (link, mut connection) = (link.clone(), connection.clone());
         let (policies, blocks_seen) = (policies.clone(), self.blocks_seen.clone());
-        let busy = self.housekeeping.clone();
-        let deadline = round_deadline(&link);
+        // Cleared on drop, so a task that panics does not stop every later round's upkeep.
+        let busy = ClearOnDrop(self.housekeeping.clone());
         tokio::spawn(async move {
+            let _busy = busy;
             let verdict =
                 cluster_housekeeping(&link, &mut connection, &policies, &blocks_seen, deadline)
                     .await;
             if let Some(why) = verdict {
                 link.mark_down("heartbeat", &why);
             }
-            busy.store(false, Ordering::Release);
         });
+    }
+
+    /// One round: on schedule the heartbeat and probe (on a task of their own for a
+    /// cluster), then the leases the round covers.
+    async fn sync_once(
+        &self,
+        link: &Arc<RedisLink>,
+        mut connection: Connection,
+        policies: &std::collections::BTreeMap<String, Arc<Policy>>,
+        round: Round,
+    ) {
+        let started = Instant::now();
+        let deadline = round_deadline(link);
+        if round == Round::Scheduled {
+            if link.store().is_cluster() {
+                self.spawn_cluster_housekeeping(link, &connection, policies, deadline);
+            } else {
+                match fleet_round(link, &mut connection, policies, &self.blocks_seen, deadline)
+                    .await
+                {
+                    Ok(()) => link.mark_up(),
+                    Err((op, e)) => return link.mark_down(op, &e),
+                }
+                // Sentinel: whether the master moved (nothing to do for one server).
+                link.store().probe(&connection, deadline).await;
+            }
+        }
+        lease_round(link, connection, policies, round, deadline, started).await
+    }
+}
+
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -218,29 +245,6 @@ enum Round {
     Final,
 }
 
-async fn sync_once(
-    link: &RedisLink,
-    mut connection: Connection,
-    policies: &std::collections::BTreeMap<String, Arc<Policy>>,
-    round: Round,
-    blocks_seen: &AtomicU64,
-) {
-    let started = Instant::now();
-    let deadline = round_deadline(link);
-    // A cluster's heartbeat and probe run on their own task
-    // ([`LimitSync::spawn_cluster_housekeeping`]).
-    if round != Round::Scheduled || link.store().is_cluster() {
-        return lease_round(link, connection, policies, round, deadline, started).await;
-    }
-    match fleet_round(link, &mut connection, policies, blocks_seen, deadline).await {
-        Ok(()) => link.mark_up(),
-        Err((op, e)) => return link.mark_down(op, &e),
-    }
-    // Sentinel: whether the master moved (nothing to do for one server).
-    link.store().probe(&connection, deadline).await;
-    lease_round(link, connection, policies, round, deadline, started).await
-}
-
 /// A cluster's scheduled upkeep: the fleet's heartbeat (skipped while the master of the
 /// fleet's keys is away: it would only wait out its deadline; the probe says when that
 /// master or its replacement answers again), then the probe of every master. Says why
@@ -264,9 +268,6 @@ async fn cluster_housekeeping(
         }
     }
     let (answering, masters) = link.store().probe(connection, deadline).await?;
-    link.metrics()
-        .redis_unreachable_slots
-        .set(i64::from(link.store().unreachable_slots()));
     if answering == 0 {
         return Some(format!("none of {masters} cluster masters answers"));
     }
