@@ -526,3 +526,43 @@ fn redis_shapes_that_make_no_sense_are_located() {
         "{out}"
     );
 }
+
+#[test]
+fn named_admin_tokens_are_checked_with_their_paths() {
+    let yaml = format!(
+        "{GOOD}admin:
+  tokens:
+    - name: deployer
+      role: write
+      token: a-long-enough-token-1
+    - name: deployer
+      role: read
+      token_env: TG_UNSET_TOKEN_FOR_CHECK
+    - name: both
+      role: read
+      token: a-long-enough-token-2
+      token_env: TG_SOME_TOKEN
+    - name: same-secret
+      role: read
+      token: a-long-enough-token-1
+"
+    );
+    let (code, _, stderr) = check(&yaml);
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "admin.tokens[1].name: `deployer` is used by another token",
+        "admin.tokens[1]: the environment variable `TG_UNSET_TOKEN_FOR_CHECK` is not set",
+        "admin.tokens[2]: give `token` or `token_env`, not both",
+        "admin.tokens[3]: the same secret as admin.tokens[0]",
+    ] {
+        assert!(stderr.contains(expected), "no `{expected}` in:\n{stderr}");
+    }
+    let (code, _, stderr) = check(&format!(
+        "{GOOD}admin:\n  tokens:\n    - name: viewer\n      role: admin\n      token: a-long-enough-token-1\n"
+    ));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unknown variant `admin`, expected `read` or `write`"),
+        "{stderr}"
+    );
+}

@@ -164,6 +164,27 @@ routes:
         },
     );
 
+    // The audit trail shows a key registered through the API, with who registered it.
+    let registered = send_json(
+        &agent(),
+        "POST",
+        &t.admin_url("/admin/keys"),
+        r#"{"name": "dash-app"}"#,
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let id = registered.json()["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the audit trail to show the registration",
+        Duration::from_secs(12),
+        || {
+            let row = browser.eval(
+                "(() => { const r = document.querySelector('#audit-rows tr'); return r ? r.innerText : ''; })()",
+            );
+            let row = row.as_str().unwrap_or_default().to_string();
+            (row.contains("register") && row.contains(&format!("key:{id}"))).then_some(row)
+        },
+    );
+
     let png = browser.screenshot_png();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

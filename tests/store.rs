@@ -123,6 +123,19 @@ fn a_fleet_on_one_postgres_sees_a_new_key_and_a_revocation_within_a_second() {
         revoked.push(until_status(node, &secret, 401, Duration::from_secs(1)));
     }
     eprintln!("new key live on the other nodes after {seen:?}; revocation after {revoked:?}");
+
+    // One audit trail for the fleet, read from any node: both changes, in order, by the
+    // node's clients (no tokens on this loopback listener).
+    let r = get(&nodes[2].admin_url(&format!("/admin/audit?object=key:{id}")));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["register", "revoke"], "{entries:?}");
+    assert!(entries.iter().all(|e| e["actor"] == "anonymous@127.0.0.1"));
+    assert!(!r.body.contains(&secret), "{}", r.body);
 }
 
 #[test]
@@ -212,4 +225,148 @@ fn when_postgres_is_away_every_key_still_works_and_writes_get_503() {
             .unwrap_or(0.0)
             >= 1.0
     );
+}
+
+const WRITE_TOKEN: &str = "deployer-token-0123456789";
+const READ_TOKEN: &str = "grafana-token-0123456789";
+
+fn call(t: &Tollgate, token: &str, method: &str, path: &str, body: &str) -> Reply {
+    let bearer = format!("Bearer {token}");
+    send_with(
+        &agent(),
+        method,
+        &t.admin_url(path),
+        &[
+            ("authorization", bearer.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+}
+
+#[test]
+fn named_tokens_have_roles_and_the_audit_trail_says_who_changed_what() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let admin = format!(
+        "admin:
+  listen: {{admin_listen}}
+  tokens:
+    - name: ci-deployer
+      role: write
+      token_env: TG_WRITE_TOKEN
+    - name: grafana
+      role: read
+      token: {READ_TOKEN}
+"
+    );
+    let mut t = Tollgate::start_with_env(
+        &config(&redis, &stub, &admin),
+        &[("TG_WRITE_TOKEN", WRITE_TOKEN)],
+    );
+    assert_eq!(get(&t.admin_url("/admin/keys")).status, 401);
+
+    // A read token reads, and every write it tries is refused with 403, changing nothing.
+    assert_eq!(call(&t, READ_TOKEN, "GET", "/admin/keys", "").status, 200);
+    assert_eq!(call(&t, READ_TOKEN, "GET", "/admin/stats", "").status, 200);
+    for (method, path, body) in [
+        ("POST", "/admin/keys", r#"{"name": "sneaky"}"#),
+        ("DELETE", "/admin/keys/0123456789abcdef", ""),
+        ("POST", "/admin/reload", "{}"),
+        ("DELETE", "/admin/limits/none/x", ""),
+    ] {
+        let r = call(&t, READ_TOKEN, method, path, body);
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+        assert_eq!(r.json()["error"], "forbidden");
+        assert!(r.body.contains("grafana"), "{}", r.body);
+    }
+
+    // The write token registers two keys and revokes one.
+    let register = |name: &str| {
+        let r = call(
+            &t,
+            WRITE_TOKEN,
+            "POST",
+            "/admin/keys",
+            &format!(r#"{{"name": "{name}", "tier": "pro"}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let j = r.json();
+        (
+            j["key"].as_str().unwrap().to_string(),
+            j["id"].as_str().unwrap().to_string(),
+        )
+    };
+    let (secret_a, id_a) = register("app-a");
+    let (secret_b, id_b) = register("app-b");
+    let revoked = call(
+        &t,
+        WRITE_TOKEN,
+        "DELETE",
+        &format!("/admin/keys/{id_a}"),
+        "",
+    );
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+
+    let audit = |t: &Tollgate, query: &str| {
+        let r = call(t, READ_TOKEN, "GET", &format!("/admin/audit{query}"), "");
+        assert_eq!(r.status, 200, "{}", r.body);
+        for secret in [&secret_a, &secret_b] {
+            assert!(
+                !r.body.contains(secret.as_str()),
+                "a key leaked: {}",
+                r.body
+            );
+        }
+        for token in [WRITE_TOKEN, READ_TOKEN] {
+            assert!(!r.body.contains(token), "a token leaked: {}", r.body);
+        }
+        r.json()["entries"].as_array().unwrap().clone()
+    };
+    let entries = audit(&t, "");
+    let summary: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["object"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("register".to_string(), format!("key:{id_a}")),
+            ("register".to_string(), format!("key:{id_b}")),
+            ("revoke".to_string(), format!("key:{id_a}")),
+        ],
+        "{entries:?}"
+    );
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for e in &entries {
+        assert_eq!(e["actor"], "ci-deployer@127.0.0.1", "{e}");
+        assert!(e["at"].as_str().is_some_and(|a| a.ends_with('Z')), "{e}");
+    }
+    assert!(entries[0]["before"].is_null());
+    assert_eq!(entries[0]["after"]["name"], "app-a");
+    assert_eq!(entries[0]["after"]["tier"], "pro");
+    assert_eq!(entries[2]["before"]["id"], id_a.as_str());
+    assert!(entries[2]["after"].is_null());
+
+    // Filters: one object, after a seq, since a time, a limit.
+    assert_eq!(audit(&t, &format!("?object=key:{id_a}")).len(), 2);
+    assert_eq!(audit(&t, &format!("?after={}", seqs[0])).len(), 2);
+    assert_eq!(audit(&t, "?limit=1").len(), 1);
+    assert_eq!(audit(&t, "?since=2999-01-01T00:00:00Z").len(), 0);
+    assert_eq!(audit(&t, "?since=0").len(), 3);
+    for bad in ["?since=yesterday", "?limit=0", "?limit=1001", "?after=-1"] {
+        let r = call(&t, READ_TOKEN, "GET", &format!("/admin/audit{bad}"), "");
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
+
+    // The trail is in the store: a restart keeps it.
+    t.restart();
+    assert_eq!(audit(&t, "").len(), 3);
+    assert_eq!(status_with_key(&t, &secret_b), 200);
 }

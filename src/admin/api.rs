@@ -337,7 +337,7 @@ pub async fn register_key(admin: &Admin, req: &Request) -> Reply {
         return store_unavailable("this process has no store");
     };
     let (secret, record) = registry::new_key(name, &tenant, body.tier.as_deref());
-    match store.register(record.clone()).await {
+    match store.register(record.clone(), &req.actor()).await {
         Ok(()) => Reply::Json(
             201,
             json!({"id": record.id, "key": secret, "name": record.name, "tenant": record.tenant,
@@ -358,7 +358,7 @@ fn store_unavailable(why: impl std::fmt::Display) -> Reply {
 }
 
 /// `DELETE /admin/keys/{id}`: revokes a registered key fleet-wide.
-pub async fn revoke_key(admin: &Admin, id: &str) -> Reply {
+pub async fn revoke_key(admin: &Admin, id: &str, req: &Request) -> Reply {
     let gateway = admin.gateway.load_full();
     if gateway.identity.api_keys.records().any(|r| r.id == id) {
         return Reply::error(
@@ -370,11 +370,75 @@ pub async fn revoke_key(admin: &Admin, id: &str) -> Reply {
     let Some(store) = gateway.store.as_ref() else {
         return Reply::Json(404, json!({"error": "unknown_key", "id": id}));
     };
-    match store.revoke(id).await {
+    match store.revoke(id, &req.actor()).await {
         Ok(true) => Reply::Json(200, json!({"revoked": id})),
         Ok(false) => Reply::Json(404, json!({"error": "unknown_key", "id": id})),
         Err(e) => store_unavailable(e),
     }
+}
+
+/// `GET /admin/audit?since=&after=&object=&limit=`: changes to what the store holds, oldest
+/// first. `since` is an RFC 3339 time or unix milliseconds, `after` an entry's `seq` (to
+/// page on), `object` one object (`key:<id>`).
+pub async fn audit(admin: &Admin, req: &Request) -> Reply {
+    let since_ms = match req.param("since").filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(text) => match parse_time_ms(text) {
+            Some(ms) => ms,
+            None => {
+                return bad_request(format!(
+                    "since: `{text}` is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor unix milliseconds"
+                ))
+            }
+        },
+    };
+    let after_seq = match req.param("after").map(str::parse::<i64>) {
+        None => 0,
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => return bad_request("after must be an entry's seq (a whole number)"),
+    };
+    let limit = match req.param("limit").map(str::parse::<i64>) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return bad_request("limit must be between 1 and 1000"),
+    };
+    let object = req.param("object").unwrap_or("").to_string();
+    let gateway = admin.gateway.load_full();
+    let Some(store) = gateway.store.as_ref() else {
+        return store_unavailable("this process has no store");
+    };
+    let query = crate::store::AuditQuery {
+        after_seq,
+        since_ms,
+        object,
+        limit,
+    };
+    match store.audit(&query).await {
+        Ok(entries) => {
+            let entries: Vec<Value> = entries
+                .into_iter()
+                .map(|e| {
+                    let at = chrono::DateTime::from_timestamp_millis(e.at_ms)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    let mut v = json!(e);
+                    v["at"] = json!(at);
+                    v
+                })
+                .collect();
+            Reply::Json(200, json!({"entries": entries}))
+        }
+        Err(e) => Reply::error(503, "store_unavailable", format!("{e}; try again")),
+    }
+}
+
+/// Unix milliseconds from an RFC 3339 time or a number of milliseconds.
+fn parse_time_ms(text: &str) -> Option<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return (ms >= 0).then_some(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// `GET /admin/logs?client=...&limit=N`: a client's most recent decisions, newest first.

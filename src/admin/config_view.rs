@@ -9,6 +9,11 @@ pub fn redacted_json(config: &Config) -> serde_json::Value {
     if config.admin.token.is_some() {
         value["admin"]["token"] = serde_json::json!("***");
     }
+    for (i, token) in config.admin.tokens.iter().enumerate() {
+        if token.token.is_some() {
+            value["admin"]["tokens"][i]["token"] = serde_json::json!("***");
+        }
+    }
     if let Some(url) = config.redis.as_ref().and_then(|r| r.url.as_deref()) {
         value["redis"]["url"] = serde_json::json!(crate::config::redis::redact_url(url));
     }

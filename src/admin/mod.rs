@@ -13,6 +13,7 @@ mod guard;
 mod openapi;
 mod stats;
 
+use crate::config::tokens::AdminRole;
 use crate::decisions::DecisionHub;
 use crate::gateway::SharedGateway;
 use crate::limit::algorithm::Bucket;
@@ -73,9 +74,27 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     pub body: Bytes,
     pub client: Option<IpAddr>,
+    pub caller: Caller,
+}
+
+/// Who sent a request: the name of the token it carried, and that token's role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// `None` on a listener without tokens (loopback only), which trusts everyone.
+    pub token: Option<String>,
+    pub role: AdminRole,
 }
 
 impl Request {
+    /// The audit trail's actor: the token's name and the client's address.
+    pub fn actor(&self) -> String {
+        let who = self.caller.token.as_deref().unwrap_or("anonymous");
+        match self.client {
+            Some(ip) => format!("{who}@{ip}"),
+            None => who.to_string(),
+        }
+    }
+
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query
             .iter()
@@ -136,18 +155,23 @@ impl Admin {
         }
     }
 
-    /// Whether the request carries the token (if one is configured). The query is read
-    /// only where `query_allowed` (the event stream): a token in a URL ends up in browser
-    /// history and in the logs of proxies in between.
-    fn authorized(
+    /// Who the request's token names, or `None` when it carries none of the configured
+    /// tokens. Without tokens everyone may write (the listener is then loopback only).
+    /// The query is read only where `query_allowed` (the event stream): a token in a URL
+    /// ends up in browser history and in the logs of proxies in between.
+    fn caller(
         &self,
         session: &ServerSession,
         query: &[(String, String)],
         query_allowed: bool,
-    ) -> bool {
-        let Some(expected) = self.gateway.load().config.admin.resolved_token() else {
-            return true;
-        };
+    ) -> Option<Caller> {
+        let tokens = self.gateway.load().config.admin.resolved_tokens();
+        if tokens.is_empty() {
+            return Some(Caller {
+                token: None,
+                role: AdminRole::Write,
+            });
+        }
         let presented = session
             .req_header()
             .headers
@@ -165,14 +189,20 @@ impl Admin {
                     .find(|(k, _)| k == "access_token")
                     .map(|(_, v)| v.clone())
             });
-        let Some(presented) = presented else {
-            return false;
-        };
-        // Digests have equal length whatever was sent, so the comparison's time says
-        // nothing about how much of the token was right.
-        let a = crate::identity::digest(presented.as_bytes());
-        let b = crate::identity::digest(expected.as_bytes());
-        bool::from(a.ct_eq(&b))
+        let presented = crate::identity::digest(presented?.as_bytes());
+        // Digests have equal length whatever was sent, and every token is compared, so the
+        // time taken says nothing about how much of any token was right.
+        let mut found = None;
+        for token in tokens {
+            let matches = crate::identity::digest(token.secret.as_bytes()).ct_eq(&presented);
+            if bool::from(matches) {
+                found = Some(Caller {
+                    token: Some(token.name),
+                    role: token.role,
+                });
+            }
+        }
+        found
     }
 
     fn rate_limited(&self, client: Option<IpAddr>) -> Option<u64> {
@@ -209,7 +239,8 @@ impl Admin {
             }
             (&M::GET, ["admin", "keys"]) => api::list_keys(self),
             (&M::POST, ["admin", "keys"]) => api::register_key(self, req).await,
-            (&M::DELETE, ["admin", "keys", id]) => api::revoke_key(self, id).await,
+            (&M::DELETE, ["admin", "keys", id]) => api::revoke_key(self, id, req).await,
+            (&M::GET, ["admin", "audit"]) => api::audit(self, req).await,
             (&M::GET, ["admin", "logs"]) => api::logs(self, req).await,
             (&M::GET, ["admin", "events"]) => Reply::Events(api::EventFilter::from(req)),
             (_, ["admin", ..]) if known_path(&segs) => Reply::error(
@@ -220,6 +251,12 @@ impl Admin {
             _ => Reply::Json(404, json!({"error": "not_found", "path": req.path})),
         }
     }
+}
+
+/// Whether a request may change something: everything but reads and the dry-run check.
+fn writes(method: &http::Method, path: &str) -> bool {
+    !(matches!(*method, http::Method::GET | http::Method::HEAD)
+        || (method == http::Method::POST && path == "/admin/check"))
 }
 
 fn known_path(segs: &[&str]) -> bool {
@@ -234,6 +271,7 @@ fn known_path(segs: &[&str]) -> bool {
                 | "check"
                 | "stats"
                 | "keys"
+                | "audit"
                 | "logs"
                 | "events"
         ] | ["admin", "limits", _, _]
@@ -395,35 +433,51 @@ impl HttpServerApp for Admin {
         } else if let Some(retry) = self.rate_limited(client) {
             extra.push(("retry-after", retry.to_string()));
             Reply::Json(429, json!({"error": "rate_limited", "retry_after": retry}))
-        } else if !self.authorized(
-            &session,
-            &query,
-            guard::token_may_be_in_query(&method, &path),
-        ) {
-            extra.push((
-                "www-authenticate",
-                "Bearer realm=\"tollgate admin\"".to_string(),
-            ));
-            Reply::error(
-                401,
-                "unauthorized",
-                "send the admin token as `Authorization: Bearer <token>`",
-            )
-        } else if let Err(refusal) = guard::check_media_type(&method, &session.req_header().headers)
-        {
-            refusal.into()
         } else {
-            match read_body(&mut session).await {
-                Err(reply) => reply,
-                Ok(body) => {
-                    let req = Request {
-                        method,
-                        path,
-                        query,
-                        body,
-                        client,
-                    };
-                    self.route(&req).await
+            let query_allowed = guard::token_may_be_in_query(&method, &path);
+            match self.caller(&session, &query, query_allowed) {
+                None => {
+                    extra.push((
+                        "www-authenticate",
+                        "Bearer realm=\"tollgate admin\"".to_string(),
+                    ));
+                    Reply::error(
+                        401,
+                        "unauthorized",
+                        "send the admin token as `Authorization: Bearer <token>`",
+                    )
+                }
+                Some(caller) if caller.role == AdminRole::Read && writes(&method, &path) => {
+                    Reply::error(
+                        403,
+                        "forbidden",
+                        format!(
+                            "the token `{}` has the read role; {method} {path} needs one with the write role",
+                            caller.token.unwrap_or_default()
+                        ),
+                    )
+                }
+                Some(caller) => {
+                    if let Err(refusal) =
+                        guard::check_media_type(&method, &session.req_header().headers)
+                    {
+                        refusal.into()
+                    } else {
+                        match read_body(&mut session).await {
+                            Err(reply) => reply,
+                            Ok(body) => {
+                                let req = Request {
+                                    method,
+                                    path,
+                                    query,
+                                    body,
+                                    client,
+                                    caller,
+                                };
+                                self.route(&req).await
+                            }
+                        }
+                    }
                 }
             }
         };

@@ -39,7 +39,12 @@ fn guard_responses(doc: &mut Value) {
             if matches!(path.as_str(), "/admin/docs" | "/admin/openapi.json") {
                 continue;
             }
-            responses.insert("403".into(), error_response("Origin (or Referer) names a web site other than the admin listener itself and the origins in admin.allowed_origins."));
+            let writes = method != "get" && path != "/admin/check";
+            responses.insert("403".into(), error_response(if writes {
+                "The token has the read role (this needs write), or Origin (or Referer) names a web site other than the admin listener itself and the origins in admin.allowed_origins."
+            } else {
+                "Origin (or Referer) names a web site other than the admin listener itself and the origins in admin.allowed_origins."
+            }));
             if method != "get" {
                 responses.insert(
                     "415".into(),
@@ -54,12 +59,13 @@ fn paths() -> Value {
     let unauthorized = error_response("The bearer token is missing or wrong.");
     let limited = error_response("Too many admin requests from this address (see Retry-After).");
     let redis_down = error_response("Redis is needed and not reachable.");
+    let store_down = error_response("The store is not reachable; nothing changed.");
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "tollgate admin API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Operate a tollgate node: its config and reloads, rate limit decisions and usage, API keys, per-client decision logs and a live stream of decisions. Every /admin route needs `Authorization: Bearer <token>` when a token is configured (`access_token` as a query parameter is accepted on GET /admin/events only, for EventSource; elsewhere it gets 400). Each client address is rate limited (`admin.rate_limit`).\n\nOther web sites are kept out: a Host other than localhost, an IP address or a name in `admin.allowed_hosts` gets 421 (DNS rebinding); a request whose Origin (or, without one, Referer) is neither the admin listener's own origin nor in `admin.allowed_origins` gets 403, except GETs of this document and the docs page; writes (POST, DELETE) must carry `Content-Type: application/json` (415), which a page of another origin cannot send without a CORS preflight, and preflights are answered only for `admin.allowed_origins`. DELETE without a body may leave Content-Type out."
+            "description": "Operate a tollgate node: its config and reloads, rate limit decisions and usage, API keys, per-client decision logs and a live stream of decisions. Every /admin route needs `Authorization: Bearer <token>` when a token is configured (`admin.token`, or named tokens in `admin.tokens`, each with the role `read` or `write`: a read token may GET and POST /admin/check, anything else gets 403) (`access_token` as a query parameter is accepted on GET /admin/events only, for EventSource; elsewhere it gets 400). Each client address is rate limited (`admin.rate_limit`).\n\nOther web sites are kept out: a Host other than localhost, an IP address or a name in `admin.allowed_hosts` gets 421 (DNS rebinding); a request whose Origin (or, without one, Referer) is neither the admin listener's own origin nor in `admin.allowed_origins` gets 403, except GETs of this document and the docs page; writes (POST, DELETE) must carry `Content-Type: application/json` (415), which a page of another origin cannot send without a CORS preflight, and preflights are answered only for `admin.allowed_origins`. DELETE without a body may leave Content-Type out."
         },
         "security": [{"bearer": []}],
         "paths": {
@@ -117,15 +123,27 @@ fn paths() -> Value {
                 "get": {"summary": "List API keys", "description": "Keys from the config and keys registered through this API, by id. Secrets are never shown.", "responses": {"200": json_response("The keys", json!({"type": "object"}), json!({"keys": [{"id": "3f2a9c0e1b7d4a55", "name": "my-app", "tenant": "my-app", "tier": "pro", "created": "2026-11-22T07:14:05.723Z", "source": "registered"}]})), "401": unauthorized, "429": limited}},
                 "post": {
                     "summary": "Register an application",
-                    "description": "Creates a new API key with a tenant and tier. The key is returned once; Redis keeps only its digest, and every node of the fleet honours it within a heartbeat.",
+                    "description": "Creates a new API key with a tenant and tier. The key is returned once; the store keeps only its digest, every node of the fleet honours it within a second, and the audit trail records who registered it.",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RegisterRequest"}, "example": {"name": "my-app", "tenant": "acme", "tier": "pro"}}}},
-                    "responses": {"201": json_response("Registered", json!({"type": "object"}), json!({"id": "3f2a9c0e1b7d4a55", "key": "tg_...", "name": "my-app", "tenant": "acme", "tier": "pro", "created": "2026-11-22T07:14:05.723Z"})), "400": error_response("Invalid body."), "409": error_response("No Redis is configured."), "401": unauthorized, "429": limited, "503": redis_down}
+                    "responses": {"201": json_response("Registered", json!({"type": "object"}), json!({"id": "3f2a9c0e1b7d4a55", "key": "tg_...", "name": "my-app", "tenant": "acme", "tier": "pro", "created": "2026-11-22T07:14:05.723Z"})), "400": error_response("Invalid body."), "401": unauthorized, "429": limited, "503": store_down}
                 }
             },
             "/admin/keys/{id}": {"delete": {
                 "summary": "Revoke a registered key",
+                "description": "Removes the key on every node within a second; the audit trail records who revoked it and the key's record before.",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": json_response("Revoked", json!({"type": "object"}), json!({"revoked": "3f2a9c0e1b7d4a55"})), "404": error_response("No such registered key."), "409": error_response("The key is defined in the config file."), "401": unauthorized, "429": limited, "503": redis_down}
+                "responses": {"200": json_response("Revoked", json!({"type": "object"}), json!({"revoked": "3f2a9c0e1b7d4a55"})), "404": error_response("No such registered key."), "409": error_response("The key is defined in the config file."), "401": unauthorized, "429": limited, "503": store_down}
+            }},
+            "/admin/audit": {"get": {
+                "summary": "The audit trail",
+                "description": "Every change to what the store holds, oldest first: when, who (the admin token's name and the client's address), the action, the object, and its public fields before and after. Secrets never appear. Page on with `after` set to the last entry's seq.",
+                "parameters": [
+                    {"name": "since", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Only entries at or after this time: RFC 3339 or unix milliseconds.", "example": "2026-12-01T00:00:00Z"},
+                    {"name": "after", "in": "query", "required": false, "schema": {"type": "integer", "default": 0}, "description": "Only entries after this seq."},
+                    {"name": "object", "in": "query", "required": false, "schema": {"type": "string"}, "description": "Only this object, such as key:<id>.", "example": "key:3f2a9c0e1b7d4a55"},
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "default": 100, "minimum": 1, "maximum": 1000}}
+                ],
+                "responses": {"200": json_response("The entries", json!({"type": "object"}), json!({"entries": [{"seq": 1, "at": "2026-12-01T10:00:00.000Z", "at_ms": 1796119200000_u64, "actor": "ci-deployer@10.0.0.7", "action": "register", "object": "key:3f2a9c0e1b7d4a55", "before": null, "after": {"id": "3f2a9c0e1b7d4a55", "name": "my-app", "tenant": "acme", "tier": "pro", "created": "2026-12-01T10:00:00.000Z"}}]})), "400": error_response("A parameter does not parse."), "401": unauthorized, "429": limited, "503": error_response("The store is not reachable.")}
             }},
             "/admin/logs": {"get": {
                 "summary": "A client's recent decisions",

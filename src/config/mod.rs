@@ -10,6 +10,7 @@ mod locate;
 pub mod redis;
 pub mod size;
 pub mod store;
+pub mod tokens;
 mod validate;
 pub mod web;
 pub use validate::{canonical_prefix, listen_path, parse_net, split_host_port};
@@ -279,6 +280,9 @@ pub struct AdminConfig {
     /// The environment variable holding the token; it wins over `token`.
     #[serde(default = "default_token_env")]
     pub token_env: String,
+    /// Named tokens, each with a role (`read` or `write`), beside or instead of `token`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<tokens::AdminToken>,
     /// Requests per client address to the admin listener.
     #[serde(default = "default_admin_rate")]
     pub rate_limit: RateSpec,
@@ -300,6 +304,7 @@ impl Default for AdminConfig {
             listen: default_admin_listen(),
             token: None,
             token_env: default_token_env(),
+            tokens: Vec::new(),
             rate_limit: default_admin_rate(),
             decision_log: DecisionLogConfig::default(),
             allowed_hosts: Vec::new(),
@@ -315,6 +320,24 @@ impl AdminConfig {
             .ok()
             .filter(|t| !t.is_empty())
             .or_else(|| self.token.clone().filter(|t| !t.is_empty()))
+    }
+
+    /// Every token that has a secret: the single `token` (as `admin`, role write), then
+    /// `tokens`. Empty means the listener trusts whoever reaches it (loopback only).
+    pub fn resolved_tokens(&self) -> Vec<tokens::ResolvedToken> {
+        let single = self.resolved_token().map(|secret| tokens::ResolvedToken {
+            name: tokens::LEGACY_TOKEN_NAME.into(),
+            role: tokens::AdminRole::Write,
+            secret,
+        });
+        let named = self.tokens.iter().filter_map(|t| {
+            t.secret().ok().map(|secret| tokens::ResolvedToken {
+                name: t.name.clone(),
+                role: t.role,
+                secret,
+            })
+        });
+        single.into_iter().chain(named).collect()
     }
 }
 

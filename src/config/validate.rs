@@ -88,6 +88,7 @@ fn check_listeners(config: &Config, report: &mut Report) {
             "an admin token shorter than 16 characters is easy to guess",
         );
     }
+    check_admin_tokens(&config.admin, report);
     match config.admin.listen.parse::<SocketAddr>() {
         Err(_) => report.error(
             "admin.listen",
@@ -105,11 +106,11 @@ fn check_listeners(config: &Config, report: &mut Report) {
                     ),
                 );
             }
-            if !sa.ip().is_loopback() && config.admin.resolved_token().is_none() {
+            if !sa.ip().is_loopback() && config.admin.resolved_tokens().is_empty() {
                 report.error(
                     "admin.listen",
                     format!(
-                        "`{sa}` is reachable from other hosts, so the admin API needs a token: set ${} (or admin.token), or listen on 127.0.0.1",
+                        "`{sa}` is reachable from other hosts, so the admin API needs a token: set ${} (or admin.token, or admin.tokens), or listen on 127.0.0.1",
                         config.admin.token_env
                     ),
                 );
@@ -153,6 +154,53 @@ fn check_listeners(config: &Config, report: &mut Report) {
 
 /// Each entry already parsed (a malformed one is a located serde error); what is left are
 /// entries that change nothing, which usually mean the operator expected something else.
+fn check_admin_tokens(admin: &super::AdminConfig, report: &mut Report) {
+    let legacy = admin.resolved_token();
+    let mut names = std::collections::BTreeSet::new();
+    let mut secrets: Vec<(String, String)> = legacy
+        .iter()
+        .map(|s| ("admin.token".to_string(), s.clone()))
+        .collect();
+    for (i, token) in admin.tokens.iter().enumerate() {
+        let path = format!("admin.tokens[{i}]");
+        let name = token.name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            report.error(
+                format!("{path}.name"),
+                "must be 1 to 64 printable characters",
+            );
+        } else if name == super::tokens::LEGACY_TOKEN_NAME && legacy.is_some() {
+            report.error(
+                format!("{path}.name"),
+                "`admin` is the name of admin.token (or $TOLLGATE_ADMIN_TOKEN); choose another",
+            );
+        } else if !names.insert(name.to_string()) {
+            report.error(
+                format!("{path}.name"),
+                format!("`{name}` is used by another token"),
+            );
+        }
+        match token.secret() {
+            Err(why) => report.error(path, why),
+            Ok(secret) => {
+                if secret.len() < 16 {
+                    report.warn(
+                        path.clone(),
+                        "an admin token shorter than 16 characters is easy to guess",
+                    );
+                }
+                if let Some((other, _)) = secrets.iter().find(|(_, s)| *s == secret) {
+                    report.error(
+                        path.clone(),
+                        format!("the same secret as {other}: each token needs its own, or the audit trail cannot tell them apart"),
+                    );
+                }
+                secrets.push((path, secret));
+            }
+        }
+    }
+}
+
 fn check_admin_web(config: &Config, report: &mut Report) {
     let admin = &config.admin;
     for (i, pattern) in admin.allowed_hosts.iter().enumerate() {

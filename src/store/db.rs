@@ -75,9 +75,49 @@ pub async fn load_keys(pool: &AnyPool) -> Result<(i64, Keys), sqlx::Error> {
     Ok((version, keys))
 }
 
-/// Adds keys (one transaction, one version step); keys already there are left as they are.
-/// Returns the version the set is at after the change.
-pub async fn insert_keys(pool: &AnyPool, records: &[&KeyRecord]) -> Result<i64, sqlx::Error> {
+/// One change, as the audit trail keeps it.
+pub struct Change {
+    pub actor: String,
+    pub action: &'static str,
+    pub object: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// One entry read back from the audit trail.
+#[derive(Debug, serde::Serialize)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
+/// Which audit entries to read: after `after_seq`, at or after `since_ms`, for `object`
+/// (any when empty), at most `limit`, oldest first.
+pub struct AuditQuery {
+    pub after_seq: i64,
+    pub since_ms: i64,
+    pub object: String,
+    pub limit: i64,
+}
+
+/// The audit object name of an API key.
+pub fn key_object(id: &str) -> String {
+    format!("key:{id}")
+}
+
+/// Adds keys (one transaction, one version step), each with its audit entry by `actor`;
+/// keys already there are left as they are. Returns the version the set is at after it.
+pub async fn insert_keys(
+    pool: &AnyPool,
+    records: &[&KeyRecord],
+    actor: &str,
+    action: &'static str,
+) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     for record in records {
         let json = serde_json::to_string(record).map_err(|e| sqlx::Error::Encode(e.into()))?;
@@ -91,38 +131,116 @@ pub async fn insert_keys(pool: &AnyPool, records: &[&KeyRecord]) -> Result<i64, 
         .bind(crate::clock::now_ms() as i64)
         .execute(&mut *tx)
         .await?;
+        let change = Change {
+            actor: actor.to_string(),
+            action,
+            object: key_object(&record.id),
+            before: None,
+            after: serde_json::to_value(record).ok(),
+        };
+        audit(&mut tx, &change).await?;
     }
-    let version = bump(&mut tx).await?;
+    let version = bump(&mut tx, "api_keys").await?;
     tx.commit().await?;
     Ok(version)
 }
 
-/// Removes the key with public id `id`: the version after the change, or `None` when there
-/// is no such key.
-pub async fn delete_key(pool: &AnyPool, id: &str) -> Result<Option<i64>, sqlx::Error> {
+/// Removes the key with public id `id`, audited as `actor`'s: the version after the
+/// change, or `None` when there is no such key.
+pub async fn delete_key(pool: &AnyPool, id: &str, actor: &str) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let removed = sqlx::query("DELETE FROM api_keys WHERE id = $1")
+    let before: Option<String> = sqlx::query("SELECT record FROM api_keys WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()?;
+    let Some(before) = before else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM api_keys WHERE id = $1")
         .bind(id.to_string())
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let version = if removed > 0 {
-        Some(bump(&mut tx).await?)
-    } else {
-        None
+        .await?;
+    let change = Change {
+        actor: actor.to_string(),
+        action: "revoke",
+        object: key_object(id),
+        before: serde_json::from_str(&before).ok(),
+        after: None,
     };
+    audit(&mut tx, &change).await?;
+    let version = bump(&mut tx, "api_keys").await?;
     tx.commit().await?;
-    Ok(version)
+    Ok(Some(version))
 }
 
-async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64, sqlx::Error> {
-    sqlx::query("UPDATE versions SET version = version + 1 WHERE scope = 'api_keys'")
+/// Moves the counter `scope` of `versions` on by one and returns it.
+async fn bump(tx: &mut sqlx::Transaction<'_, sqlx::Any>, scope: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query("UPDATE versions SET version = version + 1 WHERE scope = $1")
+        .bind(scope.to_string())
         .execute(&mut **tx)
         .await?;
-    sqlx::query("SELECT version FROM versions WHERE scope = 'api_keys'")
+    sqlx::query("SELECT version FROM versions WHERE scope = $1")
+        .bind(scope.to_string())
         .fetch_one(&mut **tx)
         .await?
         .try_get(0)
+}
+
+/// Appends `change` to the audit trail, in the transaction that makes the change.
+async fn audit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    change: &Change,
+) -> Result<(), sqlx::Error> {
+    let seq = bump(tx, "audit").await?;
+    let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+    sqlx::query(
+        "INSERT INTO audit (seq, at_ms, actor, action, object, before_json, after_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(seq)
+    .bind(crate::clock::now_ms() as i64)
+    .bind(change.actor.clone())
+    .bind(change.action.to_string())
+    .bind(change.object.clone())
+    .bind(json(&change.before))
+    .bind(json(&change.after))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The audit entries `query` asks for, oldest first.
+pub async fn audit_entries(
+    pool: &AnyPool,
+    query: &AuditQuery,
+) -> Result<Vec<AuditEntry>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT seq, at_ms, actor, action, object, before_json, after_json FROM audit \
+         WHERE seq > $1 AND at_ms >= $2 AND ($3 = '' OR object = $3) ORDER BY seq LIMIT $4",
+    )
+    .bind(query.after_seq)
+    .bind(query.since_ms)
+    .bind(query.object.clone())
+    .bind(query.limit)
+    .fetch_all(pool)
+    .await?;
+    let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+    rows.into_iter()
+        .map(|row| {
+            Ok(AuditEntry {
+                seq: row.try_get(0)?,
+                at_ms: row.try_get(1)?,
+                actor: row.try_get(2)?,
+                action: row.try_get(3)?,
+                object: row.try_get(4)?,
+                before: parse(row.try_get(5)?),
+                after: parse(row.try_get(6)?),
+            })
+        })
+        .collect()
 }
 
 pub async fn meta(pool: &AnyPool, name: &str) -> Result<Option<String>, sqlx::Error> {

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
-pub use db::Keys;
+pub use db::{AuditEntry, AuditQuery, Keys};
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -174,25 +174,34 @@ impl Store {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// Registers a key on every node: written to the store, then applied here at once.
-    pub async fn register(&self, record: KeyRecord) -> Result<(), StoreError> {
+    /// Registers a key on every node, audited as `actor`'s: written to the store, then
+    /// applied here at once.
+    pub async fn register(&self, record: KeyRecord, actor: &str) -> Result<(), StoreError> {
         let pool = self.pool().await?;
         let records = [&record];
-        let version = self.call("write", db::insert_keys(&pool, &records)).await?;
+        let write = db::insert_keys(&pool, &records, actor, "register");
+        let version = self.call("write", write).await?;
         self.apply_locally(version, |keys| {
             keys.insert(record.digest, Arc::new(record));
         });
         Ok(())
     }
 
-    /// Revokes a key on every node; false when the store has no key with that id.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+    /// Revokes a key on every node, audited as `actor`'s; false when the store has no key
+    /// with that id.
+    pub async fn revoke(&self, id: &str, actor: &str) -> Result<bool, StoreError> {
         let pool = self.pool().await?;
-        let removed = self.call("write", db::delete_key(&pool, id)).await?;
+        let removed = self.call("write", db::delete_key(&pool, id, actor)).await?;
         if let Some(version) = removed {
             self.apply_locally(version, |keys| keys.retain(|_, r| r.id != id));
         }
         Ok(removed.is_some())
+    }
+
+    /// The audit trail's entries that `query` asks for, oldest first.
+    pub async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let pool = self.pool().await?;
+        self.call("read", db::audit_entries(&pool, query)).await
     }
 
     /// The pool, opened now if it is not yet (a write right after start, or while the

@@ -24,6 +24,9 @@ pub struct StoreService {
     gateway: SharedGateway,
 }
 
+/// The audit trail's actor for keys imported from an older tollgate's Redis.
+const IMPORT_ACTOR: &str = "tollgate (import from redis)";
+
 impl StoreService {
     pub fn new(store: Arc<Store>, gateway: SharedGateway) -> Self {
         StoreService { store, gateway }
@@ -110,7 +113,10 @@ impl StoreService {
         let records: Vec<_> = old.values().map(|r| r.as_ref()).collect();
         if !records.is_empty()
             && store
-                .call("write", db::insert_keys(pool, &records))
+                .call(
+                    "write",
+                    db::insert_keys(pool, &records, IMPORT_ACTOR, "import"),
+                )
                 .await
                 .is_err()
         {
