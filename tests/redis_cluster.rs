@@ -5,7 +5,7 @@
 mod common;
 use common::clock::now_ms;
 use common::load::{Load, Outcome};
-use common::redis_topology::RedisCluster;
+use common::redis_topology::{Hardening, RedisCluster};
 use common::windows;
 use common::*;
 use std::collections::BTreeMap;
@@ -452,4 +452,102 @@ fn a_slot_migrated_under_load_loses_no_decision() {
         "a decision fell back to local"
     );
     check_windows("reshard", &outcomes, base_ms, &keys, LIMIT, 1.05);
+}
+
+/// TLS to every node (clients, the cluster bus, replication) and a least-privilege ACL
+/// user whose password comes from the environment: the keys on every master stay global.
+/// A wrong password is refused safely: the node serves on local limits and says why.
+#[test]
+fn a_cluster_behind_tls_and_an_acl_user_keeps_limits_global() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = common::certs::generate(dir.path(), "cluster");
+    let tollgate_user = [
+        "tollgate",
+        "on",
+        ">tgpw",
+        "~tollgate:*",
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@connection",
+        "+time",
+        "+cluster|slots",
+    ]
+    .map(String::from)
+    .to_vec();
+    let cluster = RedisCluster::start_hardened(
+        3,
+        &Hardening {
+            certs: certs.clone(),
+            admin_password: "admin-pw".into(),
+            users: vec![tollgate_user],
+        },
+    );
+    let stub = Stub::start("a");
+    let per_master = paths_per_master(&cluster, "per_path", "/a/k", 1);
+    let body = config(
+        &cluster,
+        &stub,
+        "  per_path:\n    key: path\n    algorithm: fixed_window\n    rate: 5/1m\n",
+        "  - prefix: /a\n    upstream: a\n    limits: [per_path]\n",
+    )
+    .replacen(
+        "redis:\n",
+        &format!(
+            "redis:\n  user: tollgate\n  password_env: TG_REDIS_PASSWORD\n  tls:\n    ca_file: {}\n",
+            certs.ca_cert.display()
+        ),
+        1,
+    );
+    let nodes: Vec<Tollgate> = (0..2)
+        .map(|_| Tollgate::start_with_env(&body, &[("TG_REDIS_PASSWORD", "tgpw")]))
+        .collect();
+    wait_for(
+        &format!(
+            "two live nodes on the hardened cluster\n{}",
+            nodes[0].logs()
+        ),
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.metric("tollgate_redis_nodes") == Some(2.0))
+                .then_some(())
+        },
+    );
+    for (master, paths) in &per_master {
+        let path = &paths[0];
+        let admitted = (0..8)
+            .filter(|i| get(&nodes[i % 2].url(path)).status == 200)
+            .count();
+        assert_eq!(
+            admitted,
+            5,
+            "{path} (master {master}): the two nodes together admit the limit\n{}",
+            nodes[0].logs()
+        );
+        let keys = cluster
+            .cli(*master, &["--scan", "--pattern", "tollgate:*per_path*"])
+            .unwrap_or_default();
+        assert!(!keys.is_empty(), "no counts on master {master}");
+    }
+    assert_eq!(failed_open(&nodes, "per_path"), 0.0);
+    drop(nodes);
+
+    let wrong = Tollgate::start_with_env(&body, &[("TG_REDIS_PASSWORD", "not-the-password")]);
+    wait_for(
+        &format!("the refusal logged\n{}", wrong.logs()),
+        Duration::from_secs(5),
+        || {
+            let logs = wrong.logs();
+            (logs.contains("WRONGPASS") || logs.contains("authentication failed")).then_some(())
+        },
+    );
+    assert_eq!(wrong.metric("tollgate_redis_up"), Some(0.0));
+    assert_eq!(get(&wrong.url("/a/x")).status, 200, "still serving");
+    assert!(
+        !wrong.logs().contains("not-the-password"),
+        "the password leaked into the log"
+    );
 }

@@ -8,7 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn cli(port: u16, args: &[&str]) -> Option<String> {
+    cli_as(&[], port, args)
+}
+
+/// redis-cli with `flags` first (TLS and the password of a hardened cluster).
+fn cli_as(flags: &[String], port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
+        .args(flags)
         .args(["-p", &port.to_string()])
         .args(args)
         .output()
@@ -19,6 +25,11 @@ fn cli(port: u16, args: &[&str]) -> Option<String> {
 }
 
 fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Child {
+    spawn_server_as(&[], dir, port, extra)
+}
+
+/// Starts one server; `cli_flags` are what redis-cli needs to reach it.
+fn spawn_server_as(cli_flags: &[String], dir: &Path, port: u16, extra: &[String]) -> Child {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
@@ -32,7 +43,7 @@ fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Child {
     wait_for(
         &format!("redis-server on {port}"),
         Duration::from_secs(10),
-        || cli(port, &["PING"]).filter(|r| r.contains("PONG")),
+        || cli_as(cli_flags, port, &["PING"]).filter(|r| r.contains("PONG")),
     );
     child
 }
@@ -63,11 +74,86 @@ pub struct RedisCluster {
     dir: tempfile::TempDir,
     servers: HashMap<u16, Child>,
     pub ports: Vec<u16>,
+    /// What redis-cli needs to reach a node (empty unless hardened).
+    cli_flags: Vec<String>,
+}
+
+/// A cluster closed as production runs one: TLS for clients, the cluster bus and
+/// replication, a password on the default user, and `users` (ACL rules, as `ACL SETUSER`
+/// takes them) defined on every node.
+pub struct Hardening {
+    pub certs: super::certs::Certs,
+    pub admin_password: String,
+    pub users: Vec<Vec<String>>,
+}
+
+impl Hardening {
+    fn server_args(&self, port: u16) -> Vec<String> {
+        let c = &self.certs;
+        let mut args: Vec<String> = [
+            // The plain port given first is turned off: later arguments win.
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &c.server_cert.display().to_string(),
+            "--tls-key-file",
+            &c.server_key.display().to_string(),
+            // The cluster bus always asks the connecting node for a certificate, and the
+            // server's is for serverAuth only.
+            "--tls-client-cert-file",
+            &c.client_cert.display().to_string(),
+            "--tls-client-key-file",
+            &c.client_key.display().to_string(),
+            "--tls-ca-cert-file",
+            &c.ca_cert.display().to_string(),
+            "--tls-auth-clients",
+            "no",
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--requirepass",
+            &self.admin_password,
+            "--masterauth",
+            &self.admin_password,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for user in &self.users {
+            args.push("--user".into());
+            args.extend(user.iter().cloned());
+        }
+        args
+    }
+
+    fn cli_flags(&self) -> Vec<String> {
+        vec![
+            "--tls".into(),
+            "--cacert".into(),
+            self.certs.ca_cert.display().to_string(),
+            "-a".into(),
+            self.admin_password.clone(),
+            "--no-auth-warning".into(),
+        ]
+    }
 }
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
+        Self::launch(masters, None)
+    }
+
+    /// The same cluster behind TLS and passwords ([`Hardening`]).
+    pub fn start_hardened(masters: usize, hardening: &Hardening) -> RedisCluster {
+        Self::launch(masters, Some(hardening))
+    }
+
+    fn launch(masters: usize, hardening: Option<&Hardening>) -> RedisCluster {
         tools();
+        let cli_flags = hardening.map_or_else(Vec::new, Hardening::cli_flags);
         let dir = tempfile::tempdir().expect("tempdir");
         // Node and bus ports chosen together, so none is handed out twice.
         let mut chosen = std::collections::BTreeSet::new();
@@ -101,10 +187,17 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            servers.insert(*port, spawn_server(dir.path(), *port, &extra));
+            let mut extra = extra;
+            if let Some(h) = hardening {
+                extra.extend(h.server_args(*port));
+            }
+            servers.insert(
+                *port,
+                spawn_server_as(&cli_flags, dir.path(), *port, &extra),
+            );
         }
         let mut create = Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
+        create.args(&cli_flags).args(["--cluster", "create"]);
         for port in &ports {
             create.arg(format!("127.0.0.1:{port}"));
         }
@@ -119,6 +212,7 @@ impl RedisCluster {
             dir,
             servers,
             ports,
+            cli_flags,
         };
         cluster.wait_healthy(masters);
         cluster
@@ -128,7 +222,8 @@ impl RedisCluster {
     pub fn wait_healthy(&self, masters: usize) {
         wait_for("a healthy cluster", Duration::from_secs(30), || {
             let all_ok = self.live_ports().iter().all(|p| {
-                cli(*p, &["CLUSTER", "INFO"]).is_some_and(|i| i.contains("cluster_state:ok"))
+                self.cli(*p, &["CLUSTER", "INFO"])
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
             });
             let nodes = self.nodes();
             let serving = nodes
@@ -140,7 +235,7 @@ impl RedisCluster {
                 .iter()
                 .filter(|n| !n.master && !n.failed)
                 .filter(|n| {
-                    cli(n.port, &["INFO", "replication"])
+                    self.cli(n.port, &["INFO", "replication"])
                         .is_some_and(|i| i.contains("master_link_status:up"))
                 })
                 .count();
@@ -169,7 +264,7 @@ impl RedisCluster {
         let Some(text) = self
             .live_ports()
             .into_iter()
-            .find_map(|p| cli(p, &["CLUSTER", "NODES"]))
+            .find_map(|p| self.cli(p, &["CLUSTER", "NODES"]))
         else {
             return Vec::new();
         };
@@ -235,7 +330,8 @@ impl RedisCluster {
             Duration::from_secs(30),
             || {
                 let owner = self.owner(slot)?;
-                let ok = cli(owner, &["CLUSTER", "INFO"])
+                let ok = self
+                    .cli(owner, &["CLUSTER", "INFO"])
                     .is_some_and(|i| i.contains("cluster_state:ok"));
                 (owner != old && ok).then(Instant::now)
             },
@@ -254,6 +350,7 @@ impl RedisCluster {
         };
         let mut reshard = Command::new("redis-cli");
         reshard
+            .args(&self.cli_flags)
             .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
             .args(["--cluster-from", &id(from), "--cluster-to", &id(to)])
             .args(["--cluster-slots", &count.to_string(), "--cluster-yes"]);
@@ -261,7 +358,7 @@ impl RedisCluster {
     }
 
     pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
-        cli(port, args)
+        cli_as(&self.cli_flags, port, args)
     }
 
     pub fn dir(&self) -> &Path {
