@@ -13,13 +13,14 @@ use std::time::Duration;
 
 #[test]
 fn the_load_harness_runs_every_target_and_reports_them() {
-    let hint = "install it with `apt-get install -y nginx haproxy wrk python3 nghttp2-client openssl`; .ci/run does this";
+    let hint = "install it with `apt-get install -y nginx haproxy wrk python3 nghttp2-client openssl redis-tools`; .ci/run does this";
     for tool in [
         "python3",
         "nginx",
         "haproxy",
         "wrk",
         "redis-server",
+        "redis-cli",
         "h2load",
         "openssl",
     ] {
@@ -50,6 +51,7 @@ fn the_load_harness_runs_every_target_and_reports_them() {
                 "benches/load/run.py",
                 "--quick",
                 "--tls",
+                "--cluster",
                 "--no-install",
                 "--out",
             ])
@@ -80,6 +82,12 @@ fn the_load_harness_runs_every_target_and_reports_them() {
     assert!(table.contains("Redis cmds/req"), "{table}");
     assert!(table.contains("CPU/request (user + kernel)"), "{table}");
     assert!(!table.contains("| n/a |"), "a figure is missing:\n{table}");
+    for row in ["| one Redis |", "| cluster, 3 masters |"] {
+        assert!(
+            table.contains(row),
+            "no key-spread row `{row}` in the report:\n{table}"
+        );
+    }
     for row in [
         "HTTPS keep-alive req/s",
         "HTTP/2 req/s (h2load",

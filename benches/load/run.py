@@ -5,6 +5,7 @@
     python3 benches/load/run.py --rounds 5 --out results.md --json results.json
     python3 benches/load/run.py --fleet         # also the three-node fleet accuracy run
     python3 benches/load/run.py --tls           # also TLS and HTTP/2 beside nginx
+    python3 benches/load/run.py --cluster       # also 100,000 keys on one Redis and a cluster
     python3 benches/load/run.py --quick         # ~30 s smoke test of the harness (CI)
     python3 benches/load/run.py --baseline-bin /path/to/old/tollgate   # before/after
 
@@ -46,6 +47,15 @@ harness's own INFO, taken just before and after each of the target's wrk runs).
 its own wrk, and reports how many requests per second the fleet admitted against the
 limit. A new-key probe then times what a key's first request costs when the limit is
 small (it waits for the key's first grant from Redis) against the key's second request.
+`--cluster` adds the key-spread run: three tollgate nodes under a global async sliding
+window that never refuses, each driven by its own wrk whose requests come from 100,000
+client addresses at random (`keys.lua`), so each node tracks tens of thousands of keys.
+It runs once on one Redis and once on a Redis Cluster of three masters (no replicas, so
+every command a master runs is tollgate's), after a warm-up that makes the keys active.
+For each it reports the fleet's requests/s, the Redis commands per request on each server
+(`INFO commandstats`), and the worst node's sync latency p99 (`/admin/stats`, the last 256
+sync rounds). The goal is each master's commands per request about a third of the one
+server's.
 `--baseline-bin` runs an earlier tollgate build as a second global async target,
 interleaved with this one, so a change shows as a ratio within one run.
 
@@ -105,11 +115,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 LUA_SCRIPT = HERE / "count.lua"
+KEYS_SCRIPT = HERE / "keys.lua"
 
 # tool -> Debian package
 TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "redis-server": "redis-server"}
 # tools only the TLS comparison needs
 TLS_TOOLS = {"h2load": "nghttp2-client", "openssl": "openssl"}
+# tools only the cluster run needs
+CLUSTER_TOOLS = {"redis-cli": "redis-tools"}
 SBIN_PATH = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin:/usr/local/sbin"
 
 # Limits high enough that nothing is refused in the normal runs.
@@ -121,6 +134,11 @@ FLEET_LIMIT_PER_S = 300
 FLEET_NODES = 3
 FLEET_SECONDS = 5
 FLEET_CONNECTIONS = 10
+SPREAD_KEYS = 100_000
+SPREAD_SECONDS = 10
+SPREAD_WARMUP_S = 5
+SPREAD_CONNECTIONS = 10
+CLUSTER_MASTERS = 3
 STUB_THREADS = 2
 START_DEADLINE_S = 20.0
 SCRIPT_COMMANDS = {"eval", "evalsha", "eval_ro", "evalsha_ro", "fcall", "fcall_ro"}
@@ -359,8 +377,9 @@ def which(tool: str) -> str | None:
     return shutil.which(tool, path=SBIN_PATH)
 
 
-def ensure_tools(allow_install: bool, tls: bool = False) -> dict[str, str]:
-    wanted = dict(TOOLS, **(TLS_TOOLS if tls else {}))
+def ensure_tools(allow_install: bool, tls: bool = False,
+                 cluster: bool = False) -> dict[str, str]:
+    wanted = dict(TOOLS, **(TLS_TOOLS if tls else {}), **(CLUSTER_TOOLS if cluster else {}))
     missing = [tool for tool in wanted if which(tool) is None]
     if missing:
         packages = sorted({wanted[t] for t in missing})
@@ -484,6 +503,30 @@ class Lab:
         client = RedisClient(port)
         wait_until(f"redis-server ({name})", client.ping, proc)
         return client
+
+    def start_cluster(self, name: str, masters: int) -> list[RedisClient]:
+        """A Redis Cluster of `masters` masters and no replicas, every slot covered."""
+        clients = []
+        for i in range(masters):
+            port, bus = free_port(), free_port()
+            workdir = self.workdir(f"{name}-{i + 1}")
+            proc = self.sup.start(f"{name}-{i + 1}", [
+                self.tools["redis-server"], "--port", str(port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--protected-mode", "no",
+                "--dir", str(workdir), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+                # Otherwise the bus is the port + 10000, which may be taken or > 65535.
+                "--cluster-port", str(bus)], workdir)
+            client = RedisClient(port)
+            wait_until(f"redis-server ({name}-{i + 1})", client.ping, proc)
+            clients.append(client)
+        run_quiet([self.tools["redis-cli"], "--cluster", "create",
+                   *[f"127.0.0.1:{c.port}" for c in clients], "--cluster-replicas", "0",
+                   "--cluster-yes"], f"redis-cli --cluster create ({name})")
+        wait_until(f"{name}: cluster_state:ok on every master",
+                   lambda: all("cluster_state:ok" in c.command("CLUSTER", "INFO")
+                               for c in clients), deadline_s=30)
+        return clients
 
     def _ready_200(self, name: str, port: int, proc: Proc) -> None:
         wait_until(f"{name} on port {port}", lambda: http_status(port, "/a/x") == 200, proc)
@@ -646,10 +689,10 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
 
 
 def run_wrk(sup: Supervisor, wrk: str, url: str, threads: int, connections: int,
-            seconds: int, lua_args: tuple[str, ...] = ()) -> Proc:
+            seconds: int, lua_args: tuple[str, ...] = (), script: Path = LUA_SCRIPT) -> Proc:
     """Starts one wrk; `finish_wrk` collects it."""
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "-s", str(LUA_SCRIPT), url]
+            "-s", str(script), url]
     if lua_args:
         argv += ["--", *lua_args]
     workdir = Path(tempfile.mkdtemp(prefix="wrk-", dir=sup.tmp))
@@ -854,6 +897,108 @@ def run_fleet(sup: Supervisor, lab: Lab, wrk: str) -> tuple[dict, list[str]]:
         node.proc.stop()
         sup.forget(node.proc)
     return fleet, problems
+
+
+# --------------------------------------------------------------------------- key spread
+
+
+def run_spread(sup: Supervisor, lab: Lab, wrk: str, keys: int, seconds: int,
+               warmup: int) -> tuple[list[dict], list[str]]:
+    """Three nodes, `keys` client keys, on one Redis and then on a cluster: Redis commands
+    per request on each server, and sync latency."""
+    rows, problems = [], []
+    for shape in ("one Redis", f"cluster, {CLUSTER_MASTERS} masters"):
+        print(f"key spread on {shape}: {FLEET_NODES} tollgate nodes, {keys:,} client keys, "
+              f"{FLEET_NODES} concurrent wrk -t1 -c{SPREAD_CONNECTIONS} -d{seconds}s", flush=True)
+        tag = "cluster" if shape.startswith("cluster") else "single"
+        if tag == "cluster":
+            servers = lab.start_cluster("redis-spread-cluster", CLUSTER_MASTERS)
+            section = "cluster: [" + ", ".join(f"127.0.0.1:{c.port}" for c in servers) + "]"
+        else:
+            servers = [lab.start_redis("redis-spread")]
+            section = f"url: redis://127.0.0.1:{servers[0].port}"
+        nodes = [lab.start_tollgate(f"spread-{tag}-{i + 1}", f"{shape}, node {i + 1}",
+                                    "tollgate-spread.yaml", TOLLGATE_HIGH_RATE,
+                                    extra={"REDIS": section}) for i in range(FLEET_NODES)]
+        wait_until(f"every node seeing {FLEET_NODES} live nodes ({shape})",
+                   lambda: all(metric_sum(http_text(n.admin_port, "/metrics"),
+                                          "tollgate_redis_nodes") == FLEET_NODES
+                               for n in nodes))
+        if warmup:
+            warm = [run_wrk(sup, wrk, n.url, 1, SPREAD_CONNECTIONS, warmup, (str(keys),),
+                            script=KEYS_SCRIPT) for n in nodes]
+            for proc in warm:
+                finish_wrk(sup, proc, warmup)
+        before = [c.command_calls() for c in servers]
+        failed_before = sum(metric_sum(http_text(n.admin_port, "/metrics"),
+                                       "tollgate_ratelimit_decisions_total",
+                                       result="failed_open") for n in nodes)
+        procs = [run_wrk(sup, wrk, n.url, 1, SPREAD_CONNECTIONS, seconds, (str(keys),),
+                         script=KEYS_SCRIPT) for n in nodes]
+        results = [finish_wrk(sup, p, seconds) for p in procs]
+        after = [c.command_calls() for c in servers]
+        for node, result in zip(nodes, results):
+            problems += check_run(node, result)
+        requests = sum(r["requests"] for r in results)
+        stats = [json.loads(http_text(n.admin_port, "/admin/stats")) for n in nodes]
+        sync_p99 = [s["redis"]["sync_ms"]["p99"] for s in stats if s["redis"].get("sync_ms")]
+        active = [metric_sum(http_text(n.admin_port, "/metrics"),
+                             "tollgate_ratelimit_active_keys") for n in nodes]
+        failed_open = sum(metric_sum(http_text(n.admin_port, "/metrics"),
+                                     "tollgate_ratelimit_decisions_total",
+                                     result="failed_open") for n in nodes) - failed_before
+        duration_s = max(r["duration_us"] for r in results) / 1e6
+        per_server = [(a["total"] - b["total"]) / requests for a, b in zip(after, before)]
+        per_second = [(a["total"] - b["total"]) / duration_s for a, b in zip(after, before)]
+        scripts = [(a["scripts"] - b["scripts"]) / requests for a, b in zip(after, before)]
+        row = {"shape": shape, "servers": len(servers), "keys": keys,
+               "requests": requests,
+               "requests_per_s": requests / duration_s,
+               "cmds_per_request": per_server, "scripts_per_request": scripts,
+               "cmds_per_s": per_second,
+               "sync_p99_ms": max(sync_p99) if sync_p99 else None,
+               "active_keys_per_node": active, "failed_open": failed_open}
+        print(f"  {row['requests_per_s']:,.0f} req/s; Redis cmds/req per server "
+              + ", ".join(f"{x:.4f}" for x in per_server)
+              + f"; sync p99 {row['sync_p99_ms']} ms; active keys per node "
+              + ", ".join(f"{a:,.0f}" for a in active) + f"; failed open {failed_open:.0f}",
+              flush=True)
+        if row["sync_p99_ms"] is None:
+            problems.append(f"key spread on {shape}: no sync latency in /admin/stats")
+        rows.append(row)
+        for node in nodes:
+            node.proc.stop()
+            sup.forget(node.proc)
+    return rows, problems
+
+
+def spread_report(rows: list[dict]) -> list[str]:
+    single = next((r for r in rows if r["servers"] == 1), None)
+    lines = ["", f"Key spread: {FLEET_NODES} tollgate nodes (1 thread each), a global async "
+             f"sliding window per client address that never refuses, {rows[0]['keys']:,} "
+             f"client addresses at random, {FLEET_NODES} concurrent wrk (one per node, -t1 "
+             f"-c{SPREAD_CONNECTIONS}); the cluster has {CLUSTER_MASTERS} masters and no "
+             "replicas.", "",
+             "| Redis | fleet req/s | active keys per node | Redis cmds/req on each server "
+             "(scripts/req) | Redis cmds/s on each server | busiest server / one Redis, "
+             "per request | per second | sync p99 (worst node) | failed open |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        each = ", ".join(f"{c:.4f} ({s:.4f})" for c, s in
+                         zip(row["cmds_per_request"], row["scripts_per_request"]))
+        share = (f"{max(row['cmds_per_request']) / single['cmds_per_request'][0]:.2f}"
+                 if single and single["cmds_per_request"][0] else "n/a")
+        share_s = (f"{max(row['cmds_per_s']) / single['cmds_per_s'][0]:.2f}"
+                   if single and single["cmds_per_s"][0] else "n/a")
+        per_s = ", ".join(f"{c:,.0f}" for c in row["cmds_per_s"])
+        sync = "n/a" if row["sync_p99_ms"] is None else f"{row['sync_p99_ms']:.2f} ms"
+        active = ", ".join(f"{a:,.0f}" for a in row["active_keys_per_node"])
+        lines.append(f"| {row['shape']} | {row['requests_per_s']:,.0f} | {active} | {each} | "
+                     f"{per_s} | {share} | {share_s} | {sync} | {row['failed_open']:.0f} |")
+    lines += ["", "Per request, a Redis that answers slowly looks cheaper: its sync rounds take "
+              "longer, so each reports more admissions. Per second is the load each server "
+              "carries. Each node tracks at most a policy's `max_keys` (50,000 by default) keys."]
+    return lines
 
 
 # --------------------------------------------------------------------------- new keys
@@ -1165,7 +1310,8 @@ def versions(tools: dict[str, str], tollgate_bin: Path) -> dict:
 
 def report(targets: list[Target], fleet: dict | None, context: dict, problems: list[str],
            notes: list[str], new_keys: dict | None = None,
-           tls: list[TlsTarget] | None = None, args=None) -> str:
+           tls: list[TlsTarget] | None = None, args=None,
+           spread: list[dict] | None = None) -> str:
     s = context["settings"]
     m = context["machine"]
     lines = [
@@ -1258,6 +1404,8 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
                   f"{fmt_ms(new_keys['first_p50_us'])} | {fmt_ms(new_keys['first_p99_us'])} |",
                   f"| second (decided from the lease) | {fmt_ms(new_keys['second_p50_us'])} | "
                   f"{fmt_ms(new_keys['second_p99_us'])} |"]
+    if spread:
+        lines += spread_report(spread)
     if tls:
         lines += tls_report(tls, args)
     if notes:
@@ -1292,6 +1440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fleet", action="store_true",
                         help=f"also run {FLEET_NODES} tollgate nodes on one Redis at "
                              f"{FLEET_LIMIT_PER_S}/1s and report admitted/limit")
+    parser.add_argument("--cluster", action="store_true",
+                        help=f"also run {FLEET_NODES} nodes with {SPREAD_KEYS:,} client keys on "
+                             f"one Redis and on a {CLUSTER_MASTERS}-master Redis Cluster, and "
+                             "report Redis commands per request on each server")
+    parser.add_argument("--spread-keys", type=int, default=SPREAD_KEYS,
+                        help=f"client keys of the --cluster run (default {SPREAD_KEYS:,})")
     parser.add_argument("--new-keys", type=int, default=300,
                         help="new clients for the probe of what a key's first request costs "
                              "(default 300; 0 for none)")
@@ -1316,6 +1470,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.duration, args.connections, args.warmup = 1, 2, 10, 0
         args.new_keys = min(args.new_keys, 20)
+        args.spread_keys = min(args.spread_keys, 2_000)
+    args.spread_seconds = args.duration if args.quick else SPREAD_SECONDS
+    args.spread_warmup = args.warmup if args.quick else SPREAD_WARMUP_S
     if args.baseline_bin is not None and not args.baseline_bin.is_file():
         parser.error(f"--baseline-bin {args.baseline_bin}: no such file")
     args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
@@ -1348,7 +1505,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-load-"))
     sup = Supervisor(tmp)
     try:
-        tools = ensure_tools(allow_install=not args.no_install, tls=args.tls)
+        tools = ensure_tools(allow_install=not args.no_install, tls=args.tls,
+                             cluster=args.cluster)
         tollgate_bin, stub_bin = ensure_binaries()
         context = {
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -1371,6 +1529,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.fleet:
             fleet, fleet_problems = run_fleet(sup, lab, tools["wrk"])
             problems += fleet_problems
+        spread = None
+        if args.cluster:
+            spread, spread_problems = run_spread(sup, lab, tools["wrk"], args.spread_keys,
+                                                 args.spread_seconds, args.spread_warmup)
+            problems += spread_problems
         new_keys = run_new_keys(sup, lab, args.new_keys) if args.new_keys > 0 else None
         tls_targets = None
         if args.tls:
@@ -1382,7 +1545,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{target.name}: wrk saw socket errors "
                              f"{[r['errors'] for r in target.rounds]}")
         text = report(targets, fleet, context, problems, notes, new_keys, tls_targets,
-                      args)
+                      args, spread)
         print()
         print(text, end="")
         if args.out:
@@ -1392,7 +1555,7 @@ def main(argv: list[str] | None = None) -> int:
             dump = dict(context, targets={
                 t.name: {"label": t.label, "pid": t.worker_pid, "rounds": t.rounds,
                          "summary": summarize(t), "notes": t.notes} for t in targets},
-                fleet=fleet, new_keys=new_keys, problems=problems,
+                fleet=fleet, new_keys=new_keys, spread=spread, problems=problems,
                 tls={t.name: t.runs for t in tls_targets} if tls_targets else None)
             args.json.write_text(json.dumps(dump, indent=2, default=str) + "\n")
             print(f"wrote {args.json}")
