@@ -39,6 +39,7 @@ pub struct Metrics {
     pub tls_certificate_reloads: IntCounterVec,
     pub store_up: IntGauge,
     pub store_errors: IntCounterVec,
+    pub store_notifications: IntCounter,
 }
 
 impl Metrics {
@@ -213,14 +214,19 @@ impl Metrics {
         let store_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_store_errors_total",
-                "Failed control-plane store calls by operation (open, poll, load, write).",
+                "Failed control-plane store calls by operation (open, poll, load, read, write).",
             ),
             &["op"],
         )
         .expect("valid metric");
-        for op in ["open", "poll", "load", "write"] {
+        for op in ["open", "poll", "load", "read", "write"] {
             store_errors.with_label_values(&[op]);
         }
+        let store_notifications = IntCounter::new(
+            "tollgate_store_notifications_total",
+            "Store changes announced through PostgreSQL LISTEN/NOTIFY, this node's own included; each one is loaded at once.",
+        )
+        .expect("valid metric");
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
             tls_certificate_reloads.with_label_values(&[result]);
@@ -266,6 +272,7 @@ impl Metrics {
             Box::new(tls_certificate_reloads.clone()),
             Box::new(store_up.clone()),
             Box::new(store_errors.clone()),
+            Box::new(store_notifications.clone()),
         ] {
             registry
                 .register(collector)
@@ -298,6 +305,7 @@ impl Metrics {
             tls_certificate_reloads,
             store_up,
             store_errors,
+            store_notifications,
         }
     }
 

@@ -123,6 +123,14 @@ fn a_fleet_on_one_postgres_sees_a_new_key_and_a_revocation_within_a_second() {
         revoked.push(until_status(node, &secret, 401, Duration::from_secs(1)));
     }
     eprintln!("new key live on the other nodes after {seen:?}; revocation after {revoked:?}");
+    // The changes came by LISTEN/NOTIFY, not only by the version check.
+    for node in &nodes {
+        wait_for(
+            "both changes announced to every node",
+            Duration::from_secs(2),
+            || (node.metric("tollgate_store_notifications_total") >= Some(2.0)).then_some(()),
+        );
+    }
 
     // One audit trail for the fleet, read from any node: both changes, in order, by the
     // node's clients (no tokens on this loopback listener).

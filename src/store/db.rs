@@ -105,6 +105,26 @@ pub struct AuditQuery {
     pub limit: i64,
 }
 
+/// The PostgreSQL channel every change is announced on, so other nodes reload at once
+/// instead of at their next version check.
+pub const CHANNEL: &str = "tollgate_store";
+
+/// Announces a change to `scope` on PostgreSQL, delivered when the transaction commits
+/// (SQLite has no other process to tell).
+async fn announce(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    scope: &str,
+) -> Result<(), sqlx::Error> {
+    if tx.backend_name() == "PostgreSQL" {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(scope.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The audit object name of an API key.
 pub fn key_object(id: &str) -> String {
     format!("key:{id}")
@@ -141,6 +161,7 @@ pub async fn insert_keys(
         audit(&mut tx, &change).await?;
     }
     let version = bump(&mut tx, "api_keys").await?;
+    announce(&mut tx, "api_keys").await?;
     tx.commit().await?;
     Ok(version)
 }
@@ -172,6 +193,7 @@ pub async fn delete_key(pool: &AnyPool, id: &str, actor: &str) -> Result<Option<
     };
     audit(&mut tx, &change).await?;
     let version = bump(&mut tx, "api_keys").await?;
+    announce(&mut tx, "api_keys").await?;
     tx.commit().await?;
     Ok(Some(version))
 }

@@ -1,19 +1,26 @@
 //! Keeps the store's in-memory copy current: (re)opens the database with backoff, reloads
 //! the key set when its version moves, and imports once the keys an older tollgate kept in
-//! Redis.
+//! Redis. With PostgreSQL it also listens for the changes other nodes announce (`LISTEN`),
+//! and checks the version at once when one arrives; the periodic check stays as the
+//! fallback for a notification lost while the listener was reconnecting.
 
 use super::{db, Store, NOT_LOADED};
+use crate::config::store::StoreKind;
 use crate::gateway::SharedGateway;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 /// How often the version is checked: a change reaches every node within this, plus a
 /// load.
 const POLL_EVERY: Duration = Duration::from_millis(250);
+/// The same while PostgreSQL's notifications arrive: they bring changes at once, and a
+/// fleet of nodes polling four times a second is load on the database for nothing.
+const POLL_LISTENING: Duration = Duration::from_secs(1);
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// The `meta` row that records the one import from Redis.
@@ -22,6 +29,10 @@ const IMPORTED: &str = "redis_api_keys_imported";
 pub struct StoreService {
     store: Arc<Store>,
     gateway: SharedGateway,
+    /// Woken by a notification: check the version now.
+    changed: Arc<Notify>,
+    /// The listener is connected and subscribed.
+    listening: Arc<AtomicBool>,
 }
 
 /// The audit trail's actor for keys imported from an older tollgate's Redis.
@@ -29,7 +40,12 @@ const IMPORT_ACTOR: &str = "tollgate (import from redis)";
 
 impl StoreService {
     pub fn new(store: Arc<Store>, gateway: SharedGateway) -> Self {
-        StoreService { store, gateway }
+        StoreService {
+            store,
+            gateway,
+            changed: Arc::new(Notify::new()),
+            listening: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -40,6 +56,13 @@ impl BackgroundService for StoreService {
         let mut retry = RETRY_FIRST;
         let mut next_open = Instant::now();
         let mut import_done = false;
+        let listener = matches!(store.kind(), StoreKind::Postgres).then(|| {
+            tokio::spawn(listen(
+                store.clone(),
+                self.changed.clone(),
+                self.listening.clone(),
+            ))
+        });
         loop {
             if store.pool.load().is_none() && Instant::now() >= next_open {
                 if store.open().await.is_some() {
@@ -54,10 +77,19 @@ impl BackgroundService for StoreService {
                     import_done = self.import_from_redis(&pool).await;
                 }
             }
+            let every = if self.listening.load(Ordering::Relaxed) {
+                POLL_LISTENING
+            } else {
+                POLL_EVERY
+            };
             tokio::select! {
-                _ = tokio::time::sleep(POLL_EVERY) => {}
-                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(every) => {}
+                _ = self.changed.notified() => {}
+                _ = shutdown.changed() => break,
             }
+        }
+        if let Some(task) = listener {
+            task.abort();
         }
     }
 }
@@ -141,5 +173,39 @@ impl StoreService {
             );
         }
         true
+    }
+}
+
+/// Subscribes to the store's channel and wakes the service for every change another node
+/// announces, reconnecting with backoff. A reconnection may have missed notifications, so
+/// it wakes the service too, which then compares versions.
+async fn listen(store: Arc<Store>, changed: Arc<Notify>, listening: Arc<AtomicBool>) {
+    let mut retry = RETRY_FIRST;
+    loop {
+        let subscribed = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&store.url).await?;
+            listener.listen(db::CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match tokio::time::timeout(db::CALL_TIMEOUT * 2, subscribed).await {
+            Ok(Ok(mut listener)) => {
+                retry = RETRY_FIRST;
+                listening.store(true, Ordering::Relaxed);
+                changed.notify_one();
+                // `None`: the connection dropped and was re-established (sqlx's
+                // eager reconnect); whatever was announced meanwhile is lost.
+                while let Ok(notification) = listener.try_recv().await {
+                    if notification.is_some() {
+                        store.metrics.store_notifications.inc();
+                    }
+                    changed.notify_one();
+                }
+                listening.store(false, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::debug!("store: cannot listen for changes: {e}"),
+            Err(_) => tracing::debug!("store: cannot listen for changes: no answer"),
+        }
+        tokio::time::sleep(retry).await;
+        retry = (retry * 2).min(RETRY_MAX);
     }
 }
