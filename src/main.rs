@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// mimalloc: the request path allocates and frees many small buffers per request, which
 /// glibc's allocator handled at about a tenth of the proxy's CPU time.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;

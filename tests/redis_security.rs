@@ -102,22 +102,10 @@ fn a_least_privilege_acl_user_is_enough_and_a_wrong_one_is_refused() {
     let redis = Redis::start();
     let stub = Stub::start("a");
     let acl = |user: &str, keys: &str| {
-        let reply = redis
-            .cli(&[
-                "ACL",
-                "SETUSER",
-                user,
-                "on",
-                ">tgpw",
-                keys,
-                "-@all",
-                "+@read",
-                "+@write",
-                "+@scripting",
-                "+@connection",
-                "+time",
-            ])
-            .unwrap_or_default();
+        let rules = least_privilege_acl(user, "tgpw", keys);
+        let mut args = vec!["ACL", "SETUSER"];
+        args.extend(rules.iter().map(String::as_str));
+        let reply = redis.cli(&args).unwrap_or_default();
         assert_eq!(reply, "OK");
     };
     acl("tollgate", "~tollgate:*");

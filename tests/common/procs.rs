@@ -545,3 +545,23 @@ pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::
         }
     }
 }
+
+/// The README's least-privilege ACL rules for tollgate's user, as `ACL SETUSER` (or a
+/// `user` line) takes them: `user` on with password `password`, limited to `keys`.
+pub fn least_privilege_acl(user: &str, password: &str, keys: &str) -> Vec<String> {
+    let password = format!(">{password}");
+    [
+        user,
+        "on",
+        &password,
+        keys,
+        "-@all",
+        "+@read",
+        "+@write",
+        "+@scripting",
+        "+@connection",
+        "+time",
+    ]
+    .map(String::from)
+    .to_vec()
+}
