@@ -3,13 +3,18 @@
 //! validated and built completely before it replaces the running one in a single atomic
 //! swap; an invalid file changes nothing and its located errors stay visible until a good
 //! file arrives.
+//!
+//! What runs is the file's config with the store's runtime policies merged in
+//! ([`crate::config::runtime`]). A change to those policies (on this node or announced by
+//! another) rebuilds it the same way, from the last good file config.
 
 use crate::access_log::now_rfc3339;
-use crate::config::{self, Config};
+use crate::config::{self, Config, Problem};
 use crate::decisions::DecisionHub;
 use crate::gateway::{Gateway, SharedGateway};
 use crate::listener::store::CertStore;
 use crate::metrics::Metrics;
+use crate::store::Store;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora_core::server::ShutdownWatch;
@@ -57,15 +62,31 @@ pub struct Reloader {
     running_text: Mutex<String>,
     /// The TLS listeners' certificates, reloaded with the config and when their files change.
     certs: Arc<CertStore>,
+    /// The last good config read from the file, before the runtime policies are merged.
+    file_config: Mutex<Config>,
+    store: Arc<Store>,
+}
+
+/// The config to run: `file` with the store's runtime policies, validated as a whole.
+pub fn with_runtime_policies(file: &Config, store: &Store) -> Result<Config, Vec<Problem>> {
+    let (merged, mut problems) = config::runtime::merge(file, &store.runtime_policies());
+    problems.extend(config::problems(&merged));
+    if problems.is_empty() {
+        Ok(merged)
+    } else {
+        Err(problems)
+    }
 }
 
 impl Reloader {
     pub fn new(
         path: &Path,
+        file_config: Config,
         gateway: SharedGateway,
         metrics: Arc<Metrics>,
         decisions: Arc<DecisionHub>,
         certs: Arc<CertStore>,
+        store: Arc<Store>,
     ) -> Self {
         let running_text = std::fs::read_to_string(path).unwrap_or_default();
         metrics
@@ -88,7 +109,47 @@ impl Reloader {
             busy: tokio::sync::Mutex::new(()),
             running_text: Mutex::new(running_text),
             certs,
+            file_config: Mutex::new(file_config),
+            store,
         }
+    }
+
+    /// The config as the file gives it, without the runtime policies.
+    pub fn file_config(&self) -> Config {
+        self.file_config.lock().clone()
+    }
+
+    /// Rebuilds the running config from the last good file config and the store's runtime
+    /// policies, after they changed. On failure nothing changes, and the reasons are
+    /// logged and returned (a policy that fits the other nodes' files but not this one's).
+    pub async fn apply_runtime_policies(&self) -> Result<(), Vec<String>> {
+        let _busy = self.busy.lock().await;
+        let file = self.file_config();
+        let next = with_runtime_policies(&file, &self.store).map_err(|problems| {
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.path, p.message))
+                .collect::<Vec<_>>()
+        });
+        let result = next.and_then(|next| {
+            let current = self.gateway.load_full();
+            Gateway::build(next, Some(&current), &self.metrics, &self.decisions)
+                .map(|gateway| self.gateway.store(Arc::new(gateway)))
+                .map_err(|e| vec![e.to_string()])
+        });
+        match &result {
+            Ok(()) => tracing::info!(
+                policies = self.store.policies().len(),
+                "runtime policies applied"
+            ),
+            Err(errors) => {
+                tracing::error!("runtime policies not applied, keeping the running config:");
+                for e in errors {
+                    tracing::error!("  {e}");
+                }
+            }
+        }
+        result
     }
 
     pub fn certs(&self) -> &CertStore {
@@ -194,6 +255,14 @@ impl Reloader {
         let current = self.gateway.load_full();
         let mut next = loaded.config;
         let restart_required = keep_process_settings(&current.config, &mut next);
+        let file_config = next.clone();
+        let next = with_runtime_policies(&next, &self.store).map_err(|problems| ReloadError {
+            message: format!("{file} does not fit the runtime policies in the store"),
+            errors: config::locate_problems(problems, file, text)
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
+        })?;
         let certs = self
             .certs
             .stage(&next, text)
@@ -207,6 +276,7 @@ impl Reloader {
                 errors: vec![format!("{file}: {e}")],
             })?;
         self.gateway.store(Arc::new(gateway));
+        *self.file_config.lock() = file_config;
         self.certs.commit(certs, text);
         Ok((
             restart_required,
@@ -315,6 +385,9 @@ impl BackgroundService for ConfigWatcher {
                 _ = sighup => {
                     tracing::info!("SIGHUP received: reloading the config");
                     self.reloader.reload("sighup").await;
+                }
+                _ = self.reloader.store.policies_changed.notified() => {
+                    let _ = self.reloader.apply_runtime_policies().await;
                 }
                 _ = shutdown.changed() => return,
             }

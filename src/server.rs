@@ -104,12 +104,25 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
     let certs = CertStore::load(&config, config_path, &text, metrics.clone())
         .map_err(|errors| StartError::Config(config::LoadError::Invalid(errors)))?;
     let decisions = Arc::new(DecisionHub::new(&metrics));
-    let mut gateway =
-        Gateway::build(config.clone(), None, &metrics, &decisions).map_err(StartError::Build)?;
     let store = Arc::new(
         Store::new(&config.store, config_path, metrics.clone()).map_err(StartError::Store)?,
     );
     store.load_at_start();
+    // The file's config with the store's runtime policies; if they no longer fit the file,
+    // the file alone, said loudly (the config watcher retries on the next change).
+    let running =
+        crate::reload::with_runtime_policies(&config, &store).unwrap_or_else(|problems| {
+            tracing::error!(
+                "the runtime policies in the store do not fit {}; starting without them:",
+                config_path.display()
+            );
+            for p in problems {
+                tracing::error!("  {}: {}", p.path, p.message);
+            }
+            config.clone()
+        });
+    let mut gateway =
+        Gateway::build(running, None, &metrics, &decisions).map_err(StartError::Build)?;
     gateway.store = Some(store.clone());
     if !options.upgrade {
         // During an upgrade the old process still holds the ports; they arrive over the
@@ -248,10 +261,12 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
 
     let reloader = Arc::new(Reloader::new(
         &config_path,
+        config.clone(),
         gateway.clone(),
         metrics.clone(),
         decisions.clone(),
         certs.clone(),
+        store.clone(),
     ));
     let mut admin_service = Service::new(
         "tollgate admin".to_string(),

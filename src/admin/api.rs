@@ -349,7 +349,7 @@ pub async fn register_key(admin: &Admin, req: &Request) -> Reply {
 }
 
 /// `503` for a write the store could not take; nothing changed.
-fn store_unavailable(why: impl std::fmt::Display) -> Reply {
+pub(super) fn store_unavailable(why: impl std::fmt::Display) -> Reply {
     Reply::error(
         503,
         "store_unavailable",

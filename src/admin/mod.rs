@@ -11,6 +11,7 @@ mod api;
 pub mod config_view;
 mod guard;
 mod openapi;
+mod policies;
 mod stats;
 
 use crate::config::tokens::AdminRole;
@@ -59,6 +60,8 @@ pub enum Reply {
     },
     /// A Server-Sent Events stream of decisions, optionally filtered.
     Events(api::EventFilter),
+    /// JSON with response headers of its own (an ETag).
+    JsonWith(u16, Value, Vec<(&'static str, String)>),
 }
 
 impl Reply {
@@ -75,6 +78,8 @@ pub struct Request {
     pub body: Bytes,
     pub client: Option<IpAddr>,
     pub caller: Caller,
+    /// The `If-Match` header, for conditional writes.
+    pub if_match: Option<String>,
 }
 
 /// Who sent a request: the name of the token it carried, and that token's role.
@@ -241,6 +246,11 @@ impl Admin {
             (&M::POST, ["admin", "keys"]) => api::register_key(self, req).await,
             (&M::DELETE, ["admin", "keys", id]) => api::revoke_key(self, id, req).await,
             (&M::GET, ["admin", "audit"]) => api::audit(self, req).await,
+            (&M::GET, ["admin", "policies"]) => policies::list(self),
+            (&M::POST, ["admin", "policies"]) => policies::create(self, req).await,
+            (&M::GET, ["admin", "policies", name]) => policies::show(self, name),
+            (&M::PUT, ["admin", "policies", name]) => policies::replace(self, name, req).await,
+            (&M::DELETE, ["admin", "policies", name]) => policies::delete(self, name, req).await,
             (&M::GET, ["admin", "logs"]) => api::logs(self, req).await,
             (&M::GET, ["admin", "events"]) => Reply::Events(api::EventFilter::from(req)),
             (_, ["admin", ..]) if known_path(&segs) => Reply::error(
@@ -272,10 +282,12 @@ fn known_path(segs: &[&str]) -> bool {
                 | "stats"
                 | "keys"
                 | "audit"
+                | "policies"
                 | "logs"
                 | "events"
         ] | ["admin", "limits", _, _]
             | ["admin", "keys", _]
+            | ["admin", "policies", _]
     )
 }
 
@@ -466,6 +478,12 @@ impl HttpServerApp for Admin {
                         match read_body(&mut session).await {
                             Err(reply) => reply,
                             Ok(body) => {
+                                let if_match = session
+                                    .req_header()
+                                    .headers
+                                    .get(http::header::IF_MATCH)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string);
                                 let req = Request {
                                     method,
                                     path,
@@ -473,6 +491,7 @@ impl HttpServerApp for Admin {
                                     body,
                                     client,
                                     caller,
+                                    if_match,
                                 };
                                 self.route(&req).await
                             }
@@ -502,7 +521,16 @@ async fn respond(
     reply: Reply,
     extra: &[(&'static str, String)],
 ) -> Option<ReusedHttpStream> {
+    let mut extra = extra.to_vec();
     let (status, content_type, body) = match reply {
+        Reply::JsonWith(status, value, headers) => {
+            extra.extend(headers);
+            (
+                status,
+                "application/json",
+                Bytes::from(serde_json::to_vec_pretty(&value).unwrap_or_default()),
+            )
+        }
         Reply::Json(status, value) => (
             status,
             "application/json",
@@ -516,7 +544,7 @@ async fn respond(
         // Streams are answered by `api::stream_events` before this; none arrives here.
         Reply::Events(_) => (500, "application/json", Bytes::new()),
     };
-    write(&mut session, status, content_type, body, extra).await;
+    write(&mut session, status, content_type, body, &extra).await;
     finish(session).await
 }
 

@@ -134,6 +134,31 @@ fn paths() -> Value {
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": json_response("Revoked", json!({"type": "object"}), json!({"revoked": "3f2a9c0e1b7d4a55"})), "404": error_response("No such registered key."), "409": error_response("The key is defined in the config file."), "401": unauthorized, "429": limited, "503": store_down}
             }},
+            "/admin/policies": {
+                "get": {"summary": "List rate limit policies", "description": "The config file's policies (source file, read-only through the API) and those created through it (source api, with revision and etag).", "responses": {"200": json_response("The policies", json!({"type": "object"}), json!({"policies": [{"name": "per_ip", "key": "client_ip", "algorithm": "fixed_window", "rate": "5/1m", "routes": ["/a"], "source": "api", "revision": 1, "etag": "\"1\""}]})), "401": unauthorized, "429": limited}},
+                "post": {
+                    "summary": "Create a policy",
+                    "description": "The fields of `limits.<name>` in the config file, plus `name` and `routes` (prefixes of the routes that apply it after their own policies). Validated with the file and every other policy by the file's validator; applied on this node before the answer and on every node sharing the store within a second. Audited.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}, "example": {"name": "per_ip", "key": "client_ip", "algorithm": "fixed_window", "rate": "5/1m", "routes": ["/a"]}}}},
+                    "responses": {"201": json_response("Created (ETag header)", json!({"type": "object"}), json!({"name": "per_ip", "revision": 1, "etag": "\"1\"", "applied": true})), "409": error_response("The name is taken, in the file or through the API."), "422": json_response("Invalid; nothing changed", json!({"type": "object"}), json!({"error": "invalid_policy", "errors": [{"path": "rate", "message": "..."}]})), "401": unauthorized, "429": limited, "503": store_down}
+                }
+            },
+            "/admin/policies/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "get": {"summary": "One policy", "responses": {"200": json_response("The policy (ETag header for API policies)", json!({"type": "object"}), json!({"name": "per_ip", "source": "api", "revision": 2, "etag": "\"2\""})), "404": error_response("No such policy."), "401": unauthorized, "429": limited}},
+                "put": {
+                    "summary": "Create or replace a policy",
+                    "description": "With `If-Match: \"<etag>\"` only if the policy is still at that revision; otherwise 412 with the current etag, so two operators cannot overwrite each other silently.",
+                    "parameters": [{"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "example": "\"1\""}],
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}, "example": {"key": "client_ip", "algorithm": "fixed_window", "rate": "10/1m", "routes": ["/a"]}}}},
+                    "responses": {"200": json_response("Replaced (ETag header)", json!({"type": "object"}), json!({"name": "per_ip", "revision": 2})), "201": error_response("Created."), "409": error_response("The policy is defined in the config file."), "412": error_response("The ETag is stale."), "422": error_response("Invalid; nothing changed."), "401": unauthorized, "429": limited, "503": store_down}
+                },
+                "delete": {
+                    "summary": "Delete a policy",
+                    "parameters": [{"name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}}],
+                    "responses": {"200": json_response("Deleted", json!({"type": "object"}), json!({"deleted": "per_ip", "applied": true})), "404": error_response("No such policy."), "409": error_response("The policy is defined in the config file."), "412": error_response("The ETag is stale."), "401": unauthorized, "429": limited, "503": store_down}
+                }
+            },
             "/admin/audit": {"get": {
                 "summary": "The audit trail",
                 "description": "Every change to what the store holds, oldest first: when, who (the admin token's name and the client's address), the action, the object, and its public fields before and after. Secrets never appear. Page on with `after` set to the last entry's seq.",

@@ -25,6 +25,7 @@ pub fn snapshot(admin: &Admin) -> Reply {
     let seconds: Vec<u64> = (now_s + 1 - 60..=now_s).collect();
 
     let decisions = &admin.metrics.ratelimit_decisions;
+    let from_file = admin.reloader.file_config().limits;
     let policies: Vec<Value> = gateway
         .policies
         .values()
@@ -32,6 +33,7 @@ pub fn snapshot(admin: &Admin) -> Reply {
             let count = |result: &str| decisions.with_label_values(&[&p.name, result]).get();
             json!({
                 "name": &*p.name,
+                "source": if from_file.contains_key(&*p.name) { "file" } else { "api" },
                 "algorithm": p.algorithm.name(),
                 "scope": match p.scope { Scope::Global => "global", Scope::Local => "local" },
                 "sync": match p.sync { SyncMode::Async => "async", SyncMode::Atomic => "atomic" },

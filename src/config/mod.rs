@@ -8,6 +8,7 @@ mod errors;
 pub mod limits;
 mod locate;
 pub mod redis;
+pub mod runtime;
 pub mod size;
 pub mod store;
 pub mod tokens;
@@ -15,7 +16,7 @@ mod validate;
 pub mod web;
 pub use validate::{canonical_prefix, listen_path, parse_net, split_host_port};
 
-pub use errors::{ConfigError, LoadError};
+pub use errors::{ConfigError, LoadError, Problem};
 pub use limits::{
     Algorithm, ApiKeyConfig, ApiKeysConfig, CalendarUnit, ClientIpHeader, CostSpec, KeyPart,
     KeySpec, LimitConfig, Mode, OnLimit, OnRedisError, RateSpec, RedisConfig, Scope, SyncMode,
@@ -571,6 +572,22 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 
 /// Parses and validates config text; `file` names it in error messages. `${VAR}` in its
 /// values is filled in from the environment first.
+/// The errors `tollgate check` finds in a config built in memory (the file's merged with
+/// the runtime policies); warnings are left out.
+pub fn problems(config: &Config) -> Vec<Problem> {
+    validate::validate(config).errors
+}
+
+/// `problems` placed in the file whose text is `text` (a path the file does not have,
+/// such as a runtime policy's, points at the document).
+pub fn locate_problems(problems: Vec<Problem>, file: &str, text: &str) -> Vec<ConfigError> {
+    let locations = locate::Locations::index(text);
+    problems
+        .into_iter()
+        .map(|p| p.locate(file, &locations))
+        .collect()
+}
+
 pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
     let expanded = env::expand(text, &|name| std::env::var(name).ok()).map_err(|problems| {
         let locations = locate::Locations::index(text);

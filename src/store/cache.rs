@@ -12,17 +12,24 @@ pub fn write(path: &Path, keys: &Keys) -> std::io::Result<()> {
         .iter()
         .map(|(digest, record)| (identity::hex(digest), record.as_ref()))
         .collect();
-    let json = serde_json::to_vec(&by_digest).map_err(std::io::Error::other)?;
-    // Written aside and renamed, so a crash never leaves half a file.
+    write_json(path, &by_digest)
+}
+
+/// Writes `value` aside and renames it into place, so a crash never leaves half a file.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     let partial = path.with_extension("json.partial");
     std::fs::write(&partial, json)?;
     std::fs::rename(&partial, path)
 }
 
-pub fn read(path: &Path) -> std::io::Result<Keys> {
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> std::io::Result<T> {
     let text = std::fs::read(path)?;
-    let by_digest: BTreeMap<String, KeyRecord> =
-        serde_json::from_slice(&text).map_err(std::io::Error::other)?;
+    serde_json::from_slice(&text).map_err(std::io::Error::other)
+}
+
+pub fn read(path: &Path) -> std::io::Result<Keys> {
+    let by_digest: BTreeMap<String, KeyRecord> = read_json(path)?;
     Ok(by_digest
         .into_iter()
         .filter_map(|(digest, mut record)| {

@@ -285,3 +285,193 @@ pub async fn set_meta(pool: &AnyPool, name: &str, value: &str) -> Result<(), sql
     .await
     .map(|_| ())
 }
+
+/// A runtime policy as the store keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredPolicy {
+    pub policy: crate::config::runtime::RuntimePolicy,
+    /// Moves with every write: the ETag.
+    pub revision: i64,
+}
+
+/// The audit object name of a policy.
+pub fn policy_object(name: &str) -> String {
+    format!("policy:{name}")
+}
+
+/// Every runtime policy and the version the set is at.
+pub async fn load_policies(pool: &AnyPool) -> Result<(i64, Vec<StoredPolicy>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let version: i64 = sqlx::query("SELECT version FROM versions WHERE scope = 'policies'")
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+    let rows = sqlx::query("SELECT name, body, revision FROM policies ORDER BY name")
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let mut policies = Vec::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.try_get(0)?;
+        let body: String = row.try_get(1)?;
+        let revision: i64 = row.try_get(2)?;
+        match serde_json::from_str::<crate::config::runtime::RuntimePolicy>(&body) {
+            Ok(policy) if policy.name == name => policies.push(StoredPolicy { policy, revision }),
+            _ => tracing::warn!(name, "store: skipping a policy row that does not parse"),
+        }
+    }
+    Ok((version, policies))
+}
+
+/// The version of the runtime policy set.
+pub async fn policies_version(pool: &AnyPool) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT version FROM versions WHERE scope = 'policies'")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)
+}
+
+/// What a conditional write found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Done: the policy's new revision and the set's new version.
+    Done { revision: i64, version: i64 },
+    /// `create` found the name taken.
+    Exists,
+    /// The policy is at another revision than the one the write named (or is gone).
+    Stale { current: Option<i64> },
+    /// Nothing by that name to update or delete.
+    Missing,
+}
+
+/// Writes a policy. `expected`: `None` creates (refused if the name exists), `Some(None)`
+/// creates or replaces whatever is there, `Some(Some(r))` replaces revision `r` only.
+pub async fn put_policy(
+    pool: &AnyPool,
+    policy: &crate::config::runtime::RuntimePolicy,
+    expected: Option<Option<i64>>,
+    actor: &str,
+) -> Result<Written, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<(String, i64)> =
+        sqlx::query("SELECT body, revision FROM policies WHERE name = $1")
+            .bind(policy.name.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?;
+    let current = before.as_ref().map(|(_, r)| *r);
+    match (expected, current) {
+        (None, Some(_)) => return Ok(Written::Exists),
+        (Some(Some(want)), current) if current != Some(want) => {
+            return Ok(Written::Stale { current })
+        }
+        _ => {}
+    }
+    let revision = current.unwrap_or(0) + 1;
+    let body = serde_json::to_string(policy).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    let now = crate::clock::now_ms() as i64;
+    // Conditional on what was read, so that of two writers that read the same revision
+    // (PostgreSQL runs them at once) the second changes nothing and is told so.
+    let changed = if let Some(current) = current {
+        sqlx::query(
+            "UPDATE policies SET body = $1, revision = $2, updated_ms = $3 \
+             WHERE name = $4 AND revision = $5",
+        )
+        .bind(body.clone())
+        .bind(revision)
+        .bind(now)
+        .bind(policy.name.clone())
+        .bind(current)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    } else {
+        sqlx::query(
+            "INSERT INTO policies (name, body, revision, updated_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(policy.name.clone())
+        .bind(body.clone())
+        .bind(revision)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+    };
+    if changed == 0 {
+        tx.rollback().await?;
+        return Ok(match expected {
+            None => Written::Exists,
+            Some(_) => Written::Stale { current: None },
+        });
+    }
+    let change = Change {
+        actor: actor.to_string(),
+        action: if current.is_some() {
+            "update"
+        } else {
+            "create"
+        },
+        object: policy_object(&policy.name),
+        before: before.and_then(|(b, _)| serde_json::from_str(&b).ok()),
+        after: serde_json::from_str(&body).ok(),
+    };
+    audit(&mut tx, &change).await?;
+    let version = bump(&mut tx, "policies").await?;
+    announce(&mut tx, "policies").await?;
+    tx.commit().await?;
+    Ok(Written::Done { revision, version })
+}
+
+/// Deletes a policy, at revision `expected` if given.
+pub async fn delete_policy(
+    pool: &AnyPool,
+    name: &str,
+    expected: Option<i64>,
+    actor: &str,
+) -> Result<Written, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<(String, i64)> =
+        sqlx::query("SELECT body, revision FROM policies WHERE name = $1")
+            .bind(name.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+            .transpose()?;
+    let Some((body, revision)) = before else {
+        tx.rollback().await?;
+        return Ok(Written::Missing);
+    };
+    if expected.is_some_and(|want| want != revision) {
+        tx.rollback().await?;
+        return Ok(Written::Stale {
+            current: Some(revision),
+        });
+    }
+    let deleted = sqlx::query("DELETE FROM policies WHERE name = $1 AND revision = $2")
+        .bind(name.to_string())
+        .bind(revision)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        tx.rollback().await?;
+        return Ok(Written::Stale { current: None });
+    }
+    let change = Change {
+        actor: actor.to_string(),
+        action: "delete",
+        object: policy_object(name),
+        before: serde_json::from_str(&body).ok(),
+        after: None,
+    };
+    audit(&mut tx, &change).await?;
+    let version = bump(&mut tx, "policies").await?;
+    announce(&mut tx, "policies").await?;
+    tx.commit().await?;
+    Ok(Written::Done {
+        revision: revision + 1,
+        version,
+    })
+}

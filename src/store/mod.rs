@@ -23,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
-pub use db::{AuditEntry, AuditQuery, Keys};
+use crate::config::runtime::RuntimePolicy;
+pub use db::{AuditEntry, AuditQuery, Keys, StoredPolicy, Written};
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -64,6 +65,14 @@ pub struct Store {
     /// Orders a poll's install against this node's own writes.
     installing: Mutex<()>,
     opening: tokio::sync::Mutex<()>,
+    /// Runtime policies, by name, and the version of the set they are at (the same
+    /// scheme as the keys').
+    policies: ArcSwap<Vec<StoredPolicy>>,
+    policies_version: AtomicI64,
+    policies_written: AtomicI64,
+    /// Woken whenever the policies change, here or on another node: the config watcher
+    /// rebuilds the running config with them.
+    pub policies_changed: tokio::sync::Notify,
 }
 
 impl Store {
@@ -112,6 +121,10 @@ impl Store {
             last_failure: Mutex::new(String::new()),
             installing: Mutex::new(()),
             opening: tokio::sync::Mutex::new(()),
+            policies: ArcSwap::from_pointee(Vec::new()),
+            policies_version: AtomicI64::new(NOT_LOADED),
+            policies_written: AtomicI64::new(NOT_LOADED),
+            policies_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -127,9 +140,13 @@ impl Store {
                 rt.block_on(async {
                     let call = async {
                         let pool = db::open(&self.url).await?;
-                        let loaded = db::load_keys(&pool).await.map_err(|e| e.to_string());
+                        let keys = db::load_keys(&pool).await;
+                        let policies = db::load_policies(&pool).await;
                         pool.close().await;
-                        loaded
+                        Ok::<_, String>((
+                            keys.map_err(|e| e.to_string())?,
+                            policies.map_err(|e| e.to_string())?,
+                        ))
                     };
                     tokio::time::timeout(db::CALL_TIMEOUT * 2, call)
                         .await
@@ -137,9 +154,15 @@ impl Store {
                 })
             });
         match loaded {
-            Ok((version, keys)) => {
-                tracing::info!(store = %self.shown, keys = keys.len(), "store loaded");
+            Ok(((version, keys), (policies_version, policies))) => {
+                tracing::info!(
+                    store = %self.shown,
+                    keys = keys.len(),
+                    policies = policies.len(),
+                    "store loaded"
+                );
                 self.install(version, keys);
+                self.install_policies(policies_version, policies);
                 self.up.store(true, Ordering::Relaxed);
                 self.metrics.store_up.set(1);
             }
@@ -154,6 +177,20 @@ impl Store {
                         self.keys.store(Arc::new(keys));
                     }
                     Some(Err(e)) => tracing::warn!("store: no usable local cache: {e}"),
+                    None => {}
+                }
+                match self
+                    .policies_cache()
+                    .map(|p| cache::read_json::<Vec<StoredPolicy>>(&p))
+                {
+                    Some(Ok(policies)) => {
+                        tracing::warn!(
+                            policies = policies.len(),
+                            "store: serving the policies last loaded, from the local cache"
+                        );
+                        self.policies.store(Arc::new(policies));
+                    }
+                    Some(Err(e)) => tracing::warn!("store: no usable policy cache: {e}"),
                     None => {}
                 }
             }
@@ -196,6 +233,97 @@ impl Store {
             self.apply_locally(version, |keys| keys.retain(|_, r| r.id != id));
         }
         Ok(removed.is_some())
+    }
+
+    /// The runtime policies this node runs with, by name.
+    pub fn policies(&self) -> Arc<Vec<StoredPolicy>> {
+        self.policies.load_full()
+    }
+
+    pub fn runtime_policies(&self) -> Vec<RuntimePolicy> {
+        self.policies
+            .load()
+            .iter()
+            .map(|p| p.policy.clone())
+            .collect()
+    }
+
+    /// Writes a policy fleet-wide (see [`db::put_policy`] for `expected`), and applies it
+    /// here at once.
+    pub async fn put_policy(
+        &self,
+        policy: RuntimePolicy,
+        expected: Option<Option<i64>>,
+        actor: &str,
+    ) -> Result<Written, StoreError> {
+        let pool = self.pool().await?;
+        let written = self
+            .call("write", db::put_policy(&pool, &policy, expected, actor))
+            .await?;
+        if let Written::Done { revision, version } = written {
+            self.apply_policies_locally(version, |list| {
+                list.retain(|p| p.policy.name != policy.name);
+                list.push(StoredPolicy { policy, revision });
+                list.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
+            });
+        }
+        Ok(written)
+    }
+
+    /// Deletes a policy fleet-wide (at revision `expected` if given), and here at once.
+    pub async fn delete_policy(
+        &self,
+        name: &str,
+        expected: Option<i64>,
+        actor: &str,
+    ) -> Result<Written, StoreError> {
+        let pool = self.pool().await?;
+        let written = self
+            .call("write", db::delete_policy(&pool, name, expected, actor))
+            .await?;
+        if let Written::Done { version, .. } = written {
+            self.apply_policies_locally(version, |list| list.retain(|p| p.policy.name != name));
+        }
+        Ok(written)
+    }
+
+    fn apply_policies_locally(&self, version: i64, change: impl FnOnce(&mut Vec<StoredPolicy>)) {
+        {
+            let _serialized = self.installing.lock();
+            let mut list = (*self.policies.load_full()).clone();
+            change(&mut list);
+            self.policies.store(Arc::new(list));
+            self.policies_written.fetch_max(version, Ordering::Relaxed);
+            self.policies_version.store(NOT_LOADED, Ordering::Relaxed);
+        }
+        // No wake-up: the writer applies the change itself before it answers.
+    }
+
+    fn install_policies(&self, version: i64, policies: Vec<StoredPolicy>) {
+        {
+            let _serialized = self.installing.lock();
+            if version < self.policies_written.load(Ordering::Relaxed) {
+                return;
+            }
+            self.policies_version.store(version, Ordering::Relaxed);
+            if **self.policies.load() == policies {
+                return;
+            }
+            if let Some(path) = self.policies_cache() {
+                if let Err(e) = cache::write_json(&path, &policies) {
+                    tracing::warn!(path = %path.display(), "store: cannot write the policy cache: {e}");
+                }
+            }
+            self.policies.store(Arc::new(policies));
+        }
+        self.policies_changed.notify_one();
+    }
+
+    /// Where a PostgreSQL store's last good policy set is kept, beside the key cache.
+    fn policies_cache(&self) -> Option<PathBuf> {
+        self.cache_path
+            .as_ref()
+            .map(|p| p.with_file_name("tollgate-state.policies.json"))
     }
 
     /// The audit trail's entries that `query` asks for, oldest first.

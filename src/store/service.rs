@@ -108,6 +108,15 @@ impl StoreService {
                 Err(_) => return false,
             }
         }
+        let Ok(version) = store.call("poll", db::policies_version(pool)).await else {
+            return false;
+        };
+        if version != store.policies_version.load(Ordering::Relaxed) {
+            match store.call("load", db::load_policies(pool)).await {
+                Ok((version, policies)) => store.install_policies(version, policies),
+                Err(_) => return false,
+            }
+        }
         true
     }
 

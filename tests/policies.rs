@@ -1,0 +1,334 @@
+//! Runtime policies through `/admin/policies`: validated by the file's own validator (422
+//! with the field's path, nothing changed), conditional on their ETag (412), read-only for
+//! the file's own (409), kept in the store across restarts, audited, and applied by every
+//! node of a fleet sharing one PostgreSQL within a second.
+
+mod common;
+use common::postgres::Database;
+use common::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+fn config(redis: &Redis, stub: &Stub, store: &str) -> String {
+    format!(
+        "redis:
+  url: {}
+  sync_interval: 50ms
+upstreams:
+  a:
+    backends: [{}]
+limits:
+  from_file:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 1000/1m
+routes:
+  - prefix: /a
+    upstream: a
+  - prefix: /b
+    upstream: a
+    limits: [from_file]
+{store}",
+        redis.url(),
+        stub.address()
+    )
+}
+
+fn call(t: &Tollgate, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send_with(&agent(), method, &t.admin_url(path), &all, body)
+}
+
+fn statuses(t: &Tollgate, n: usize) -> Vec<u16> {
+    (0..n).map(|_| get(&t.url("/a/x")).status).collect()
+}
+
+fn policy_names(t: &Tollgate) -> Vec<(String, String)> {
+    let r = call(t, "GET", "/admin/policies", &[], "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let mut t = Tollgate::start(&config(&redis, &stub, ""));
+    assert_eq!(statuses(&t, 4), [200; 4], "no limit on /a yet");
+
+    let create = call(
+        &t,
+        "POST",
+        "/admin/policies",
+        &[],
+        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1m", "routes": ["/a"]}"#,
+    );
+    assert_eq!(create.status, 201, "{}", create.body);
+    assert_eq!(create.header("etag"), Some("\"1\""));
+    assert_eq!(create.json()["applied"], true);
+    assert_eq!(statuses(&t, 4), [200, 200, 200, 429], "applied at once");
+    let stats = call(&t, "GET", "/admin/stats", &[], "").json();
+    let sources: Vec<(String, String)> = stats["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().into(),
+                p["source"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&("api_rule".into(), "api".into())),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&("from_file".into(), "file".into())),
+        "{sources:?}"
+    );
+    assert_eq!(
+        policy_names(&t),
+        [
+            ("from_file".to_string(), "file".to_string()),
+            ("api_rule".to_string(), "api".to_string())
+        ]
+    );
+
+    // Bad policies: 422 with the field's path, and nothing changes.
+    for (body, path) in [
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "fixed_window", "rate": "often", "routes": ["/a"]}"#,
+            "rate",
+        ),
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "fixed_window", "rat": "5/1m"}"#,
+            "rat",
+        ),
+        (
+            r#"{"name": "x", "algorithm": "fixed_window", "rate": "5/1m"}"#,
+            "key",
+        ),
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "leaky", "rate": "5/1m"}"#,
+            "algorithm",
+        ),
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "fixed_window", "rate": "5/1m", "routes": ["/nope"]}"#,
+            "routes[0]",
+        ),
+        (
+            r#"{"name": "x y", "key": "path", "algorithm": "fixed_window", "rate": "5/1m"}"#,
+            "name",
+        ),
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "fixed_window", "rate": "5/1m", "routes": "/a"}"#,
+            "routes",
+        ),
+        (
+            r#"{"name": "x", "key": "path", "algorithm": "concurrency", "rate": "5/1m"}"#,
+            "",
+        ),
+    ] {
+        let r = call(&t, "POST", "/admin/policies", &[], body);
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        let errors = r.json()["errors"].as_array().unwrap().clone();
+        let paths: Vec<&str> = errors.iter().map(|e| e["path"].as_str().unwrap()).collect();
+        if path.is_empty() {
+            assert!(!errors.is_empty(), "{body}: {}", r.body);
+        } else {
+            assert!(paths.contains(&path), "{body}: want `{path}` in {}", r.body);
+        }
+    }
+    assert_eq!(
+        policy_names(&t).len(),
+        2,
+        "a refused policy changed nothing"
+    );
+
+    // The file's policies are read-only here, and a taken name is refused.
+    for (method, path) in [
+        ("PUT", "/admin/policies/from_file"),
+        ("DELETE", "/admin/policies/from_file"),
+    ] {
+        let r = call(
+            &t,
+            method,
+            path,
+            &[],
+            r#"{"key": "path", "algorithm": "fixed_window", "rate": "5/1m"}"#,
+        );
+        assert_eq!(r.status, 409, "{method} {path}: {}", r.body);
+        assert!(r.body.contains("config.yaml"), "{}", r.body);
+    }
+    let again = call(
+        &t,
+        "POST",
+        "/admin/policies",
+        &[],
+        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1m"}"#,
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+
+    // Two operators with the same ETag: the first wins, the second gets 412.
+    let shown = call(&t, "GET", "/admin/policies/api_rule", &[], "");
+    assert_eq!(shown.header("etag"), Some("\"1\""));
+    let update =
+        r#"{"key": "path", "algorithm": "fixed_window", "rate": "5/1m", "routes": ["/a"]}"#;
+    let first = call(
+        &t,
+        "PUT",
+        "/admin/policies/api_rule",
+        &[("if-match", "\"1\"")],
+        update,
+    );
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("etag"), Some("\"2\""));
+    let second = call(
+        &t,
+        "PUT",
+        "/admin/policies/api_rule",
+        &[("if-match", "\"1\"")],
+        update,
+    );
+    assert_eq!(second.status, 412, "{}", second.body);
+    assert_eq!(second.json()["etag"], "\"2\"");
+    // The new rate keeps the window's count: 3 were admitted, 2 more fit in 5.
+    assert_eq!(statuses(&t, 3), [200, 200, 429]);
+
+    // A file that defines the same name is refused at reload, with a located error, and
+    // the running config stays.
+    let original = config(&redis, &stub, "");
+    t.write_config(&original.replace(
+        "limits:\n",
+        "limits:\n  api_rule:\n    key: path\n    algorithm: fixed_window\n    rate: 9/1m\n",
+    ));
+    let reload = call(&t, "POST", "/admin/reload", &[], "{}");
+    assert_eq!(reload.status, 422, "{}", reload.body);
+    assert!(
+        reload.body.contains("config.yaml:") && reload.body.contains("defined both"),
+        "{}",
+        reload.body
+    );
+    assert_eq!(statuses(&t, 1), [429], "the runtime policy still runs");
+    t.write_config(&original);
+
+    // Kept in the store: a restart still enforces it.
+    t.restart();
+    assert_eq!(
+        statuses(&t, 1),
+        [429],
+        "the window's count and the policy survived"
+    );
+    assert!(policy_names(&t).contains(&("api_rule".to_string(), "api".to_string())));
+
+    let stale = call(
+        &t,
+        "DELETE",
+        "/admin/policies/api_rule",
+        &[("if-match", "\"1\"")],
+        "",
+    );
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    let deleted = call(
+        &t,
+        "DELETE",
+        "/admin/policies/api_rule",
+        &[("if-match", "\"2\"")],
+        "",
+    );
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(statuses(&t, 2), [200, 200], "deleted at once");
+    assert_eq!(
+        call(&t, "GET", "/admin/policies/api_rule", &[], "").status,
+        404
+    );
+
+    let audit = call(&t, "GET", "/admin/audit?object=policy:api_rule", &[], "");
+    let actions: Vec<String> = audit.json()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(actions, ["create", "update", "delete"], "{}", audit.body);
+}
+
+/// Polls `check` on `node` until it holds; how long that took.
+fn until(node: &Tollgate, what: &str, check: impl Fn(&Reply) -> bool) -> Duration {
+    let started = Instant::now();
+    wait_for(
+        &format!("{what} on {}", node.proxy),
+        Duration::from_secs(1),
+        || check(&get(&node.url("/a/x"))).then_some(started.elapsed()),
+    )
+}
+
+fn limit_header(r: &Reply) -> Option<String> {
+    r.header("x-ratelimit-limit").map(str::to_string)
+}
+
+#[test]
+fn a_fleet_on_one_postgres_applies_a_new_policy_an_update_and_a_delete_within_a_second() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let db = Database::create();
+    let body = config(&redis, &stub, &format!("store:\n  url: {}\n", db.url()));
+    let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::start(&body)).collect();
+
+    let created = call(
+        &nodes[0],
+        "POST",
+        "/admin/policies",
+        &[],
+        r#"{"name": "fleet_rule", "key": "client_ip", "algorithm": "sliding_window", "rate": "100000/1m", "routes": ["/a"]}"#,
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let mut times = Vec::new();
+    for node in &nodes[1..] {
+        times.push(until(node, "the new policy", |r| {
+            limit_header(r).as_deref() == Some("100000")
+        }));
+    }
+
+    let updated = call(
+        &nodes[1],
+        "PUT",
+        "/admin/policies/fleet_rule",
+        &[("if-match", "\"1\"")],
+        r#"{"key": "client_ip", "algorithm": "sliding_window", "rate": "200000/1m", "routes": ["/a"]}"#,
+    );
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    for node in [&nodes[0], &nodes[2]] {
+        times.push(until(node, "the update", |r| {
+            limit_header(r).as_deref() == Some("200000")
+        }));
+    }
+
+    let deleted = call(&nodes[2], "DELETE", "/admin/policies/fleet_rule", &[], "");
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    for node in &nodes[..2] {
+        times.push(until(node, "the delete", |r| limit_header(r).is_none()));
+    }
+    eprintln!("applied on the other nodes after {times:?}");
+    let listed: Vec<Value> = call(&nodes[0], "GET", "/admin/policies", &[], "").json()["policies"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        listed.len(),
+        1,
+        "only the file's policy is left: {listed:?}"
+    );
+}
