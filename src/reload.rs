@@ -69,7 +69,8 @@ pub struct Reloader {
 
 /// The config to run: `file` with the store's runtime policies, validated as a whole.
 pub fn with_runtime_policies(file: &Config, store: &Store) -> Result<Config, Vec<Problem>> {
-    let (merged, mut problems) = config::runtime::merge(file, &store.runtime_policies());
+    let (merged, mut problems) =
+        config::runtime::merge(file, &store.runtime_policies(), &store.runtime_overrides());
     problems.extend(config::problems(&merged));
     if problems.is_empty() {
         Ok(merged)
@@ -139,7 +140,7 @@ impl Reloader {
         });
         match &result {
             Ok(()) => tracing::info!(
-                policies = self.store.policies().len(),
+                policies = self.store.policies().policies.len(),
                 "runtime policies applied"
             ),
             Err(errors) => {

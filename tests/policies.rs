@@ -332,3 +332,175 @@ fn a_fleet_on_one_postgres_applies_a_new_policy_an_update_and_a_delete_within_a_
         "only the file's policy is left: {listed:?}"
     );
 }
+
+#[test]
+fn an_override_changes_one_tenants_numbers_and_beats_the_tier() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "redis:
+  url: {}
+  sync_interval: 50ms
+api_keys:
+  header: X-API-Key
+  keys:
+    acme-key-0000000001: {{ tenant: acme, tier: pro }}
+    globex-key-00000001: {{ tenant: globex, tier: pro }}
+upstreams:
+  a:
+    backends: [{}]
+limits:
+  per_tenant:
+    key: tenant
+    algorithm: fixed_window
+    rate: 2/1m
+    tiers:
+      pro: {{ rate: 3/1m }}
+routes:
+  - prefix: /k
+    upstream: a
+    require_api_key: true
+    limits: [per_tenant]
+",
+        redis.url(),
+        stub.address()
+    ));
+    let send = |key: &str, n: usize| -> Vec<u16> {
+        (0..n)
+            .map(|_| get_with(&agent(), &t.url("/k/x"), &[("x-api-key", key)]).status)
+            .collect()
+    };
+    let acme = "acme-key-0000000001";
+    let globex = "globex-key-00000001";
+    assert_eq!(send(acme, 4), [200, 200, 200, 429], "the tier's 3");
+
+    let r = call(
+        &t,
+        "PUT",
+        "/admin/overrides/per_tenant/tenant:acme",
+        &[],
+        r#"{"rate": "5/1m"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        send(acme, 3),
+        [200, 200, 429],
+        "5 now, counting the 3 already used"
+    );
+    assert_eq!(
+        send(globex, 4),
+        [200, 200, 200, 429],
+        "another tenant keeps the tier"
+    );
+
+    // An override for one key beats its tenant's.
+    let keys = call(&t, "GET", "/admin/keys", &[], "").json();
+    let globex_id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["tenant"] == "globex")
+        .and_then(|k| k["id"].as_str())
+        .unwrap()
+        .to_string();
+    let r = call(
+        &t,
+        "PUT",
+        &format!("/admin/overrides/per_tenant/key:{globex_id}"),
+        &[],
+        r#"{"rate": "4/1m"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(send(globex, 2), [200, 429]);
+
+    for (path, body, want, field) in [
+        (
+            "/admin/overrides/per_tenant/user:x",
+            r#"{"rate": "5/1m"}"#,
+            422,
+            "subject",
+        ),
+        (
+            "/admin/overrides/per_tenant/tenant:acme",
+            r#"{"rate": "fast"}"#,
+            422,
+            "rate",
+        ),
+        (
+            "/admin/overrides/per_tenant/tenant:acme",
+            r#"{"rat": "5/1m"}"#,
+            422,
+            "rat",
+        ),
+        (
+            "/admin/overrides/per_tenant/tenant:acme",
+            r#"{"burst": 0}"#,
+            422,
+            "burst",
+        ),
+        (
+            "/admin/overrides/nope/tenant:acme",
+            r#"{"rate": "5/1m"}"#,
+            404,
+            "",
+        ),
+    ] {
+        let r = call(&t, "PUT", path, &[], body);
+        assert_eq!(r.status, want, "{path} {body}: {}", r.body);
+        if !field.is_empty() {
+            assert!(
+                r.json()["errors"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["path"] == field),
+                "{path} {body}: want `{field}` in {}",
+                r.body
+            );
+        }
+    }
+    let listed = call(&t, "GET", "/admin/overrides", &[], "").json();
+    assert_eq!(listed["overrides"].as_array().unwrap().len(), 2, "{listed}");
+
+    let r = call(
+        &t,
+        "DELETE",
+        "/admin/overrides/per_tenant/tenant:acme",
+        &[],
+        "",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(send(acme, 1), [429], "back to the tier's 3, with 5 used");
+    assert_eq!(
+        call(
+            &t,
+            "GET",
+            "/admin/overrides/per_tenant/tenant:acme",
+            &[],
+            ""
+        )
+        .status,
+        404
+    );
+    let audit = call(&t, "GET", "/admin/audit", &[], "").json();
+    let objects: Vec<String> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap(),
+                e["object"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        objects,
+        [
+            "create override:per_tenant/tenant:acme".to_string(),
+            format!("create override:per_tenant/key:{globex_id}"),
+            "delete override:per_tenant/tenant:acme".to_string(),
+        ]
+    );
+}

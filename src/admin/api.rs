@@ -155,7 +155,7 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
     // As on the proxy, a refused request consumes nothing from the policies before.
     let mut taken: Vec<crate::limit::receipt::Taken> = Vec::new();
     for policy in &route.limits {
-        let limiter = policy.limiter(facts.tier);
+        let limiter = policy.limiter_for(facts.api_key_id, facts.tenant, facts.tier);
         // The same checks as the proxy's, which answers these with 400 invalid_cost.
         let cost = match body.cost {
             Some(c) => Policy::within_quota(c, limiter),

@@ -11,6 +11,7 @@ mod api;
 pub mod config_view;
 mod guard;
 mod openapi;
+mod overrides;
 mod policies;
 mod stats;
 
@@ -246,6 +247,16 @@ impl Admin {
             (&M::POST, ["admin", "keys"]) => api::register_key(self, req).await,
             (&M::DELETE, ["admin", "keys", id]) => api::revoke_key(self, id, req).await,
             (&M::GET, ["admin", "audit"]) => api::audit(self, req).await,
+            (&M::GET, ["admin", "overrides"]) => overrides::list(self),
+            (&M::GET, ["admin", "overrides", policy, subject]) => {
+                overrides::show(self, policy, subject)
+            }
+            (&M::PUT, ["admin", "overrides", policy, subject]) => {
+                overrides::put(self, policy, subject, req).await
+            }
+            (&M::DELETE, ["admin", "overrides", policy, subject]) => {
+                overrides::delete(self, policy, subject, req).await
+            }
             (&M::GET, ["admin", "policies"]) => policies::list(self),
             (&M::POST, ["admin", "policies"]) => policies::create(self, req).await,
             (&M::GET, ["admin", "policies", name]) => policies::show(self, name),
@@ -283,11 +294,13 @@ fn known_path(segs: &[&str]) -> bool {
                 | "keys"
                 | "audit"
                 | "policies"
+                | "overrides"
                 | "logs"
                 | "events"
         ] | ["admin", "limits", _, _]
             | ["admin", "keys", _]
             | ["admin", "policies", _]
+            | ["admin", "overrides", _, _]
     )
 }
 

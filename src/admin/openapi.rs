@@ -159,6 +159,21 @@ fn paths() -> Value {
                     "responses": {"200": json_response("Deleted", json!({"type": "object"}), json!({"deleted": "per_ip", "applied": true})), "404": error_response("No such policy."), "409": error_response("The policy is defined in the config file."), "412": error_response("The ETag is stale."), "401": unauthorized, "429": limited, "503": store_down}
                 }
             },
+            "/admin/overrides": {"get": {"summary": "List overrides", "description": "Every override: other numbers for one tenant or one API key on one policy.", "responses": {"200": json_response("The overrides", json!({"type": "object"}), json!({"overrides": [{"policy": "per_tenant", "subject": "tenant:acme", "rate": "5000/1m"}]})), "401": unauthorized, "429": limited}}},
+            "/admin/overrides/{policy}/{subject}": {
+                "parameters": [
+                    {"name": "policy", "in": "path", "required": true, "schema": {"type": "string"}},
+                    {"name": "subject", "in": "path", "required": true, "schema": {"type": "string"}, "description": "tenant:NAME or key:ID (an API key's 16-digit id)", "example": "tenant:acme"}
+                ],
+                "get": {"summary": "One override", "responses": {"200": json_response("The override", json!({"type": "object"}), json!({"policy": "per_tenant", "subject": "tenant:acme", "rate": "5000/1m"})), "404": error_response("No such override."), "401": unauthorized, "429": limited}},
+                "put": {
+                    "summary": "Set an override",
+                    "description": "Other `rate`, `burst` or `limit` for one tenant or one API key on a policy of the file or the API. It beats the tier; the key's count carries on. Validated with the whole config (422 with field paths), applied fleet-wide within a second, audited.",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TierNumbers"}, "example": {"rate": "5000/1m"}}}},
+                    "responses": {"200": json_response("Set", json!({"type": "object"}), json!({"policy": "per_tenant", "subject": "tenant:acme", "rate": "5000/1m", "applied": true})), "404": error_response("No such policy."), "422": error_response("Invalid; nothing changed."), "401": unauthorized, "429": limited, "503": store_down}
+                },
+                "delete": {"summary": "Remove an override", "responses": {"200": json_response("Removed", json!({"type": "object"}), json!({"deleted": "per_tenant/tenant:acme", "applied": true})), "404": error_response("No such override."), "401": unauthorized, "429": limited, "503": store_down}}
+            },
             "/admin/audit": {"get": {
                 "summary": "The audit trail",
                 "description": "Every change to what the store holds, oldest first: when, who (the admin token's name and the client's address), the action, the object, and its public fields before and after. Secrets never appear. Page on with `after` set to the last entry's seq.",
@@ -216,6 +231,11 @@ fn paths() -> Value {
                 "CheckResult": {"type": "object", "properties": {
                     "route": {"type": "string"}, "upstream": {"type": "string"}, "allowed": {"type": "boolean"}, "status": {"type": "integer"},
                     "dry_run": {"type": "boolean"}, "decisions": {"type": "array", "items": {"type": "object"}}, "headers": {"type": "object"}
+                }},
+                "TierNumbers": {"type": "object", "properties": {
+                    "rate": {"type": "string", "example": "5000/1m"},
+                    "burst": {"type": "integer"},
+                    "limit": {"type": "integer"}
                 }},
                 "RegisterRequest": {"type": "object", "required": ["name"], "properties": {
                     "name": {"type": "string"}, "tenant": {"type": "string", "description": "Defaults to the name"}, "tier": {"type": "string"}

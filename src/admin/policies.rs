@@ -27,7 +27,7 @@ pub fn list(admin: &Admin) -> Reply {
         })
         .collect();
     if let Some(store) = &admin.gateway.load().store {
-        out.extend(store.policies().iter().map(describe_api));
+        out.extend(store.policies().policies.iter().map(describe_api));
     }
     Reply::Json(200, json!({"policies": out}))
 }
@@ -141,7 +141,7 @@ async fn write(
     let mut candidate = store.runtime_policies();
     candidate.retain(|p| p.name != name);
     candidate.push(policy.clone());
-    let (merged, mut problems) = runtime::merge(&file, &candidate);
+    let (merged, mut problems) = runtime::merge(&file, &candidate, &store.runtime_overrides());
     problems.extend(crate::config::problems(&merged));
     if !problems.is_empty() {
         return invalid(relative_to(name, problems));
@@ -174,6 +174,7 @@ fn find(admin: &Admin, name: &str) -> Option<StoredPolicy> {
     let store = gateway.store.as_ref()?;
     store
         .policies()
+        .policies
         .iter()
         .find(|p| p.policy.name == name)
         .cloned()
@@ -239,7 +240,7 @@ fn relative_to(name: &str, problems: Vec<Problem>) -> Vec<Problem> {
         .collect()
 }
 
-fn invalid(problems: Vec<Problem>) -> Reply {
+pub(super) fn invalid(problems: Vec<Problem>) -> Reply {
     let errors: Vec<Value> = problems
         .into_iter()
         .map(|p| json!({"path": p.path, "message": p.message}))

@@ -44,6 +44,7 @@ pub fn snapshot(admin: &Admin) -> Reply {
                 "timezone": p.config.timezone.map(|tz| tz.name()),
                 "active_keys": p.counters.active_keys.get(),
                 "tiers": p.tiers.keys().collect::<Vec<_>>(),
+                "overrides": p.config.overrides.keys().collect::<Vec<_>>(),
                 "decisions": {
                     "allowed": count("allowed"),
                     "limited": count("limited"),

@@ -708,6 +708,10 @@ pub struct LimitConfig {
     pub headers: bool,
     #[serde(default)]
     pub tiers: BTreeMap<String, TierConfig>,
+    /// Other numbers for one tenant (`tenant:NAME`) or one API key (`key:ID`); they beat
+    /// the tier. Usually set through `/admin/overrides`, merged in from the store.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub overrides: BTreeMap<String, TierConfig>,
     /// Where the days, weeks and months of calendar rates (`1d`, `1w`, `1mo`) begin; UTC
     /// when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 //! builder serve both.
 
 use super::errors::Problem;
-use super::{Config, LimitConfig};
+use super::{Config, LimitConfig, TierConfig};
 use serde::{Deserialize, Serialize};
 
 /// A policy kept in the store.
@@ -13,6 +13,26 @@ pub struct RuntimePolicy {
     pub spec: LimitConfig,
     /// Prefixes of the routes that apply it, after their own policies.
     pub routes: Vec<String>,
+}
+
+/// Other numbers for one tenant or one API key, for one policy (file or runtime).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeOverride {
+    pub policy: String,
+    /// `tenant:NAME` or `key:ID`.
+    pub subject: String,
+    pub numbers: TierConfig,
+}
+
+/// Whom an override is for: `tenant:NAME` or `key:ID` (an API key's 16-digit public id).
+pub fn check_subject(subject: &str) -> Result<(), String> {
+    match subject.split_once(':') {
+        Some(("tenant", name)) if !name.is_empty() && name.len() <= 128 => Ok(()),
+        Some(("key", id)) if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        _ => Err(format!(
+            "`{subject}` names no one: use tenant:NAME or key:ID (the key's 16-digit id)"
+        )),
+    }
 }
 
 /// A policy name: what `limits.<name>` accepts in the file, and safe in a URL path.
@@ -77,11 +97,14 @@ pub fn parse_body(body: &serde_json::Value) -> Result<(LimitConfig, Vec<String>)
     // Through YAML, so that the messages and paths are the ones the file gets.
     let yaml = serde_yaml::to_string(&serde_json::Value::Object(fields))
         .map_err(|e| vec![Problem::at("", e.to_string())])?;
-    let spec: LimitConfig = serde_yaml::from_str(&yaml).map_err(|e| {
-        let located = super::errors::from_serde("body", &e);
-        vec![field_problem(located.path, located.message)]
-    })?;
+    let spec: LimitConfig = serde_yaml::from_str(&yaml).map_err(|e| vec![yaml_problem(&e)])?;
     Ok((spec, routes))
+}
+
+/// A serde error of an API body, with the path of the field it is about.
+pub fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+    let located = super::errors::from_serde("body", e);
+    field_problem(located.path, located.message)
 }
 
 /// serde names an unknown or missing top-level field only in its message; the path is
@@ -101,7 +124,11 @@ fn field_problem(path: String, message: String) -> Problem {
 /// The file's config with the runtime policies added: each under `limits`, and appended
 /// to the policies of every route with one of its prefixes. A name the file already uses,
 /// or a prefix no route has, is a problem at `limits.<name>`.
-pub fn merge(file: &Config, runtime: &[RuntimePolicy]) -> (Config, Vec<Problem>) {
+pub fn merge(
+    file: &Config,
+    runtime: &[RuntimePolicy],
+    overrides: &[RuntimeOverride],
+) -> (Config, Vec<Problem>) {
     let mut config = file.clone();
     let mut problems = Vec::new();
     for policy in runtime {
@@ -133,6 +160,17 @@ pub fn merge(file: &Config, runtime: &[RuntimePolicy]) -> (Config, Vec<Problem>)
                     format!("no route in the config file has the prefix `{prefix}`"),
                 ));
             }
+        }
+    }
+    for o in overrides {
+        match config.limits.get_mut(&o.policy) {
+            Some(limit) => {
+                limit.overrides.insert(o.subject.clone(), o.numbers.clone());
+            }
+            None => problems.push(Problem::at(
+                format!("overrides.{}.{}", o.policy, o.subject),
+                format!("there is no policy `{}`", o.policy),
+            )),
         }
     }
     (config, problems)

@@ -590,10 +590,18 @@ fn check_limits(config: &Config, report: &mut Report) {
             );
         }
         let algorithm = limit.algorithm;
+        let tiers = limit
+            .tiers
+            .iter()
+            .map(|(t, c)| (format!("{base}.tiers.{t}"), c));
+        let overrides = limit
+            .overrides
+            .iter()
+            .map(|(s, c)| (format!("{base}.overrides.{s}"), c));
         let numbers = std::iter::once((base.clone(), limit.rate, limit.burst, limit.limit)).chain(
-            limit.tiers.iter().map(|(t, c)| {
+            tiers.chain(overrides).map(|(path, c)| {
                 (
-                    format!("{base}.tiers.{t}"),
+                    path,
                     c.rate.or(limit.rate),
                     c.burst.or(limit.burst),
                     c.limit.or(limit.limit),
@@ -734,6 +742,11 @@ fn check_limits(config: &Config, report: &mut Report) {
                 );
             }
         }
+        for subject in limit.overrides.keys() {
+            if let Err(why) = super::runtime::check_subject(subject) {
+                report.error(format!("{base}.overrides.{subject}"), why);
+            }
+        }
         if !config.routes.iter().any(|r| r.limits.contains(name)) {
             report.warn(&base, format!("limit `{name}` is not used by any route"));
         }
@@ -764,7 +777,8 @@ fn check_timezone(limit: &super::LimitConfig, base: &str, report: &mut Report) {
     let rates = limit
         .rate
         .into_iter()
-        .chain(limit.tiers.values().filter_map(|t| t.rate));
+        .chain(limit.tiers.values().filter_map(|t| t.rate))
+        .chain(limit.overrides.values().filter_map(|t| t.rate));
     let calendar = rates.clone().any(|r| r.calendar.is_some());
     if !calendar {
         let written: Vec<String> = rates.map(|r| r.to_string()).collect();

@@ -241,6 +241,9 @@ pub struct Policy {
     pub block_outbox: parking_lot::Mutex<Vec<(String, u64)>>,
     pub base: Limiter,
     pub tiers: HashMap<String, Limiter>,
+    /// Overrides for one API key (by public id) and for one tenant; they beat the tier.
+    pub key_overrides: HashMap<String, Limiter>,
+    pub tenant_overrides: HashMap<String, Limiter>,
     pub counters: Counters,
 }
 
@@ -315,28 +318,40 @@ impl Policy {
             config.scope,
             config.block_for.is_some(),
         );
+        // A tier's or an override's numbers over the policy's own.
+        let numbers = |label: &str, t: &crate::config::TierConfig| {
+            Limiter::new(
+                name,
+                Some(label.to_string()),
+                params(
+                    config.algorithm,
+                    t.rate.or(config.rate),
+                    t.burst.or(config.burst),
+                    t.limit.or(config.limit),
+                    config.timezone,
+                ),
+                id_of(label),
+                config.max_keys,
+                config.scope,
+                config.block_for.is_some(),
+            )
+        };
         let tiers = config
             .tiers
             .iter()
-            .map(|(tier, t)| {
-                let limiter = Limiter::new(
-                    name,
-                    Some(tier.clone()),
-                    params(
-                        config.algorithm,
-                        t.rate.or(config.rate),
-                        t.burst.or(config.burst),
-                        t.limit.or(config.limit),
-                        config.timezone,
-                    ),
-                    id_of(tier),
-                    config.max_keys,
-                    config.scope,
-                    config.block_for.is_some(),
-                );
-                (tier.clone(), limiter)
-            })
+            .map(|(tier, t)| (tier.clone(), numbers(tier, t)))
             .collect();
+        let mut key_overrides = HashMap::new();
+        let mut tenant_overrides = HashMap::new();
+        for (subject, t) in &config.overrides {
+            // Labelled apart from tiers, whose names cannot hold `@` or `:`.
+            let limiter = numbers(&format!("@{subject}"), t);
+            match subject.split_once(':') {
+                Some(("key", id)) => key_overrides.insert(id.to_string(), limiter),
+                Some((_, tenant)) => tenant_overrides.insert(tenant.to_string(), limiter),
+                None => None,
+            };
+        }
         let counter = |result: &str| {
             metrics
                 .ratelimit_decisions
@@ -378,8 +393,32 @@ impl Policy {
             block_outbox: parking_lot::Mutex::new(Vec::new()),
             base,
             tiers,
+            key_overrides,
+            tenant_overrides,
             counters,
         }
+    }
+
+    /// The limiter for a request: an override for its API key, then one for its tenant,
+    /// then its tier's, then the policy's own.
+    #[inline]
+    pub fn limiter_for(
+        &self,
+        key_id: Option<&str>,
+        tenant: Option<&str>,
+        tier: Option<&str>,
+    ) -> &Limiter {
+        if !self.key_overrides.is_empty() {
+            if let Some(l) = key_id.and_then(|id| self.key_overrides.get(id)) {
+                return l;
+            }
+        }
+        if !self.tenant_overrides.is_empty() {
+            if let Some(l) = tenant.and_then(|t| self.tenant_overrides.get(t)) {
+                return l;
+            }
+        }
+        self.limiter(tier)
     }
 
     /// The limiter for a request's tier: the tier's numbers when the policy names it.
@@ -388,7 +427,10 @@ impl Policy {
     }
 
     pub fn limiters(&self) -> impl Iterator<Item = &Limiter> {
-        std::iter::once(&self.base).chain(self.tiers.values())
+        std::iter::once(&self.base)
+            .chain(self.tiers.values())
+            .chain(self.key_overrides.values())
+            .chain(self.tenant_overrides.values())
     }
 
     /// Whether this policy's state lives in Redis and is synced in the background.

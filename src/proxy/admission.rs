@@ -77,7 +77,7 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
     let mut taken: Vec<Taken> = Vec::new();
     let mut uncounted = Vec::new();
     for (index, policy) in route.limits.iter().enumerate() {
-        let limiter = policy.limiter(facts.tier);
+        let limiter = policy.limiter_for(facts.api_key_id, facts.tenant, facts.tier);
         let name = Some(index);
         let cost = match policy.cost_of(facts.headers, limiter) {
             Ok(cost) => cost,
@@ -187,7 +187,7 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
 pub async fn settle(
     route: &Route,
     gateway: &Gateway,
-    tier: Option<&str>,
+    key: Option<&crate::identity::KeyRecord>,
     uncounted: Vec<(usize, Receipt)>,
     status: u16,
 ) {
@@ -200,7 +200,11 @@ pub async fn settle(
             .as_ref()
             .is_some_and(|s| !s.contains(status))
         {
-            let limiter = policy.limiter(tier);
+            let limiter = policy.limiter_for(
+                key.map(|k| k.id.as_str()),
+                key.map(|k| k.tenant.as_str()),
+                key.and_then(|k| k.tier.as_deref()),
+            );
             policy
                 .refund(limiter, receipt, gateway.redis.as_deref())
                 .await;

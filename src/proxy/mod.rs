@@ -553,9 +553,9 @@ impl ProxyHttp for Proxy {
             .or(ctx.failure_status)
             .unwrap_or(499);
         if let (false, Some(route)) = (ctx.uncounted.is_empty(), ctx.route.clone()) {
-            let tier = ctx.api_key.as_ref().and_then(|k| k.tier.as_deref());
+            let key = ctx.api_key.clone();
             let uncounted = std::mem::take(&mut ctx.uncounted);
-            admission::settle(&route, &ctx.gateway, tier, uncounted, status).await;
+            admission::settle(&route, &ctx.gateway, key.as_deref(), uncounted, status).await;
         }
         let elapsed = ctx.started.elapsed();
         let method = method_label(&session.req_header().method);

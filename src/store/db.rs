@@ -299,8 +299,20 @@ pub fn policy_object(name: &str) -> String {
     format!("policy:{name}")
 }
 
-/// Every runtime policy and the version the set is at.
-pub async fn load_policies(pool: &AnyPool) -> Result<(i64, Vec<StoredPolicy>), sqlx::Error> {
+/// The runtime policies and the overrides, loaded and swapped in together.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PolicySet {
+    pub policies: Vec<StoredPolicy>,
+    pub overrides: Vec<crate::config::runtime::RuntimeOverride>,
+}
+
+/// The audit object name of an override.
+pub fn override_object(policy: &str, subject: &str) -> String {
+    format!("override:{policy}/{subject}")
+}
+
+/// Every runtime policy and override, and the version the set is at.
+pub async fn load_policies(pool: &AnyPool) -> Result<(i64, PolicySet), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let version: i64 = sqlx::query("SELECT version FROM versions WHERE scope = 'policies'")
         .fetch_one(&mut *tx)
@@ -309,7 +321,29 @@ pub async fn load_policies(pool: &AnyPool) -> Result<(i64, Vec<StoredPolicy>), s
     let rows = sqlx::query("SELECT name, body, revision FROM policies ORDER BY name")
         .fetch_all(&mut *tx)
         .await?;
+    let override_rows =
+        sqlx::query("SELECT policy, subject, body FROM overrides ORDER BY policy, subject")
+            .fetch_all(&mut *tx)
+            .await?;
     tx.commit().await?;
+    let mut overrides = Vec::with_capacity(override_rows.len());
+    for row in override_rows {
+        let policy: String = row.try_get(0)?;
+        let subject: String = row.try_get(1)?;
+        let body: String = row.try_get(2)?;
+        match serde_json::from_str(&body) {
+            Ok(numbers) => overrides.push(crate::config::runtime::RuntimeOverride {
+                policy,
+                subject,
+                numbers,
+            }),
+            Err(_) => tracing::warn!(
+                policy,
+                subject,
+                "store: skipping an override that does not parse"
+            ),
+        }
+    }
     let mut policies = Vec::with_capacity(rows.len());
     for row in rows {
         let name: String = row.try_get(0)?;
@@ -320,7 +354,92 @@ pub async fn load_policies(pool: &AnyPool) -> Result<(i64, Vec<StoredPolicy>), s
             _ => tracing::warn!(name, "store: skipping a policy row that does not parse"),
         }
     }
-    Ok((version, policies))
+    Ok((
+        version,
+        PolicySet {
+            policies,
+            overrides,
+        },
+    ))
+}
+
+/// Sets an override (created or replaced), audited as `actor`'s; the set's new version.
+pub async fn put_override(
+    pool: &AnyPool,
+    o: &crate::config::runtime::RuntimeOverride,
+    actor: &str,
+) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<String> =
+        sqlx::query("SELECT body FROM overrides WHERE policy = $1 AND subject = $2")
+            .bind(o.policy.clone())
+            .bind(o.subject.clone())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+    let body = serde_json::to_string(&o.numbers).map_err(|e| sqlx::Error::Encode(e.into()))?;
+    sqlx::query(
+        "INSERT INTO overrides (policy, subject, body, updated_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (policy, subject) DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+    )
+    .bind(o.policy.clone())
+    .bind(o.subject.clone())
+    .bind(body.clone())
+    .bind(crate::clock::now_ms() as i64)
+    .execute(&mut *tx)
+    .await?;
+    let change = Change {
+        actor: actor.to_string(),
+        action: if before.is_some() { "update" } else { "create" },
+        object: override_object(&o.policy, &o.subject),
+        before: before.and_then(|b| serde_json::from_str(&b).ok()),
+        after: serde_json::from_str(&body).ok(),
+    };
+    audit(&mut tx, &change).await?;
+    let version = bump(&mut tx, "policies").await?;
+    announce(&mut tx, "policies").await?;
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Removes an override: the set's new version, or `None` when there was none.
+pub async fn delete_override(
+    pool: &AnyPool,
+    policy: &str,
+    subject: &str,
+    actor: &str,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let before: Option<String> =
+        sqlx::query("SELECT body FROM overrides WHERE policy = $1 AND subject = $2")
+            .bind(policy.to_string())
+            .bind(subject.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+    let Some(before) = before else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM overrides WHERE policy = $1 AND subject = $2")
+        .bind(policy.to_string())
+        .bind(subject.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let change = Change {
+        actor: actor.to_string(),
+        action: "delete",
+        object: override_object(policy, subject),
+        before: serde_json::from_str(&before).ok(),
+        after: None,
+    };
+    audit(&mut tx, &change).await?;
+    let version = bump(&mut tx, "policies").await?;
+    announce(&mut tx, "policies").await?;
+    tx.commit().await?;
+    Ok(Some(version))
 }
 
 /// The version of the runtime policy set.
@@ -459,6 +578,11 @@ pub async fn delete_policy(
         tx.rollback().await?;
         return Ok(Written::Stale { current: None });
     }
+    // Its overrides go with it: they would name a policy that no longer exists.
+    sqlx::query("DELETE FROM overrides WHERE policy = $1")
+        .bind(name.to_string())
+        .execute(&mut *tx)
+        .await?;
     let change = Change {
         actor: actor.to_string(),
         action: "delete",

@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
+use crate::config::runtime::RuntimeOverride;
 use crate::config::runtime::RuntimePolicy;
-pub use db::{AuditEntry, AuditQuery, Keys, StoredPolicy, Written};
+pub use db::{AuditEntry, AuditQuery, Keys, PolicySet, StoredPolicy, Written};
 
 /// Why a write did not happen.
 #[derive(Debug)]
@@ -67,7 +68,7 @@ pub struct Store {
     opening: tokio::sync::Mutex<()>,
     /// Runtime policies, by name, and the version of the set they are at (the same
     /// scheme as the keys').
-    policies: ArcSwap<Vec<StoredPolicy>>,
+    policies: ArcSwap<PolicySet>,
     policies_version: AtomicI64,
     policies_written: AtomicI64,
     /// Woken whenever the policies change, here or on another node: the config watcher
@@ -121,7 +122,7 @@ impl Store {
             last_failure: Mutex::new(String::new()),
             installing: Mutex::new(()),
             opening: tokio::sync::Mutex::new(()),
-            policies: ArcSwap::from_pointee(Vec::new()),
+            policies: ArcSwap::from_pointee(PolicySet::default()),
             policies_version: AtomicI64::new(NOT_LOADED),
             policies_written: AtomicI64::new(NOT_LOADED),
             policies_changed: tokio::sync::Notify::new(),
@@ -158,7 +159,8 @@ impl Store {
                 tracing::info!(
                     store = %self.shown,
                     keys = keys.len(),
-                    policies = policies.len(),
+                    policies = policies.policies.len(),
+                    overrides = policies.overrides.len(),
                     "store loaded"
                 );
                 self.install(version, keys);
@@ -181,11 +183,11 @@ impl Store {
                 }
                 match self
                     .policies_cache()
-                    .map(|p| cache::read_json::<Vec<StoredPolicy>>(&p))
+                    .map(|p| cache::read_json::<PolicySet>(&p))
                 {
                     Some(Ok(policies)) => {
                         tracing::warn!(
-                            policies = policies.len(),
+                            policies = policies.policies.len(),
                             "store: serving the policies last loaded, from the local cache"
                         );
                         self.policies.store(Arc::new(policies));
@@ -235,14 +237,19 @@ impl Store {
         Ok(removed.is_some())
     }
 
-    /// The runtime policies this node runs with, by name.
-    pub fn policies(&self) -> Arc<Vec<StoredPolicy>> {
+    /// The runtime policies (by name) and overrides this node runs with.
+    pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.load_full()
+    }
+
+    pub fn runtime_overrides(&self) -> Vec<RuntimeOverride> {
+        self.policies.load().overrides.clone()
     }
 
     pub fn runtime_policies(&self) -> Vec<RuntimePolicy> {
         self.policies
             .load()
+            .policies
             .iter()
             .map(|p| p.policy.clone())
             .collect()
@@ -261,10 +268,11 @@ impl Store {
             .call("write", db::put_policy(&pool, &policy, expected, actor))
             .await?;
         if let Written::Done { revision, version } = written {
-            self.apply_policies_locally(version, |list| {
-                list.retain(|p| p.policy.name != policy.name);
-                list.push(StoredPolicy { policy, revision });
-                list.sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
+            self.apply_policies_locally(version, |set| {
+                set.policies.retain(|p| p.policy.name != policy.name);
+                set.policies.push(StoredPolicy { policy, revision });
+                set.policies
+                    .sort_by(|a, b| a.policy.name.cmp(&b.policy.name));
             });
         }
         Ok(written)
@@ -282,12 +290,49 @@ impl Store {
             .call("write", db::delete_policy(&pool, name, expected, actor))
             .await?;
         if let Written::Done { version, .. } = written {
-            self.apply_policies_locally(version, |list| list.retain(|p| p.policy.name != name));
+            self.apply_policies_locally(version, |set| {
+                set.policies.retain(|p| p.policy.name != name);
+                set.overrides.retain(|o| o.policy != name);
+            });
         }
         Ok(written)
     }
 
-    fn apply_policies_locally(&self, version: i64, change: impl FnOnce(&mut Vec<StoredPolicy>)) {
+    /// Sets an override fleet-wide, and here at once.
+    pub async fn put_override(&self, o: RuntimeOverride, actor: &str) -> Result<(), StoreError> {
+        let pool = self.pool().await?;
+        let version = self
+            .call("write", db::put_override(&pool, &o, actor))
+            .await?;
+        self.apply_policies_locally(version, |set| {
+            set.overrides
+                .retain(|x| !(x.policy == o.policy && x.subject == o.subject));
+            set.overrides.push(o);
+        });
+        Ok(())
+    }
+
+    /// Removes an override fleet-wide; false when there was none.
+    pub async fn delete_override(
+        &self,
+        policy: &str,
+        subject: &str,
+        actor: &str,
+    ) -> Result<bool, StoreError> {
+        let pool = self.pool().await?;
+        let removed = self
+            .call("write", db::delete_override(&pool, policy, subject, actor))
+            .await?;
+        if let Some(version) = removed {
+            self.apply_policies_locally(version, |set| {
+                set.overrides
+                    .retain(|x| !(x.policy == policy && x.subject == subject));
+            });
+        }
+        Ok(removed.is_some())
+    }
+
+    fn apply_policies_locally(&self, version: i64, change: impl FnOnce(&mut PolicySet)) {
         {
             let _serialized = self.installing.lock();
             let mut list = (*self.policies.load_full()).clone();
@@ -299,7 +344,7 @@ impl Store {
         // No wake-up: the writer applies the change itself before it answers.
     }
 
-    fn install_policies(&self, version: i64, policies: Vec<StoredPolicy>) {
+    fn install_policies(&self, version: i64, policies: PolicySet) {
         {
             let _serialized = self.installing.lock();
             if version < self.policies_written.load(Ordering::Relaxed) {
