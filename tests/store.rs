@@ -195,6 +195,23 @@ fn when_postgres_is_away_every_key_still_works_and_writes_get_503() {
     let two = Tollgate::start(&body);
     let (secret, _) = register(&one, "before-the-crash");
     until_status(&two, &secret, 200, Duration::from_secs(1));
+    // A runtime policy, seen by its limit header, must survive the outage too.
+    let policy = send_json(
+        &one,
+        "POST",
+        "/admin/policies",
+        r#"{"name": "kept", "key": "client_ip", "algorithm": "fixed_window", "rate": "100000/1m", "routes": ["/k"]}"#,
+    );
+    assert_eq!(policy.status, 201, "{}", policy.body);
+    let limited_by_kept = |t: &Tollgate| {
+        get_with(&agent(), &t.url("/k/x"), &[("x-api-key", &secret)])
+            .header("x-ratelimit-limit")
+            .map(str::to_string)
+            == Some("100000".into())
+    };
+    wait_for("the policy on node two", Duration::from_secs(1), || {
+        limited_by_kept(&two).then_some(())
+    });
 
     pg.kill();
     wait_for(
@@ -211,6 +228,9 @@ fn when_postgres_is_away_every_key_still_works_and_writes_get_503() {
     let r = send_json(&one, "POST", "/admin/keys", r#"{"name": "during"}"#);
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "store_unavailable");
+    let r = send_json(&one, "DELETE", "/admin/policies/kept", "");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(limited_by_kept(&one), "the policy still runs");
 
     // A node restarted while the database is down still honours the key (local cache).
     let mut two = two;
@@ -219,6 +239,11 @@ fn when_postgres_is_away_every_key_still_works_and_writes_get_503() {
         status_with_key(&two, &secret),
         200,
         "restarted without its store"
+    );
+    assert!(
+        limited_by_kept(&two),
+        "the policy came back from the local cache\n{}",
+        two.logs()
     );
 
     // The database comes back: writes work again and reach the other node.
