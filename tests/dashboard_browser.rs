@@ -1,7 +1,9 @@
 //! The dashboard in a real browser: headless Chromium loads it while traffic flows, and
 //! the live figures, charts, feed and key inspector must show that traffic; its reload
-//! button works from its own origin. A screenshot is saved for a person to look at. Pages
-//! of other origins, and a name rebound to the admin listener's address, get nothing.
+//! button works from its own origin, and so does its editor of runtime policies and
+//! overrides (with If-Match, so a change made meanwhile is refused). A screenshot is
+//! saved for a person to look at. Pages of other origins, and a name rebound to the admin
+//! listener's address, get nothing.
 
 mod common;
 use common::cdp::Browser;
@@ -365,4 +367,112 @@ routes:
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-calendar.png");
     std::fs::write(&path, png).unwrap();
     eprintln!("dashboard screenshot: {}", path.display());
+}
+
+#[test]
+fn the_dashboard_edits_runtime_policies_and_overrides() {
+    let redis = Redis::start();
+    let a = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "redis:\n  url: {}\n  sync_interval: 50ms\nupstreams:\n  a:\n    backends: [{}]\nroutes:\n  - prefix: /a\n    upstream: a\n",
+        redis.url(),
+        a.address()
+    ));
+    let mut browser = Browser::start(1400, 1800);
+    browser.navigate(&t.admin_url("/"));
+    wait_for("the page to load", Duration::from_secs(10), || {
+        (browser.eval("document.readyState") == "complete").then_some(())
+    });
+    // Fills the editor, presses a button, and waits for the answer it shows.
+    let mut act = |setup: &str, button: &str, want_ok: bool| -> String {
+        browser.eval(&format!(
+            "(() => {{ document.querySelector('#editor-status').hidden = true; {setup}; document.querySelector('{button}').click(); return true; }})()"
+        ));
+        wait_for(
+            &format!("the editor's answer to {button}"),
+            Duration::from_secs(10),
+            || {
+                let shown = browser.eval(
+                    "(() => { const s = document.querySelector('#editor-status'); return s.hidden ? '' : s.dataset.ok + ' ' + s.textContent + ' ' + document.querySelector('#editor-errors').innerText; })()",
+                );
+                let shown = shown.as_str().unwrap_or_default().to_string();
+                (!shown.is_empty()).then_some(shown)
+            },
+        )
+        .strip_prefix(if want_ok { "true " } else { "false " })
+        .unwrap_or_else(|| panic!("{button}: expected ok={want_ok}"))
+        .to_string()
+    };
+    let set = |id: &str, value: &str| {
+        format!(
+            "document.querySelector('#{id}').value = {}",
+            serde_json::to_string(value).unwrap()
+        )
+    };
+    let statuses = |n: usize| -> Vec<u16> { (0..n).map(|_| get(&t.url("/a/x")).status).collect() };
+
+    let shown = act(
+        &format!(
+            "{}; {}",
+            set("policy-name", "dash_rule"),
+            set(
+                "policy-body",
+                r#"{"key": "client_ip", "algorithm": "fixed_window", "rate": "2/1m", "routes": ["/a"]}"#
+            )
+        ),
+        "#policy-save",
+        true,
+    );
+    assert!(shown.contains("saved dash_rule"), "{shown}");
+    assert_eq!(statuses(3), [200, 200, 429], "the dashboard's policy runs");
+
+    // An invalid policy: the field's path is shown and nothing changes.
+    let shown = act(
+        &set(
+            "policy-body",
+            r#"{"key": "client_ip", "algorithm": "fixed_window", "rate": "often"}"#,
+        ),
+        "#policy-save",
+        false,
+    );
+    assert!(shown.contains("422") && shown.contains("rate:"), "{shown}");
+
+    // Changed behind the dashboard's back: its save is refused with 412.
+    let behind = send_json(
+        &agent(),
+        "PUT",
+        &t.admin_url("/admin/policies/dash_rule"),
+        r#"{"key": "client_ip", "algorithm": "fixed_window", "rate": "3/1m", "routes": ["/a"]}"#,
+    );
+    assert_eq!(behind.status, 200, "{}", behind.body);
+    let shown = act(
+        &set(
+            "policy-body",
+            r#"{"key": "client_ip", "algorithm": "fixed_window", "rate": "9/1m", "routes": ["/a"]}"#,
+        ),
+        "#policy-save",
+        false,
+    );
+    assert!(shown.contains("412"), "{shown}");
+
+    let shown = act(
+        &format!(
+            "{}; {}; {}",
+            set("override-policy", "dash_rule"),
+            set("override-subject", "tenant:acme"),
+            set("override-body", r#"{"rate": "50/1m"}"#)
+        ),
+        "#override-save",
+        true,
+    );
+    assert!(shown.contains("tenant:acme"), "{shown}");
+    let listed = get(&t.admin_url("/admin/overrides")).json();
+    assert_eq!(listed["overrides"][0]["subject"], "tenant:acme", "{listed}");
+
+    let shown = act("", "#policy-load", true);
+    assert!(shown.contains("loaded dash_rule"), "{shown}");
+    let shown = act("", "#policy-delete", true);
+    assert!(shown.contains("deleted dash_rule"), "{shown}");
+    assert_eq!(get(&t.admin_url("/admin/policies/dash_rule")).status, 404);
+    assert_eq!(statuses(3), [200; 3], "deleted, so no limit");
 }
