@@ -62,7 +62,8 @@ fn policy_names(t: &Tollgate) -> Vec<(String, String)> {
 
 #[test]
 fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
-    let redis = Redis::start();
+    // No `store` section: the embedded SQLite file beside the config.
+    let mut redis = Redis::start();
     let stub = Stub::start("a");
     let mut t = Tollgate::start(&config(&redis, &stub, ""));
     assert_eq!(statuses(&t, 4), [200; 4], "no limit on /a yet");
@@ -232,6 +233,19 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
         "the window's count and the policy survived"
     );
     assert!(policy_names(&t).contains(&("api_rule".to_string(), "api".to_string())));
+
+    // Redis loses everything. The policy still limits: it is in the store, and the node
+    // reports what it admitted this window again, so the count survives too.
+    redis.kill();
+    redis.restart();
+    wait_for("redis back", Duration::from_secs(5), || {
+        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
+    });
+    assert_eq!(
+        statuses(&t, 2),
+        [429, 429],
+        "the window's 5 are still spent"
+    );
 
     let stale = call(
         &t,
