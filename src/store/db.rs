@@ -139,6 +139,7 @@ pub async fn insert_keys(
     action: &'static str,
 ) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let mut changes = Vec::with_capacity(records.len());
     for record in records {
         let json = serde_json::to_string(record).map_err(|e| sqlx::Error::Encode(e.into()))?;
         sqlx::query(
@@ -158,12 +159,9 @@ pub async fn insert_keys(
             before: None,
             after: serde_json::to_value(record).ok(),
         };
-        audit(&mut tx, &change).await?;
+        changes.push(change);
     }
-    let version = bump(&mut tx, "api_keys").await?;
-    announce(&mut tx, "api_keys").await?;
-    tx.commit().await?;
-    Ok(version)
+    commit(tx, &changes, "api_keys").await
 }
 
 /// Removes the key with public id `id`, audited as `actor`'s: the version after the
@@ -191,10 +189,7 @@ pub async fn delete_key(pool: &AnyPool, id: &str, actor: &str) -> Result<Option<
         before: serde_json::from_str(&before).ok(),
         after: None,
     };
-    audit(&mut tx, &change).await?;
-    let version = bump(&mut tx, "api_keys").await?;
-    announce(&mut tx, "api_keys").await?;
-    tx.commit().await?;
+    let version = commit(tx, &[change], "api_keys").await?;
     Ok(Some(version))
 }
 
@@ -232,6 +227,22 @@ async fn audit(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Ends a change to `scope`: its audit entries, the set's new version (returned), the
+/// announcement to the other nodes, and the commit that makes all of it happen at once.
+async fn commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Any>,
+    changes: &[Change],
+    scope: &str,
+) -> Result<i64, sqlx::Error> {
+    for change in changes {
+        audit(&mut tx, change).await?;
+    }
+    let version = bump(&mut tx, scope).await?;
+    announce(&mut tx, scope).await?;
+    tx.commit().await?;
+    Ok(version)
 }
 
 /// The audit entries `query` asks for, oldest first.
@@ -370,14 +381,7 @@ pub async fn put_override(
     actor: &str,
 ) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<String> =
-        sqlx::query("SELECT body FROM overrides WHERE policy = $1 AND subject = $2")
-            .bind(o.policy.clone())
-            .bind(o.subject.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
+    let before = override_body(&mut tx, &o.policy, &o.subject).await?;
     let body = serde_json::to_string(&o.numbers).map_err(|e| sqlx::Error::Encode(e.into()))?;
     sqlx::query(
         "INSERT INTO overrides (policy, subject, body, updated_ms) VALUES ($1, $2, $3, $4) \
@@ -396,11 +400,7 @@ pub async fn put_override(
         before: before.and_then(|b| serde_json::from_str(&b).ok()),
         after: serde_json::from_str(&body).ok(),
     };
-    audit(&mut tx, &change).await?;
-    let version = bump(&mut tx, "policies").await?;
-    announce(&mut tx, "policies").await?;
-    tx.commit().await?;
-    Ok(version)
+    commit(tx, &[change], "policies").await
 }
 
 /// Removes an override: the set's new version, or `None` when there was none.
@@ -411,14 +411,7 @@ pub async fn delete_override(
     actor: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<String> =
-        sqlx::query("SELECT body FROM overrides WHERE policy = $1 AND subject = $2")
-            .bind(policy.to_string())
-            .bind(subject.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| row.try_get(0))
-            .transpose()?;
+    let before = override_body(&mut tx, policy, subject).await?;
     let Some(before) = before else {
         tx.rollback().await?;
         return Ok(None);
@@ -435,10 +428,7 @@ pub async fn delete_override(
         before: serde_json::from_str(&before).ok(),
         after: None,
     };
-    audit(&mut tx, &change).await?;
-    let version = bump(&mut tx, "policies").await?;
-    announce(&mut tx, "policies").await?;
-    tx.commit().await?;
+    let version = commit(tx, &[change], "policies").await?;
     Ok(Some(version))
 }
 
@@ -463,6 +453,34 @@ pub enum Written {
     Missing,
 }
 
+/// A policy's stored body and revision, read in the transaction that changes it.
+async fn policy_row(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    name: &str,
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    sqlx::query("SELECT body, revision FROM policies WHERE name = $1")
+        .bind(name.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .transpose()
+}
+
+/// An override's stored numbers, read in the transaction that changes it.
+async fn override_body(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    policy: &str,
+    subject: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query("SELECT body FROM overrides WHERE policy = $1 AND subject = $2")
+        .bind(policy.to_string())
+        .bind(subject.to_string())
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| row.try_get(0))
+        .transpose()
+}
+
 /// Writes a policy. `expected`: `None` creates (refused if the name exists), `Some(None)`
 /// creates or replaces whatever is there, `Some(Some(r))` replaces revision `r` only.
 pub async fn put_policy(
@@ -472,13 +490,7 @@ pub async fn put_policy(
     actor: &str,
 ) -> Result<Written, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<(String, i64)> =
-        sqlx::query("SELECT body, revision FROM policies WHERE name = $1")
-            .bind(policy.name.clone())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?;
+    let before = policy_row(&mut tx, &policy.name).await?;
     let current = before.as_ref().map(|(_, r)| *r);
     match (expected, current) {
         (None, Some(_)) => return Ok(Written::Exists),
@@ -536,10 +548,7 @@ pub async fn put_policy(
         before: before.and_then(|(b, _)| serde_json::from_str(&b).ok()),
         after: serde_json::from_str(&body).ok(),
     };
-    audit(&mut tx, &change).await?;
-    let version = bump(&mut tx, "policies").await?;
-    announce(&mut tx, "policies").await?;
-    tx.commit().await?;
+    let version = commit(tx, &[change], "policies").await?;
     Ok(Written::Done { revision, version })
 }
 
@@ -551,13 +560,7 @@ pub async fn delete_policy(
     actor: &str,
 ) -> Result<Written, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let before: Option<(String, i64)> =
-        sqlx::query("SELECT body, revision FROM policies WHERE name = $1")
-            .bind(name.to_string())
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-            .transpose()?;
+    let before = policy_row(&mut tx, name).await?;
     let Some((body, revision)) = before else {
         tx.rollback().await?;
         return Ok(Written::Missing);
@@ -578,22 +581,33 @@ pub async fn delete_policy(
         tx.rollback().await?;
         return Ok(Written::Stale { current: None });
     }
-    // Its overrides go with it: they would name a policy that no longer exists.
-    sqlx::query("DELETE FROM overrides WHERE policy = $1")
-        .bind(name.to_string())
-        .execute(&mut *tx)
-        .await?;
-    let change = Change {
+    let mut changes = vec![Change {
         actor: actor.to_string(),
         action: "delete",
         object: policy_object(name),
         before: serde_json::from_str(&body).ok(),
         after: None,
-    };
-    audit(&mut tx, &change).await?;
-    let version = bump(&mut tx, "policies").await?;
-    announce(&mut tx, "policies").await?;
-    tx.commit().await?;
+    }];
+    // Its overrides go with it, each audited: they would name a policy that is gone.
+    let overrides = sqlx::query("SELECT subject, body FROM overrides WHERE policy = $1")
+        .bind(name.to_string())
+        .fetch_all(&mut *tx)
+        .await?;
+    for row in overrides {
+        let (subject, body): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+        changes.push(Change {
+            actor: actor.to_string(),
+            action: "delete",
+            object: override_object(name, &subject),
+            before: serde_json::from_str(&body).ok(),
+            after: None,
+        });
+    }
+    sqlx::query("DELETE FROM overrides WHERE policy = $1")
+        .bind(name.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let version = commit(tx, &changes, "policies").await?;
     Ok(Written::Done {
         revision: revision + 1,
         version,
