@@ -12,6 +12,9 @@ pub struct WindowCount {
     pub straddling: u64,
 }
 
+/// How far the proxy's clock and the client's may disagree about when a request was.
+const CLOCK_SLACK_MS: u64 = 2;
+
 /// Counts by (key, window). `base_ms` is the wall clock when the load started; `key_of`
 /// names the key of a URL index.
 pub fn count(
@@ -22,8 +25,12 @@ pub fn count(
 ) -> BTreeMap<(String, u64), WindowCount> {
     let mut out: BTreeMap<(String, u64), WindowCount> = BTreeMap::new();
     for o in outcomes {
-        let sent = base_ms + o.sent.as_millis() as u64;
-        let done = sent + o.latency.as_millis() as u64 + 1;
+        // The proxy windows by its own clock (a TSC read anchored to the system clock),
+        // the client by the wall clock at millisecond resolution: a request this close
+        // to a boundary may be decided on its other side, so it counts as straddling.
+        let sent = (base_ms + o.sent.as_millis() as u64).saturating_sub(CLOCK_SLACK_MS);
+        let done =
+            base_ms + o.sent.as_millis() as u64 + o.latency.as_millis() as u64 + 1 + CLOCK_SLACK_MS;
         let (a, b) = (sent / window_ms, done / window_ms);
         let key = key_of(o.url);
         let c = out.entry((key, a)).or_default();
