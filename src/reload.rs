@@ -63,20 +63,13 @@ pub struct Reloader {
     /// The TLS listeners' certificates, reloaded with the config and when their files change.
     certs: Arc<CertStore>,
     /// The last good config read from the file, before the runtime policies are merged.
-    file_config: Mutex<Config>,
+    file_config: Mutex<Arc<Config>>,
     store: Arc<Store>,
 }
 
 /// The config to run: `file` with the store's runtime policies, validated as a whole.
 pub fn with_runtime_policies(file: &Config, store: &Store) -> Result<Config, Vec<Problem>> {
-    let (merged, mut problems) =
-        config::runtime::merge(file, &store.runtime_policies(), &store.runtime_overrides());
-    problems.extend(config::problems(&merged));
-    if problems.is_empty() {
-        Ok(merged)
-    } else {
-        Err(problems)
-    }
+    config::runtime::resolve(file, &store.runtime_policies(), &store.runtime_overrides())
 }
 
 impl Reloader {
@@ -110,13 +103,13 @@ impl Reloader {
             busy: tokio::sync::Mutex::new(()),
             running_text: Mutex::new(running_text),
             certs,
-            file_config: Mutex::new(file_config),
+            file_config: Mutex::new(Arc::new(file_config)),
             store,
         }
     }
 
     /// The config as the file gives it, without the runtime policies.
-    pub fn file_config(&self) -> Config {
+    pub fn file_config(&self) -> Arc<Config> {
         self.file_config.lock().clone()
     }
 
@@ -277,7 +270,7 @@ impl Reloader {
                 errors: vec![format!("{file}: {e}")],
             })?;
         self.gateway.store(Arc::new(gateway));
-        *self.file_config.lock() = file_config;
+        *self.file_config.lock() = Arc::new(file_config);
         self.certs.commit(certs, text);
         Ok((
             restart_required,

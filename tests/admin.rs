@@ -206,9 +206,7 @@ fn config_is_shown_with_secrets_redacted() {
     assert_eq!(json["reload"]["result"], "ok");
     assert!(json["source"].as_str().unwrap().ends_with("config.yaml"));
     // Password auth works end to end.
-    wait_for("redis up with a password", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
 }
 
 #[test]

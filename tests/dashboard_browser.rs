@@ -378,9 +378,7 @@ fn the_dashboard_edits_runtime_policies_and_overrides() {
         redis.url(),
         a.address()
     ));
-    wait_for("redis up", Duration::from_secs(5), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(5));
     let mut browser = Browser::start(1400, 1800);
     browser.navigate(&t.admin_url("/"));
     wait_for("the page to load", Duration::from_secs(10), || {

@@ -82,9 +82,7 @@ fn redis_killed_under_load_fails_each_policy_its_own_way_and_recovers() {
     let restarted_at = Instant::now();
     let restarted = load.now();
     redis.restart();
-    wait_for("redis back", Duration::from_secs(2), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(2));
     let back_after = restarted_at.elapsed();
     let back = load.now();
     let settled = back + Duration::from_millis(100);
@@ -134,9 +132,7 @@ fn slow_or_silent_redis_leaves_async_latency_alone_and_atomic_keeps_its_timeout(
     let relay = Relay::start(format!("127.0.0.1:{}", redis.port).parse().unwrap());
     let stub = Stub::start("a");
     let t = Tollgate::start(&limits_config(&relay.url(), &stub, "50ms"));
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     let agent = agent();
     let timed = |path: &str, n: usize| -> (Vec<u16>, Vec<Duration>) {
         let mut statuses = Vec::new();

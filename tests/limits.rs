@@ -34,9 +34,7 @@ routes:
     );
     let t = Tollgate::start(&config);
     // Until Redis answers, global policies decide locally; the tests count leases.
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     Setup {
         _redis: redis,
         _stub: stub,
@@ -449,9 +447,7 @@ routes:
     ));
     // Before Redis answers, a global policy decides locally: wait, so every count below is
     // the lease's.
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     wait_until_in_window(60_000, 0, 50_000);
     let agent = agent();
     // Allowed responses carry the policy with the smallest share left: `tight`.
@@ -509,9 +505,7 @@ routes:
             ("TG_TEST_BACKEND", &stub.address()),
         ],
     );
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     wait_until_in_window(10_000, 0, 7_000);
     assert_eq!(count(&statuses(&t, 5, &[]), 200), 3);
     let shown = get(&t.admin_url("/admin/config")).json();
@@ -932,9 +926,7 @@ routes:
         )
     };
     let mut t = Tollgate::start(&config("5/1mo"));
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     assert_eq!(statuses(&t, 3, &[]), [200; 3]);
     both_used(&t, 3);
     // A stopped node flushes what it admitted and hands back what it reserved; the next
@@ -946,9 +938,7 @@ routes:
     );
     drop(t);
     let t = Tollgate::start(&config("5/1mo"));
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     both_used(&t, 3);
     // A reload that changes the quota keeps the period's count.
     t.write_config(&config("6/1mo"));

@@ -40,14 +40,6 @@ fn call(t: &Tollgate, method: &str, path: &str, headers: &[(&str, &str)], body: 
     send_with(&agent(), method, &t.admin_url(path), &all, body)
 }
 
-/// Global limits are decided against Redis only once the node reaches it; before that a
-/// node with no history decides on its local share.
-fn redis_up(t: &Tollgate) {
-    wait_for("redis up", Duration::from_secs(5), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
-}
-
 fn statuses(t: &Tollgate, n: usize) -> Vec<u16> {
     (0..n).map(|_| get(&t.url("/a/x")).status).collect()
 }
@@ -74,7 +66,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     let mut redis = Redis::start();
     let stub = Stub::start("a");
     let mut t = Tollgate::start(&config(&redis, &stub, ""));
-    redis_up(&t);
+    t.wait_redis_up(Duration::from_secs(5));
     assert_eq!(statuses(&t, 4), [200; 4], "no limit on /a yet");
 
     let create = call(
@@ -237,7 +229,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     // Kept in the store: a restart still enforces it (once Redis answers: until then a
     // node with no history decides on its local share).
     t.restart();
-    redis_up(&t);
+    t.wait_redis_up(Duration::from_secs(5));
     assert_eq!(
         statuses(&t, 1),
         [429],
@@ -250,9 +242,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     // store.
     redis.kill();
     redis.restart();
-    wait_for("redis back", Duration::from_secs(5), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(5));
     let after = statuses(&t, 8);
     assert!(after.contains(&429), "8 requests against 5/1m: {after:?}");
 
@@ -422,7 +412,7 @@ routes:
             .map(|_| get_with(&agent(), &t.url("/k/x"), &[("x-api-key", key)]).status)
             .collect()
     };
-    redis_up(&t);
+    t.wait_redis_up(Duration::from_secs(5));
     let acme = "acme-key-0000000001";
     let globex = "globex-key-00000001";
     assert_eq!(send(acme, 4), [200, 200, 200, 429], "the tier's 3");

@@ -28,11 +28,7 @@ routes:
 
 /// Waits for the link to come up, sends traffic and checks its counts reached Redis.
 fn assert_global_limits_work(t: &Tollgate, redis: &Redis) {
-    wait_for(
-        &format!("redis up\n{}", t.logs()),
-        Duration::from_secs(5),
-        || (t.metric("tollgate_redis_up") == Some(1.0)).then_some(()),
-    );
+    t.wait_redis_up(Duration::from_secs(5));
     for _ in 0..5 {
         let reply = get(&t.url("/a/x"));
         assert_eq!(reply.status, 200, "{reply:?}");

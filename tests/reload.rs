@@ -253,9 +253,7 @@ fn count_survives_a_reload(path: &str, rate_before: &str, rate_after: &str, expe
     let redis = Redis::start();
     let stub = Stub::start("a");
     let t = Tollgate::start(&body(&stub, &redis, rate_before, ""));
-    wait_for("redis up", Duration::from_secs(3), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(3));
     wait_until_in_window(60_000, 0, 50_000);
     let agent = agent();
     for _ in 0..3 {

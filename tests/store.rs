@@ -78,9 +78,7 @@ fn a_registered_key_outlives_a_redis_restart_and_a_tollgate_restart() {
     // Redis loses everything: the key is not in Redis, so nothing changes.
     redis.kill();
     redis.restart();
-    wait_for("redis back", Duration::from_secs(5), || {
-        (t.metric("tollgate_redis_up") == Some(1.0)).then_some(())
-    });
+    t.wait_redis_up(Duration::from_secs(5));
     assert_eq!(status_with_key(&t, &secret), 200, "after a Redis restart");
 
     // tollgate restarts on the same config (and so the same file).

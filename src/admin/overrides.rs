@@ -61,18 +61,9 @@ pub async fn put(admin: &Admin, policy: &str, subject: &str, req: &Request) -> R
     candidate.retain(|o| !(o.policy == policy && o.subject == subject));
     candidate.push(next.clone());
     let file = admin.reloader.file_config();
-    let (merged, mut problems) = runtime::merge(&file, &store.runtime_policies(), &candidate);
-    problems.extend(crate::config::problems(&merged));
-    if !problems.is_empty() {
-        let prefix = format!("limits.{policy}.overrides.{subject}.");
-        let problems = problems
-            .into_iter()
-            .map(|p| match p.path.strip_prefix(&prefix) {
-                Some(rest) => Problem::at(rest, p.message),
-                None => p,
-            })
-            .collect();
-        return super::policies::invalid(problems);
+    if let Err(problems) = runtime::resolve(&file, &store.runtime_policies(), &candidate) {
+        let object = format!("limits.{policy}.overrides.{subject}");
+        return super::policies::invalid(runtime::relative_to(&object, problems));
     }
     match store.put_override(next.clone(), &req.actor()).await {
         Ok(()) => {
@@ -104,7 +95,7 @@ pub async fn delete(admin: &Admin, policy: &str, subject: &str, req: &Request) -
     }
 }
 
-/// The body's numbers, through YAML so the messages match the file's.
+/// The body's numbers, with the file's messages.
 fn parse(body: &[u8]) -> Result<TierConfig, Vec<Problem>> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| vec![Problem::at("", format!("the body is not JSON: {e}"))])?;
@@ -114,8 +105,7 @@ fn parse(body: &[u8]) -> Result<TierConfig, Vec<Problem>> {
             "the body must be an object such as {\"rate\": \"1000/1m\"}",
         )]);
     }
-    let yaml = serde_yaml::to_string(&value).map_err(|e| vec![Problem::at("", e.to_string())])?;
-    serde_yaml::from_str(&yaml).map_err(|e| vec![runtime::yaml_problem(&e)])
+    runtime::from_fields(&value)
 }
 
 fn describe(o: &RuntimeOverride) -> Value {

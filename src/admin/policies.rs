@@ -141,10 +141,8 @@ async fn write(
     let mut candidate = store.runtime_policies();
     candidate.retain(|p| p.name != name);
     candidate.push(policy.clone());
-    let (merged, mut problems) = runtime::merge(&file, &candidate, &store.runtime_overrides());
-    problems.extend(crate::config::problems(&merged));
-    if !problems.is_empty() {
-        return invalid(relative_to(name, problems));
+    if let Err(problems) = runtime::resolve(&file, &candidate, &store.runtime_overrides()) {
+        return invalid(runtime::relative_to(&format!("limits.{name}"), problems));
     }
     match store.put_policy(policy, expected, &req.actor()).await {
         Ok(Written::Done { revision, .. }) => {
@@ -225,19 +223,6 @@ fn if_match(req: &Request) -> Result<Option<i64>, Reply> {
 fn body_json(req: &Request) -> Result<Value, Reply> {
     serde_json::from_slice(&req.body)
         .map_err(|e| invalid(vec![Problem::at("", format!("the body is not JSON: {e}"))]))
-}
-
-/// Paths of the policy's own fields as the body has them (`rate`, not `limits.x.rate`).
-fn relative_to(name: &str, problems: Vec<Problem>) -> Vec<Problem> {
-    let prefix = format!("limits.{name}.");
-    problems
-        .into_iter()
-        .map(|p| match p.path.strip_prefix(&prefix) {
-            Some(rest) => Problem::at(rest, p.message),
-            None if p.path == format!("limits.{name}") => Problem::at("", p.message),
-            None => p,
-        })
-        .collect()
 }
 
 pub(super) fn invalid(problems: Vec<Problem>) -> Reply {

@@ -25,7 +25,8 @@ pub fn snapshot(admin: &Admin) -> Reply {
     let seconds: Vec<u64> = (now_s + 1 - 60..=now_s).collect();
 
     let decisions = &admin.metrics.ratelimit_decisions;
-    let from_file = admin.reloader.file_config().limits;
+    let file = admin.reloader.file_config();
+    let from_file = &file.limits;
     let policies: Vec<Value> = gateway
         .policies
         .values()

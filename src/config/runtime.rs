@@ -94,15 +94,21 @@ pub fn parse_body(body: &serde_json::Value) -> Result<(LimitConfig, Vec<String>)
     if !missing.is_empty() {
         return Err(missing);
     }
-    // Through YAML, so that the messages and paths are the ones the file gets.
-    let yaml = serde_yaml::to_string(&serde_json::Value::Object(fields))
-        .map_err(|e| vec![Problem::at("", e.to_string())])?;
-    let spec: LimitConfig = serde_yaml::from_str(&yaml).map_err(|e| vec![yaml_problem(&e)])?;
+    let spec: LimitConfig = from_fields(&serde_json::Value::Object(fields))?;
     Ok((spec, routes))
 }
 
+/// Reads an API body's fields as the file's schema type `T`: through YAML, so that the
+/// messages and paths are the ones the file gets.
+pub fn from_fields<T: serde::de::DeserializeOwned>(
+    fields: &serde_json::Value,
+) -> Result<T, Vec<Problem>> {
+    let yaml = serde_yaml::to_string(fields).map_err(|e| vec![Problem::at("", e.to_string())])?;
+    serde_yaml::from_str(&yaml).map_err(|e| vec![yaml_problem(&e)])
+}
+
 /// A serde error of an API body, with the path of the field it is about.
-pub fn yaml_problem(e: &serde_yaml::Error) -> Problem {
+fn yaml_problem(e: &serde_yaml::Error) -> Problem {
     let located = super::errors::from_serde("body", e);
     field_problem(located.path, located.message)
 }
@@ -121,10 +127,42 @@ fn field_problem(path: String, message: String) -> Problem {
     Problem::at(named.unwrap_or_default(), message)
 }
 
+/// The config to run: the file's with the runtime policies and overrides merged in
+/// ([`merge`]), checked as a whole by the file's own validator.
+pub fn resolve(
+    file: &Config,
+    runtime: &[RuntimePolicy],
+    overrides: &[RuntimeOverride],
+) -> Result<Config, Vec<Problem>> {
+    let (merged, mut problems) = merge(file, runtime, overrides);
+    problems.extend(super::problems(&merged));
+    if problems.is_empty() {
+        Ok(merged)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Problems about the object at `object` (such as `limits.per_ip`) with paths as its API
+/// body has them (`rate`, not `limits.per_ip.rate`); others keep their full path.
+pub fn relative_to(object: &str, problems: Vec<Problem>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|p| {
+            let rest = p.path.strip_prefix(object).map(str::to_string);
+            match rest.as_deref() {
+                Some("") => Problem::at("", p.message),
+                Some(r) if r.starts_with('.') => Problem::at(&r[1..], p.message),
+                _ => p,
+            }
+        })
+        .collect()
+}
+
 /// The file's config with the runtime policies added: each under `limits`, and appended
 /// to the policies of every route with one of its prefixes. A name the file already uses,
 /// or a prefix no route has, is a problem at `limits.<name>`.
-pub fn merge(
+fn merge(
     file: &Config,
     runtime: &[RuntimePolicy],
     overrides: &[RuntimeOverride],

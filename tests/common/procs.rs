@@ -281,6 +281,16 @@ impl Tollgate {
 
     /// The value of one sample, given as it appears in the exposition, e.g.
     /// `tollgate_requests_total{route="/a",method="GET",status="200"}` (labels in any order).
+    /// Waits until this node reaches Redis: before that a global policy decides on the
+    /// node's local share, so counts taken earlier are not the fleet's.
+    pub fn wait_redis_up(&self, within: Duration) {
+        wait_for(
+            &format!("redis up on {}\n{}", self.proxy, self.logs()),
+            within,
+            || (self.metric("tollgate_redis_up") == Some(1.0)).then_some(()),
+        );
+    }
+
     pub fn metric(&self, sample: &str) -> Option<f64> {
         metric_value(&self.metrics(), sample)
     }
