@@ -3,7 +3,6 @@
 //! with `redis-cli --cluster reshard` under load.
 
 mod common;
-use common::clock::now_ms;
 use common::load::{Load, Outcome};
 use common::redis_topology::{Hardening, RedisCluster};
 use common::windows;
@@ -147,12 +146,12 @@ fn server_errors(outcomes: &[Outcome]) -> Vec<&Outcome> {
 fn check_windows(
     label: &str,
     outcomes: &[Outcome],
-    base_ms: u64,
+    base: Duration,
     keys: &[String],
     limit: u64,
     max_over: f64,
 ) {
-    let counts = windows::whole_windows(windows::count(outcomes, base_ms, WINDOW_MS, |i| {
+    let counts = windows::whole_windows(windows::count(outcomes, base, WINDOW_MS, |i| {
         keys[i].clone()
     }));
     assert!(!counts.is_empty(), "{label}: no whole window");
@@ -197,8 +196,8 @@ fn accuracy(sync: &str, max_over: f64) {
     let routes = "  - prefix: /a\n    upstream: a\n    limits: [per_path]\n";
     let nodes = fleet(&config(&cluster, &stub, &limits, routes));
     let (urls, keys) = urls(&nodes, &paths);
-    let base_ms = now_ms();
     let load = Load::start(24, &urls, &[]);
+    let base = load.started_unix;
     std::thread::sleep(Duration::from_millis(5 * WINDOW_MS + 200));
     let outcomes = load.finish();
     let rate = outcomes.len() as f64 / 5.2;
@@ -210,7 +209,7 @@ fn accuracy(sync: &str, max_over: f64) {
         server_errors(&outcomes).is_empty(),
         "5xx or failed requests"
     );
-    check_windows(sync, &outcomes, base_ms, &keys, LIMIT, max_over);
+    check_windows(sync, &outcomes, base, &keys, LIMIT, max_over);
     // Each master served its share: the batch went to all three.
     let mut per_master = Vec::new();
     for port in cluster.masters() {
@@ -267,8 +266,8 @@ fn one_hot_key_at_a_high_rate_holds_its_limit_on_the_cluster() {
     let routes = "  - prefix: /a\n    upstream: a\n    limits: [fleet]\n";
     let nodes = fleet(&config(&cluster, &stub, &limits, routes));
     let (urls, keys) = urls(&nodes, &["/a/x".to_string()]);
-    let base_ms = now_ms();
     let load = Load::start(16, &urls, &[]);
+    let base = load.started_unix;
     std::thread::sleep(Duration::from_millis(4 * WINDOW_MS + 200));
     let outcomes = load.finish();
     println!(
@@ -280,7 +279,7 @@ fn one_hot_key_at_a_high_rate_holds_its_limit_on_the_cluster() {
         server_errors(&outcomes).is_empty(),
         "5xx or failed requests"
     );
-    check_windows("one key", &outcomes, base_ms, &keys, LIMIT, 1.05);
+    check_windows("one key", &outcomes, base, &keys, LIMIT, 1.05);
 }
 
 /// Samples each node's failed-open count for `policy` until told to stop: (when, total).
@@ -350,8 +349,8 @@ fn failover(sync: &str, fleet_keys_on_victim: bool) {
     let mut paths = vec![hot_path.clone()];
     paths.extend(cold.iter().cloned());
     let (urls, keys) = urls(&nodes, &paths);
-    let base_ms = now_ms();
     let load = Load::start(16, &urls, &[]);
+    let base = load.started_unix;
     load.wait_for_more(500);
     let hot_slot = slot("hot", &hot_path);
     let killed = Instant::now();
@@ -407,7 +406,7 @@ fn failover(sync: &str, fleet_keys_on_victim: bool) {
         .filter(|o| keys[o.url] != hot_path)
         .cloned()
         .collect();
-    let counts = windows::whole_windows(windows::count(&cold_outcomes, base_ms, WINDOW_MS, |i| {
+    let counts = windows::whole_windows(windows::count(&cold_outcomes, base, WINDOW_MS, |i| {
         keys[i].clone()
     }));
     for ((key, window), c) in counts {
@@ -445,8 +444,8 @@ fn a_slot_migrated_under_load_loses_no_decision() {
     let routes = "  - prefix: /a\n    upstream: a\n    limits: [per_path]\n";
     let nodes = fleet(&config(&cluster, &stub, &limits, routes));
     let (urls, keys) = urls(&nodes, std::slice::from_ref(&hot_path));
-    let base_ms = now_ms();
     let load = Load::start(8, &urls, &[]);
+    let base = load.started_unix;
     load.wait_for_more(300);
     std::thread::sleep(Duration::from_millis(WINDOW_MS));
     let started = Instant::now();
@@ -473,7 +472,7 @@ fn a_slot_migrated_under_load_loses_no_decision() {
         0.0,
         "a decision fell back to local"
     );
-    check_windows("reshard", &outcomes, base_ms, &keys, LIMIT, 1.05);
+    check_windows("reshard", &outcomes, base, &keys, LIMIT, 1.05);
 }
 
 /// TLS to every node (clients, the cluster bus, replication) and a least-privilege ACL

@@ -19,6 +19,8 @@ pub struct Outcome {
 
 pub struct Load {
     pub started: Instant,
+    /// The wall clock (since the Unix epoch) at `started`, to place outcomes in windows.
+    pub started_unix: Duration,
     stop: Arc<AtomicBool>,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
     workers: Vec<JoinHandle<()>>,
@@ -29,6 +31,9 @@ impl Load {
     /// `limit` passes, so a failing test cannot hang on it).
     pub fn start(workers: usize, urls: &[String], headers: &[(&str, &str)]) -> Load {
         let started = Instant::now();
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970");
         let stop = Arc::new(AtomicBool::new(false));
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let headers: Vec<(String, String)> = headers
@@ -83,6 +88,7 @@ impl Load {
             .collect();
         Load {
             started,
+            started_unix,
             stop,
             outcomes,
             workers,

@@ -4,6 +4,7 @@
 
 use super::load::Outcome;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WindowCount {
@@ -13,13 +14,14 @@ pub struct WindowCount {
 }
 
 /// How far the proxy's clock and the client's may disagree about when a request was.
-const CLOCK_SLACK_MS: u64 = 2;
+const CLOCK_SLACK: Duration = Duration::from_millis(2);
 
-/// Counts by (key, window). `base_ms` is the wall clock when the load started; `key_of`
-/// names the key of a URL index.
+/// Counts by (key, window). `base` is the wall clock when the load started (its
+/// `started_unix`, read together with the instant its outcomes count from); `key_of` names
+/// the key of a URL index.
 pub fn count(
     outcomes: &[Outcome],
-    base_ms: u64,
+    base: Duration,
     window_ms: u64,
     key_of: impl Fn(usize) -> String,
 ) -> BTreeMap<(String, u64), WindowCount> {
@@ -28,10 +30,14 @@ pub fn count(
         // The proxy windows by its own clock (a TSC read anchored to the system clock),
         // the client by the wall clock at millisecond resolution: a request this close
         // to a boundary may be decided on its other side, so it counts as straddling.
-        let sent = (base_ms + o.sent.as_millis() as u64).saturating_sub(CLOCK_SLACK_MS);
-        let done =
-            base_ms + o.sent.as_millis() as u64 + o.latency.as_millis() as u64 + 1 + CLOCK_SLACK_MS;
-        let (a, b) = (sent / window_ms, done / window_ms);
+        // Under load a fixed window's whole quota goes in its first millisecond, so a
+        // client clock off by even that much would move it into the window before.
+        let sent = (base + o.sent).saturating_sub(CLOCK_SLACK);
+        let done = base + o.sent + o.latency + CLOCK_SLACK;
+        let (a, b) = (
+            sent.as_millis() as u64 / window_ms,
+            done.as_millis() as u64 / window_ms,
+        );
         let key = key_of(o.url);
         let c = out.entry((key, a)).or_default();
         if a == b {
