@@ -124,7 +124,13 @@ impl Gateway {
                 .and_then(|g| g.policies.get(name))
                 .filter(|p| &p.config == spec)
                 .cloned();
-            let policy = kept.unwrap_or_else(|| Arc::new(Policy::build(name, spec, metrics)));
+            let policy = kept.unwrap_or_else(|| {
+                let mut policy = Policy::build(name, spec, metrics);
+                if let Some(old) = previous.and_then(|g| g.policies.get(name)) {
+                    policy.adopt(old);
+                }
+                Arc::new(policy)
+            });
             policies.insert(name.clone(), policy);
         }
         let redis = match &config.redis {

@@ -547,3 +547,56 @@ routes:
         ]
     );
 }
+
+#[test]
+fn changing_a_policys_numbers_keeps_what_it_counted() {
+    let redis = Redis::start();
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&config(&redis, &stub, ""));
+    t.wait_redis_up(Duration::from_secs(5));
+    // Hourly windows, away from the hour's end, so no window ends during the test.
+    common::clock::wait_until_in_window(3_600_000, 0, 3_590_000);
+    for (name, algorithm, scope) in [
+        ("local_fixed", "fixed_window", "local"),
+        ("local_sliding", "sliding_window", "local"),
+        ("global_fixed", "fixed_window", "global"),
+        ("global_sliding", "sliding_window", "global"),
+        ("global_bucket", "token_bucket", "global"),
+        ("local_bucket", "token_bucket", "local"),
+    ] {
+        let bucket = algorithm == "token_bucket";
+        let policy = |count: u64| {
+            let burst = if bucket {
+                format!(r#", "burst": {count}"#)
+            } else {
+                String::new()
+            };
+            format!(
+                r#"{{"name": "{name}", "key": "client_ip", "algorithm": "{algorithm}", "scope": "{scope}", "rate": "{count}/1h"{burst}, "routes": ["/a"]}}"#
+            )
+        };
+        let created = call(&t, "POST", "/admin/policies", &[], &policy(5));
+        assert_eq!(created.status, 201, "{}", created.body);
+        assert_eq!(statuses(&t, 3), [200; 3], "{name}: 3 of 5");
+
+        // Down to 4: what the node held under 5 goes back, and only one more fits.
+        let path = format!("/admin/policies/{name}");
+        let lowered = call(&t, "PUT", &path, &[("if-match", "\"1\"")], &policy(4));
+        assert_eq!(lowered.status, 200, "{}", lowered.body);
+        assert_eq!(
+            statuses(&t, 2),
+            [200, 429],
+            "{name}: 4 now, counting the 3 already used"
+        );
+
+        if !bucket {
+            // Up to 6: two more, though the window was spent under 4. (A bucket's state
+            // is its arrival time, which a new rate reads differently.)
+            let raised = call(&t, "PUT", &path, &[("if-match", "\"2\"")], &policy(6));
+            assert_eq!(raised.status, 200, "{}", raised.body);
+            assert_eq!(statuses(&t, 3), [200, 200, 429], "{name}: 6 now, 4 used");
+        }
+        let deleted = call(&t, "DELETE", &path, &[], "");
+        assert_eq!(deleted.status, 200, "{}", deleted.body);
+    }
+}

@@ -607,7 +607,7 @@ impl Policy {
                 let answer = bounded(
                     timeout,
                     scripts::BUCKET_SCRIPT
-                        .key(self.redis_key(prefix, &text, &policy::bucket_suffix(&b)))
+                        .key(self.redis_key(prefix, &text, policy::BUCKET_SUFFIX))
                         .arg(delta)
                         .arg(0)
                         .arg(cost)

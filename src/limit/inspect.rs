@@ -234,7 +234,7 @@ impl Policy {
                         let k = self.redis_key(
                             &link.config.key_prefix,
                             key_text,
-                            &policy::bucket_suffix(&b),
+                            policy::BUCKET_SUFFIX,
                         );
                         let mut get = redis::cmd("HGETALL");
                         get.arg(k);
@@ -318,8 +318,8 @@ impl Policy {
                     Params::Log { window_ms, .. } => {
                         keys.push(self.redis_key(prefix, key_text, &policy::log_suffix(window_ms)))
                     }
-                    Params::Bucket(b) => {
-                        keys.push(self.redis_key(prefix, key_text, &policy::bucket_suffix(&b)))
+                    Params::Bucket(_) => {
+                        keys.push(self.redis_key(prefix, key_text, policy::BUCKET_SUFFIX))
                     }
                     Params::Concurrency { .. } => {}
                 }

@@ -104,6 +104,15 @@ impl Report {
     pub fn unreserve(&self) -> u64 {
         self.spent + self.released
     }
+
+    /// Adds `other` to this report, for the same window (or bucket).
+    pub fn absorb(&mut self, other: &Report) {
+        self.delta += other.delta;
+        self.provisional += other.provisional;
+        self.spent += other.spent;
+        self.released += other.released;
+        self.refund += other.refund;
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -445,7 +454,29 @@ impl Lease {
     /// Gives back quota reserved for `window` and not spent (the node is leaving); the
     /// next sync sends it with the last report, and asks for nothing more.
     pub fn release(&mut self, window: u64) {
-        if self.window == window {
+        self.hand_back(self.window == window);
+        // Ask for nothing more: no demand, so no top-up and no prefetch.
+        self.exhausted = true;
+        self.demand = 0;
+        self.sync.rate = 0.0;
+    }
+
+    /// The policy's numbers changed under this lease. Numbers that `shrank` take back what
+    /// it holds and the next window's prefetch, all granted under the old numbers: the
+    /// next sync returns them to Redis, and the key asks again under the new ones. Either
+    /// way the key is no longer known to be spent.
+    pub fn renumbered(&mut self, shrank: bool) {
+        if shrank {
+            self.hand_back(true);
+        }
+        self.exhausted = false;
+        self.room = true;
+    }
+
+    /// Queues the unspent reservation (of this window too, when `current`, with what was
+    /// admitted since the last report) and the prefetched one for the next sync to return.
+    fn hand_back(&mut self, current: bool) {
+        if current {
             let report = self.take_report(true);
             if !report.is_empty() {
                 self.sync.stale.push((self.window, report));
@@ -460,10 +491,6 @@ impl Lease {
                 },
             ));
         }
-        // Ask for nothing more: no demand, so no top-up and no prefetch.
-        self.exhausted = true;
-        self.demand = 0;
-        self.sync.rate = 0.0;
     }
 
     /// Decides one request against a window limit with no Redis: what this node holds,
@@ -769,7 +796,11 @@ impl Lease {
         } else {
             self.low_water().saturating_sub(self.held()).min(fair)
         };
-        let report = self.take_report(quiet && self.reserved > 0);
+        let mut report = self.take_report(quiet && self.reserved > 0);
+        // A bucket is one lease: what was handed back apart goes with this report.
+        for (_, handed_back) in std::mem::take(&mut self.sync.stale) {
+            report.absorb(&handed_back);
+        }
         let renew = self.reserved > 0 && now_ms >= self.sync.renew_at_ms;
         if want == 0 && report.is_empty() && !renew {
             return None;

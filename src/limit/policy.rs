@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use pingora_limits::inflight::Inflight;
 use prometheus::{IntCounter, IntGauge};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 impl std::fmt::Debug for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +52,31 @@ pub enum Params {
 }
 
 impl Params {
+    /// Whether state counted under `other` means the same under these numbers: the same
+    /// windows, or both buckets, or both concurrency counts.
+    pub fn counts_like(&self, other: &Params) -> bool {
+        match (self, other) {
+            (
+                Params::Window {
+                    window_ms: a,
+                    sliding: s,
+                    calendar: c,
+                    ..
+                },
+                Params::Window {
+                    window_ms: b,
+                    sliding: t,
+                    calendar: d,
+                    ..
+                },
+            ) => a == b && s == t && c == d,
+            (Params::Log { window_ms: a, .. }, Params::Log { window_ms: b, .. }) => a == b,
+            (Params::Bucket(_), Params::Bucket(_))
+            | (Params::Concurrency { .. }, Params::Concurrency { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// The quota reported in `RateLimit-Policy` (`q`).
     pub fn quota(&self) -> u64 {
         match *self {
@@ -104,13 +130,15 @@ pub struct Limiter {
     pub params: Params,
     /// Distinguishes this limiter's keys from other limiters' in local hashes.
     pub id: u64,
-    pub windows: Option<WindowSketch>,
-    pub tats: Option<TatSketch>,
-    pub inflight: Option<Inflight>,
-    pub logs: Option<KeyTable<SlidingLog>>,
-    pub leases: KeyTable<Lease>,
+    // The state that counts, shared so that a rebuilt policy whose numbers changed takes
+    // it over (see [`Limiter::adopt`]) while requests in flight still hold the old one.
+    pub windows: Option<Arc<WindowSketch>>,
+    pub tats: Option<Arc<TatSketch>>,
+    pub inflight: Option<Arc<Inflight>>,
+    pub logs: Option<Arc<KeyTable<SlidingLog>>>,
+    pub leases: Arc<KeyTable<Lease>>,
     /// Keys blocked until a time (Unix ms), for policies with `block_for`.
-    pub blocks: Option<KeyTable<u64>>,
+    pub blocks: Option<Arc<KeyTable<u64>>>,
     /// The response fields' fixed parts, built once.
     pub fields: FieldTemplate,
     /// Calendar windows, with their current period cached.
@@ -133,16 +161,22 @@ impl Limiter {
         // Global keys keep what Redis last said about them (leases in async mode, the last
         // answer in atomic mode), so that deciding without Redis continues from it.
         let global = scope == Scope::Global;
+        let sketch = || Some(Arc::new(WindowSketch::new(SKETCH_SLOTS)));
         let (windows, tats, inflight, logs) = match params {
-            Params::Window { .. } => (Some(WindowSketch::new(SKETCH_SLOTS)), None, None, None),
+            Params::Window { .. } => (sketch(), None, None, None),
             Params::Log { .. } => (
-                Some(WindowSketch::new(SKETCH_SLOTS)),
+                sketch(),
                 None,
                 None,
-                Some(KeyTable::<SlidingLog>::new(max_keys)),
+                Some(Arc::new(KeyTable::<SlidingLog>::new(max_keys))),
             ),
-            Params::Bucket(_) => (None, Some(TatSketch::new(SKETCH_SLOTS)), None, None),
-            Params::Concurrency { .. } => (None, None, Some(Inflight::new()), None),
+            Params::Bucket(_) => (
+                None,
+                Some(Arc::new(TatSketch::new(SKETCH_SLOTS))),
+                None,
+                None,
+            ),
+            Params::Concurrency { .. } => (None, None, Some(Arc::new(Inflight::new())), None),
         };
         let periods = match params {
             Params::Window {
@@ -160,8 +194,38 @@ impl Limiter {
             tats,
             inflight,
             logs,
-            leases: KeyTable::new(if global { max_keys } else { 0 }),
-            blocks: blocking.then(|| KeyTable::new(max_keys)),
+            leases: Arc::new(KeyTable::new(if global { max_keys } else { 0 })),
+            blocks: blocking.then(|| Arc::new(KeyTable::new(max_keys))),
+        }
+    }
+
+    /// Takes over `old`'s counts, leases and blocks when they count the same way (the
+    /// same windows, or both a bucket, or both a concurrency count), so that changing a
+    /// policy's numbers keeps what it has counted, as its Redis keys do. Quota this node
+    /// holds under numbers that shrank goes back to Redis at the next sync, and the node
+    /// asks again under the new ones.
+    fn adopt(&mut self, old: &Limiter, max_keys: usize) {
+        if !self.params.counts_like(&old.params) {
+            return;
+        }
+        self.windows.clone_from(&old.windows);
+        self.tats.clone_from(&old.tats);
+        self.inflight.clone_from(&old.inflight);
+        if let Some(logs) = &old.logs {
+            logs.set_capacity(max_keys);
+            self.logs = Some(logs.clone());
+        }
+        if let (Some(_), Some(blocks)) = (&self.blocks, &old.blocks) {
+            blocks.set_capacity(max_keys);
+            self.blocks = Some(blocks.clone());
+        }
+        old.leases.set_capacity(self.leases.capacity());
+        self.leases = old.leases.clone();
+        let shrank = self.params.quota() < old.params.quota()
+            || matches!((self.params, old.params), (Params::Bucket(new), Params::Bucket(was))
+                if new.interval_ns() > was.interval_ns());
+        if self.params != old.params {
+            self.leases.for_each(|_, lease| lease.renumbered(shrank));
         }
     }
 }
@@ -399,6 +463,38 @@ impl Policy {
         }
     }
 
+    /// Takes over the counts of `old`, the policy of the same name before a reload or a
+    /// runtime change, when they count the same keys the same way: only the numbers (or
+    /// the response, tiers and overrides) changed. Each limiter takes over the one of the
+    /// same tier or override; a new tier or override starts from nothing here, while its
+    /// Redis counters, keyed without the numbers, carry on.
+    pub fn adopt(&mut self, old: &Policy) {
+        if self.algorithm != old.algorithm
+            || self.scope != old.scope
+            || self.sync != old.sync
+            || self.key != old.key
+        {
+            return;
+        }
+        let max_keys = self.config.max_keys;
+        self.base.adopt(&old.base, max_keys);
+        for (tier, limiter) in &mut self.tiers {
+            if let Some(was) = old.tiers.get(tier) {
+                limiter.adopt(was, max_keys);
+            }
+        }
+        for (id, limiter) in &mut self.key_overrides {
+            if let Some(was) = old.key_overrides.get(id) {
+                limiter.adopt(was, max_keys);
+            }
+        }
+        for (tenant, limiter) in &mut self.tenant_overrides {
+            if let Some(was) = old.tenant_overrides.get(tenant) {
+                limiter.adopt(was, max_keys);
+            }
+        }
+    }
+
     /// The limiter for a request: an override for its API key, then one for its tenant,
     /// then its tier's, then the policy's own.
     #[inline]
@@ -452,11 +548,11 @@ pub fn window_suffix(window_ms: u64, window: u64) -> String {
     format!("w{window_ms}:{window}")
 }
 
-/// `v2`: a hash of the arrival time and the nodes' reservations (the first layout was the
-/// arrival time alone, as a string; a new name keeps a rolling upgrade off WRONGTYPE).
-pub fn bucket_suffix(bucket: &Bucket) -> String {
-    format!("b{}x{}:v2", bucket.interval_ns(), bucket.burst)
-}
+/// The part of a Redis key after the hash tag, for a bucket: a hash of its arrival time
+/// and the nodes' reservations (`v2`: the first layout was the arrival time alone, as a
+/// string, under a name that held the rate and burst). Named without the numbers, so that
+/// changing a bucket's rate or burst keeps its state, as a window's count is kept.
+pub const BUCKET_SUFFIX: &str = "b:v2";
 
 pub fn log_suffix(window_ms: u64) -> String {
     format!("l{window_ms}")

@@ -143,7 +143,7 @@ impl Policy {
                         .map(drop)
                 }
                 (Params::Bucket(b), _) => scripts::BUCKET_SCRIPT
-                    .key(self.redis_key(prefix, key_text, &policy::bucket_suffix(&b)))
+                    .key(self.redis_key(prefix, key_text, policy::BUCKET_SUFFIX))
                     .arg(-(cost as i64))
                     .arg(0)
                     .arg(0)

@@ -619,7 +619,7 @@ async fn run_chunk(
                 };
                 pipe.invoke_script(
                     scripts::BUCKET_SCRIPT
-                        .key(policy.redis_key(prefix, key, &policy::bucket_suffix(&b)))
+                        .key(policy.redis_key(prefix, key, policy::BUCKET_SUFFIX))
                         .arg(plan.report.net_delta())
                         .arg(plan.held)
                         .arg(plan.want)

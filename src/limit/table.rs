@@ -42,7 +42,8 @@ type Shard<V> = Mutex<HashMap<u64, V, PassThrough>>;
 pub struct KeyTable<V> {
     shards: Box<[Shard<V>]>,
     len: AtomicUsize,
-    capacity: usize,
+    /// Adjustable, so that a reload that changes `max_keys` keeps the table's keys.
+    capacity: AtomicUsize,
 }
 
 impl<V> KeyTable<V> {
@@ -52,7 +53,7 @@ impl<V> KeyTable<V> {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             len: AtomicUsize::new(0),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         }
     }
 
@@ -75,7 +76,7 @@ impl<V> KeyTable<V> {
         let value = match shard.entry(hash) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(entry) => {
-                if self.len.load(Ordering::Relaxed) >= self.capacity {
+                if self.len.load(Ordering::Relaxed) >= self.capacity.load(Ordering::Relaxed) {
                     return None;
                 }
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -144,7 +145,12 @@ impl<V> KeyTable<V> {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    /// Room for `capacity` keys from now on; keys already in stay.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 }
 

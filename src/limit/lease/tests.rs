@@ -858,3 +858,37 @@ fn a_calendar_month_lease_holds_only_recent_demand_and_rolls_at_the_real_end() {
     assert_eq!(v.reset_ms, 31 * DAY);
     assert!(lease.sync.stale.iter().any(|(w, _)| *w == feb.id));
 }
+
+#[test]
+fn numbers_that_shrink_hand_back_what_was_granted_under_the_old_ones() {
+    let (nodes, now) = (2, 10 * W);
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 0);
+    // Busy under 10: the node holds quota beyond what it spent.
+    for _ in 0..3 {
+        assert!(request(&mut lease, &mut redis, 0, 10, now, nodes));
+        sync(&mut lease, &mut redis, 0, 10, now, nodes);
+    }
+    assert!(lease.held() > 0, "holds quota: {lease:?}");
+    assert!(redis.total(10) > 3, "Redis counts the reservation");
+
+    // Down to 4: the next sync returns the reservation, and the node takes again only what
+    // fits under 4 beside what it spent (3): one more.
+    lease.renumbered(true);
+    assert_eq!(lease.held(), 0, "nothing granted under 10 is spent under 4");
+    sync(&mut lease, &mut redis, 0, 4, now, nodes);
+    assert_eq!(redis.total(10), redis.windows[&10].used + lease.reserved);
+    let admitted = (0..5)
+        .filter(|_| request(&mut lease, &mut redis, 0, 4, now, nodes))
+        .count();
+    assert_eq!(admitted, 1, "{lease:?}");
+    sync(&mut lease, &mut redis, 0, 4, now, nodes);
+    assert_eq!(redis.windows[&10].used, 4);
+
+    // Up to 6: no longer spent; two more.
+    lease.renumbered(false);
+    let admitted = (0..5)
+        .filter(|_| request(&mut lease, &mut redis, 0, 6, now, nodes))
+        .count();
+    assert_eq!(admitted, 2, "{lease:?}");
+}
