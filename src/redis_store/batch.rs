@@ -71,6 +71,13 @@ impl Store {
         let sends = by_master.into_iter().map(|(master, indices)| {
             let commands = &commands;
             async move {
+                // A master that failed its last call may hang: waiting for it would hold
+                // the other masters' answers (and the keys waiting on them) to the
+                // deadline. The probe says when it answers again.
+                if self.master_failing(master) {
+                    let why = format!("{master}: failed its last call, not answered a probe since");
+                    return (master, indices, Err(why));
+                }
                 let result = match self.master(master).await {
                     Ok(mut c) => {
                         let mut mine = Pipeline::with_capacity(indices.len());

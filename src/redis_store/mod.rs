@@ -58,6 +58,10 @@ enum Opener {
 struct ClusterState {
     map: ArcSwap<SlotMap>,
     masters: Mutex<HashMap<String, MultiplexedConnection>>,
+    /// Masters whose last call failed: batches leave them out until one answers a probe
+    /// (or a replica takes over at another address), so that a master that hangs costs
+    /// one round its deadline, not every round.
+    failing: Mutex<std::collections::HashSet<String>>,
     health: SlotHealth,
     map_read_ms: AtomicU64,
     map_stale: AtomicBool,
@@ -74,6 +78,7 @@ impl Store {
             Shape::Cluster(seeds) => Some(ClusterState {
                 map: ArcSwap::from_pointee(SlotMap::default()),
                 masters: Mutex::new(HashMap::new()),
+                failing: Mutex::new(std::collections::HashSet::new()),
                 health: SlotHealth::default(),
                 map_read_ms: AtomicU64::new(0),
                 map_stale: AtomicBool::new(true),
@@ -235,7 +240,9 @@ impl Store {
                     .map_err(|e| e.to_string())
             };
             let ok = matches!(tokio::time::timeout(deadline, ping).await, Ok(Ok(_)));
-            if !ok {
+            if ok {
+                state.failing.lock().remove(master.as_str());
+            } else {
                 self.master_failed(master);
             }
             (master, ok)
@@ -372,6 +379,7 @@ impl Store {
     fn master_failed(&self, addr: &str) {
         if let Some(state) = &self.cluster {
             state.masters.lock().remove(addr);
+            state.failing.lock().insert(addr.to_string());
             let map = state.map.load();
             for (start, end) in map.ranges_of(addr) {
                 state.health.set(start, end, true);
@@ -380,8 +388,16 @@ impl Store {
         }
     }
 
+    /// Whether `addr` failed its last call and has not answered since.
+    fn master_failing(&self, addr: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|s| s.failing.lock().contains(addr))
+    }
+
     fn master_answered(&self, addr: &str) {
         if let Some(state) = &self.cluster {
+            state.failing.lock().remove(addr);
             let map = state.map.load();
             for (start, end) in map.ranges_of(addr) {
                 state.health.set(start, end, false);

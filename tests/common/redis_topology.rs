@@ -73,6 +73,8 @@ pub struct ClusterNode {
 pub struct RedisCluster {
     dir: tempfile::TempDir,
     servers: HashMap<u16, Child>,
+    /// Nodes stopped with SIGSTOP: not asked anything (redis-cli would wait forever).
+    frozen: Vec<Child>,
     pub ports: Vec<u16>,
     /// What redis-cli needs to reach a node (empty unless hardened).
     cli_flags: Vec<String>,
@@ -211,6 +213,7 @@ impl RedisCluster {
         let cluster = RedisCluster {
             dir,
             servers,
+            frozen: Vec::new(),
             ports,
             cli_flags,
         };
@@ -323,6 +326,19 @@ impl RedisCluster {
         }
     }
 
+    /// SIGSTOP one node, as a machine that hangs: connections to it open, and nothing
+    /// answers. It stays stopped until the cluster is dropped.
+    pub fn freeze(&mut self, port: u16) {
+        if let Some(child) = self.servers.remove(&port) {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &child.id().to_string()])
+                .status()
+                .expect("kill -STOP");
+            assert!(stopped.success(), "kill -STOP {}", child.id());
+            self.frozen.push(child);
+        }
+    }
+
     /// Waits until a live master other than `old` serves `slot`; returns when it was seen.
     pub fn wait_promoted(&self, slot: u16, old: u16) -> Instant {
         wait_for(
@@ -357,7 +373,11 @@ impl RedisCluster {
         output_within(&mut reshard, Duration::from_secs(120))
     }
 
+    /// Asks a live node; a frozen one would never answer.
     pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        if !self.servers.contains_key(&port) {
+            return None;
+        }
         cli_as(&self.cli_flags, port, args)
     }
 
@@ -368,7 +388,8 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for (_, mut child) in self.servers.drain() {
+        let frozen = self.frozen.drain(..);
+        for mut child in self.servers.drain().map(|(_, c)| c).chain(frozen) {
             let _ = child.kill();
             let _ = child.wait();
         }
