@@ -118,6 +118,20 @@ impl Gateway {
             metrics.register_upstream(name);
             upstreams.insert(name.clone(), pool);
         }
+        let redis = match &config.redis {
+            None => None,
+            Some(spec) => match previous
+                .and_then(|g| g.redis.clone())
+                .filter(|l| &l.config == spec)
+            {
+                Some(link) => Some(link),
+                None => Some(Arc::new(
+                    RedisLink::new(spec, metrics.clone()).map_err(BuildFailure::Redis)?,
+                )),
+            },
+        };
+        // Nothing below fails: a policy that takes over the running one's state (and hands
+        // back its quota when its numbers shrank) does so only for a gateway that will run.
         let mut policies = BTreeMap::new();
         for (name, spec) in &config.limits {
             let kept = previous
@@ -133,18 +147,6 @@ impl Gateway {
             });
             policies.insert(name.clone(), policy);
         }
-        let redis = match &config.redis {
-            None => None,
-            Some(spec) => match previous
-                .and_then(|g| g.redis.clone())
-                .filter(|l| &l.config == spec)
-            {
-                Some(link) => Some(link),
-                None => Some(Arc::new(
-                    RedisLink::new(spec, metrics.clone()).map_err(BuildFailure::Redis)?,
-                )),
-            },
-        };
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees the upstream exists; a missing one is skipped rather

@@ -478,21 +478,16 @@ impl Policy {
         }
         let max_keys = self.config.max_keys;
         self.base.adopt(&old.base, max_keys);
-        for (tier, limiter) in &mut self.tiers {
-            if let Some(was) = old.tiers.get(tier) {
-                limiter.adopt(was, max_keys);
+        let by_name = |new: &mut HashMap<String, Limiter>, was: &HashMap<String, Limiter>| {
+            for (name, limiter) in new {
+                if let Some(was) = was.get(name) {
+                    limiter.adopt(was, max_keys);
+                }
             }
-        }
-        for (id, limiter) in &mut self.key_overrides {
-            if let Some(was) = old.key_overrides.get(id) {
-                limiter.adopt(was, max_keys);
-            }
-        }
-        for (tenant, limiter) in &mut self.tenant_overrides {
-            if let Some(was) = old.tenant_overrides.get(tenant) {
-                limiter.adopt(was, max_keys);
-            }
-        }
+        };
+        by_name(&mut self.tiers, &old.tiers);
+        by_name(&mut self.key_overrides, &old.key_overrides);
+        by_name(&mut self.tenant_overrides, &old.tenant_overrides);
     }
 
     /// The limiter for a request: an override for its API key, then one for its tenant,
