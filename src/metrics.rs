@@ -40,6 +40,7 @@ pub struct Metrics {
     pub store_up: IntGauge,
     pub store_errors: IntCounterVec,
     pub store_notifications: IntCounter,
+    pub store_listening: IntGauge,
 }
 
 impl Metrics {
@@ -222,6 +223,11 @@ impl Metrics {
         for op in ["open", "poll", "load", "read", "write"] {
             store_errors.with_label_values(&[op]);
         }
+        let store_listening = IntGauge::new(
+            "tollgate_store_listening",
+            "1 while this node is subscribed to the PostgreSQL store's change notifications, else 0 (changes then arrive by polling).",
+        )
+        .expect("valid metric");
         let store_notifications = IntCounter::new(
             "tollgate_store_notifications_total",
             "Store changes announced through PostgreSQL LISTEN/NOTIFY, this node's own included; each one is loaded at once.",
@@ -273,6 +279,7 @@ impl Metrics {
             Box::new(store_up.clone()),
             Box::new(store_errors.clone()),
             Box::new(store_notifications.clone()),
+            Box::new(store_listening.clone()),
         ] {
             registry
                 .register(collector)
@@ -306,6 +313,7 @@ impl Metrics {
             store_up,
             store_errors,
             store_notifications,
+            store_listening,
         }
     }
 

@@ -102,6 +102,13 @@ fn a_fleet_on_one_postgres_sees_a_new_key_and_a_revocation_within_a_second() {
     let db = Database::create();
     let body = config(&redis, &stub, &postgres_store(&db.url()));
     let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::start(&body)).collect();
+    // A node that subscribes after a change hears of it only by polling, so the count of
+    // announced changes below is only meaningful once every node listens.
+    for node in &nodes {
+        wait_for("every node listening", Duration::from_secs(5), || {
+            (node.metric("tollgate_store_listening") == Some(1.0)).then_some(())
+        });
+    }
     let (secret, id) = register(&nodes[0], "fleet-app");
     let mut seen = Vec::new();
     for node in &nodes[1..] {

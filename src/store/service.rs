@@ -200,6 +200,7 @@ async fn listen(store: Arc<Store>, changed: Arc<Notify>, listening: Arc<AtomicBo
             Ok(Ok(mut listener)) => {
                 retry = RETRY_FIRST;
                 listening.store(true, Ordering::Relaxed);
+                store.metrics.store_listening.set(1);
                 changed.notify_one();
                 // `None`: the connection dropped and was re-established (sqlx's
                 // eager reconnect); whatever was announced meanwhile is lost.
@@ -210,6 +211,7 @@ async fn listen(store: Arc<Store>, changed: Arc<Notify>, listening: Arc<AtomicBo
                     changed.notify_one();
                 }
                 listening.store(false, Ordering::Relaxed);
+                store.metrics.store_listening.set(0);
             }
             Ok(Err(e)) => tracing::debug!("store: cannot listen for changes: {e}"),
             Err(_) => tracing::debug!("store: cannot listen for changes: no answer"),
