@@ -78,10 +78,20 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
 
         let work = self.inner.process_new_http(session, shutdown);
         tokio::pin!(work);
+        // Armed for every request on every connection: Pingora's coarse timer shares one
+        // timer among all deadlines that fall in the same 10 ms tick, where a tokio sleep
+        // takes the runtime's timer wheel lock to register and again to cancel.
+        let timer = async {
+            if crate::tuning::current().fast_header_timer {
+                pingora_timeout::fast_timeout::fast_sleep(deadline).await
+            } else {
+                tokio::time::sleep(deadline).await
+            }
+        };
         tokio::select! {
             biased;
             reused = &mut work => return reused,
-            _ = tokio::time::sleep(deadline) => {}
+            _ = timer => {}
         }
         if !read.load(Ordering::Acquire) {
             tracing::debug!(

@@ -2,7 +2,8 @@
 //! per request than tollgate needs. Each choice was measured A/B in one load-harness run
 //! (BENCHMARKS.md, *Pingora tuned*). `TOLLGATE_TUNING` overrides them for such a run:
 //! `TOLLGATE_TUNING=work_stealing=1,downstream_modules=1,l4_read_buffer=65536,keepalive_pool=128`
-//! (and `peer_timeouts=0`, which only measures what the upstream timeouts cost).
+//! (and `peer_timeouts=0`, which only measures what the upstream timeouts cost, and
+//! `fast_header_timer=0`, the request header deadline on a tokio timer).
 
 /// The settings; `Default` is what tollgate ships.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,9 @@ pub struct Tuning {
     /// The upstreams' connect, read, write and idle timeouts. Only for measuring what they
     /// cost (a timer per pending I/O and per pooled connection): tollgate always sets them.
     pub peer_timeouts: bool,
+    /// The request header deadline on Pingora's coarse shared timer rather than a tokio
+    /// timer per request.
+    pub fast_header_timer: bool,
 }
 
 impl Default for Tuning {
@@ -31,6 +35,7 @@ impl Default for Tuning {
             l4_read_buffer: None,
             keepalive_pool: 128,
             peer_timeouts: true,
+            fast_header_timer: true,
         }
     }
 }
@@ -68,6 +73,7 @@ impl Tuning {
                 ("l4_read_buffer", Some(n)) => self.l4_read_buffer = Some(n),
                 ("keepalive_pool", Some(n)) => self.keepalive_pool = n,
                 ("peer_timeouts", _) => self.peer_timeouts = flag(),
+                ("fast_header_timer", _) => self.fast_header_timer = flag(),
                 _ => tracing::warn!("TOLLGATE_TUNING: `{item}` is not understood"),
             }
         }
@@ -81,7 +87,7 @@ mod tests {
     #[test]
     fn overrides_apply_by_name() {
         let mut t = Tuning::default();
-        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0");
+        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0,fast_header_timer=0");
         assert_eq!(
             t,
             Tuning {
@@ -90,6 +96,7 @@ mod tests {
                 l4_read_buffer: Some(0),
                 keepalive_pool: 8,
                 peer_timeouts: false,
+                fast_header_timer: false,
             }
         );
     }

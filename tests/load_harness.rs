@@ -52,6 +52,8 @@ fn the_load_harness_runs_every_target_and_reports_them() {
                 "--quick",
                 "--tls",
                 "--cluster",
+                "--tuning-async",
+                "purge=MIMALLOC_PURGE_DELAY=0",
                 "--no-install",
                 "--out",
             ])
@@ -71,6 +73,8 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         "global async",
         "global atomic",
         "decision log off",
+        "rate limit headers off",
+        "global async, purge (MIMALLOC_PURGE_DELAY=0)",
         "config.yaml as shipped",
         "(refusing)",
     ] {

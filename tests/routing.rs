@@ -111,6 +111,35 @@ fn forwarding_headers_host_and_request_id() {
     assert_eq!(r.json()["headers"]["x-request-id"], "trace-42");
 }
 
+/// Hop-by-hop fields, and the fields `Connection` names, stay between the client and
+/// tollgate, so a client's `Connection: close` cannot close a pooled backend connection and a
+/// field the client marked hop-by-hop is not forwarded.
+#[test]
+fn hop_by_hop_fields_stop_at_the_proxy() {
+    let (_a, _b, t) = two_services();
+    let resp = raw(
+        t.proxy,
+        b"GET /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\nConnection: close, X-Secret\r\n\
+          X-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\n\
+          X-Kept: 1\r\n\r\n",
+    );
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).expect("echoed JSON");
+    let sent = body["headers"].as_object().expect("echoed headers");
+    for name in ["x-secret", "keep-alive", "te", "proxy-connection"] {
+        assert!(
+            !sent.contains_key(name),
+            "{name} reached the backend: {sent:?}"
+        );
+    }
+    assert_ne!(
+        sent.get("connection").and_then(|v| v.as_str()),
+        Some("close, X-Secret")
+    );
+    assert_eq!(sent["x-kept"], "1");
+}
+
 #[test]
 fn strip_prefix_sends_the_rest() {
     let (_a, _b, t) = two_services();

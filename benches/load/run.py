@@ -575,7 +575,8 @@ class Lab:
         binary = binary or self.tollgate_bin
         port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
         values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
-                  "STUB_PORT": self.stub_port, "DECISION_LOG": "true", **(extra or {})}
+                  "STUB_PORT": self.stub_port, "DECISION_LOG": "true", "HEADERS": "true",
+                  **(extra or {})}
         if rate is not None:
             values["RATE"] = rate
         if redis is not None:
@@ -588,7 +589,9 @@ class Lab:
         run_quiet([str(binary), "check", "-c", str(config)], f"tollgate check ({name})")
         env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "TOLLGATE_TUNING")}
         if tuning is not None:
-            env["TOLLGATE_TUNING"] = tuning
+            settings, variables = split_tuning(tuning)
+            env["TOLLGATE_TUNING"] = settings
+            env.update(variables)
         proc = self.sup.start(name, [str(binary), "run", "-c", str(config)], workdir,
                               stop_signal=signal.SIGINT, env=env)
         wait_until(f"{name} on port {port}",
@@ -600,8 +603,22 @@ class Lab:
 
 
 TARGET_NAMES = ["nginx", "haproxy", "pingora-bare", "tollgate-none", "tollgate-local",
-                "tollgate-global-async", "tollgate-global-async-nolog", "tollgate-global-atomic",
+                "tollgate-global-async", "tollgate-global-async-nolog",
+                "tollgate-global-async-noheaders", "tollgate-global-atomic",
                 "tollgate-config-yaml", "tollgate-refusing"]
+
+
+def split_tuning(spec: str) -> tuple[str, dict[str, str]]:
+    """A tuning spec's items for TOLLGATE_TUNING, and its upper-case items (an allocator's
+    `MIMALLOC_PURGE_DELAY=0`, say) as environment variables of the process."""
+    settings, variables = [], {}
+    for item in (i.strip() for i in spec.split(",")):
+        name, _, value = item.partition("=")
+        if name.isupper():
+            variables[name] = value
+        elif item:
+            settings.append(item)
+    return ",".join(settings), variables
 
 
 def shipped_config(workdir: Path, port: int, admin_port: int, stub_port: int,
@@ -624,10 +641,15 @@ def shipped_config(workdir: Path, port: int, admin_port: int, stub_port: int,
 
 
 def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
-                  tunings: list[tuple[str, str]] = ()) -> list[Target]:
+                  tunings: list[tuple[str, str]] = (),
+                  async_tunings: list[tuple[str, str]] = ()) -> list[Target]:
     if tunings:
         at = names.index("tollgate-none") + 1 if "tollgate-none" in names else len(names)
         names = names[:at] + [f"tuning:{label}" for label, _ in tunings] + names[at:]
+    if async_tunings:
+        at = (names.index("tollgate-global-async") + 1 if "tollgate-global-async" in names
+              else len(names))
+        names = names[:at] + [f"tuning-async:{label}" for label, _ in async_tunings] + names[at:]
     if baseline_bin is not None and "tollgate-global-async" in names:
         at = names.index("tollgate-global-async") + 1
         names = names[:at] + ["tollgate-global-async-baseline"] + names[at:]
@@ -653,6 +675,19 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
                                         "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
                                         lab.start_redis("redis-async-nolog"),
                                         extra={"DECISION_LOG": "false"})
+        elif name == "tollgate-global-async-noheaders":
+            target = lab.start_tollgate(name, "tollgate, global async, rate limit headers off",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-async-noheaders"),
+                                        extra={"HEADERS": "false"})
+        elif name.startswith("tuning-async:"):
+            label = name.split(":", 1)[1]
+            spec = dict(async_tunings)[label]
+            target = lab.start_tollgate(f"tollgate-tuning-async-{label}",
+                                        f"tollgate, global async, {label} ({spec})",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis(f"redis-tuning-async-{label}"),
+                                        tuning=spec)
         elif name == "tollgate-config-yaml":
             target = lab.start_tollgate(name, "tollgate, config.yaml as shipped (refusing)", None,
                                         redis=lab.start_redis("redis-config-yaml"),
@@ -1456,7 +1491,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tuning", action="append", default=[], metavar="NAME=SPEC",
                         help="add a tollgate target (no limits) run with TOLLGATE_TUNING=SPEC "
                              "(src/tuning.rs), e.g. 'stock=work_stealing=1,downstream_modules=1'; "
-                             "repeatable")
+                             "upper-case items are set in its environment instead "
+                             "('purge=MIMALLOC_PURGE_DELAY=0'); repeatable")
+    parser.add_argument("--tuning-async", action="append", default=[], metavar="NAME=SPEC",
+                        help="the same for a global async target with every default, the "
+                             "decision log included; repeatable")
     parser.add_argument("--tls", action="store_true",
                         help="also compare TLS termination with nginx: HTTPS keep-alive, "
                              "HTTP/2 (h2load) and new TLS connections per second")
@@ -1476,12 +1515,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.baseline_bin is not None and not args.baseline_bin.is_file():
         parser.error(f"--baseline-bin {args.baseline_bin}: no such file")
     args.target_names = [n.strip() for n in args.targets.split(",") if n.strip()]
-    args.tunings = []
-    for item in args.tuning:
-        label, sep, spec = item.partition("=")
-        if not sep or not label or not spec:
-            parser.error(f"--tuning {item}: expected NAME=SPEC")
-        args.tunings.append((label, spec))
+    args.tunings, args.async_tunings = [], []
+    for option, items, into in (("--tuning", args.tuning, args.tunings),
+                                ("--tuning-async", args.tuning_async, args.async_tunings)):
+        for item in items:
+            label, sep, spec = item.partition("=")
+            if not sep or not label or not spec:
+                parser.error(f"{option} {item}: expected NAME=SPEC")
+            into.append((label, spec))
     unknown = [n for n in args.target_names if n not in TARGET_NAMES]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; "
@@ -1522,7 +1563,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting targets under {tmp} (stub-service with --threads {STUB_THREADS}, so "
               "the backend is never the bottleneck)", flush=True)
         lab.start_stub()
-        targets = start_targets(lab, args.target_names, args.baseline_bin, args.tunings)
+        targets = start_targets(lab, args.target_names, args.baseline_bin, args.tunings,
+                                args.async_tunings)
         problems = run_rounds(sup, tools["wrk"], targets, args)
         collect_after(targets)
         fleet = None

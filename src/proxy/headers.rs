@@ -1,6 +1,10 @@
-//! Header work on the way through: request ids, forwarding headers, hop-by-hop removal.
+//! Header work on the way through: request ids and forwarding headers.
+//!
+//! Hop-by-hop fields (RFC 9110 §7.6.1), and any the `Connection` header names, are removed
+//! by Pingora itself before `upstream_request_filter` runs: `HttpUpstreamRequestPolicy`'s
+//! default (`pingora-proxy` `proxy_h1.rs`, `sanitize_h1_upstream_request`) strips them and
+//! forwards a WebSocket upgrade normalized. tollgate does not do that work a second time.
 
-use http::header::{HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
 use http::HeaderValue;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -57,31 +61,6 @@ pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &s
     append_to_list(req, X_FORWARDED_PROTO, proto);
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including any the `Connection` header
-/// names, so a client's `Connection: close` cannot stop the upstream connection from being
-/// reused. Protocol upgrades (WebSocket) keep `Connection` and `Upgrade`.
-pub fn remove_hop_by_hop(req: &mut RequestHeader, is_upgrade: bool) {
-    if is_upgrade {
-        return;
-    }
-    let named: Vec<HeaderName> = req
-        .headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        req.remove_header(&name);
-    }
-    for name in [CONNECTION, UPGRADE, TE, TRAILER] {
-        req.remove_header(&name);
-    }
-    req.remove_header("keep-alive");
-    req.remove_header("proxy-connection");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,20 +96,5 @@ mod tests {
             "10.0.0.1, 127.0.0.1"
         );
         assert_eq!(r.headers.get("x-forwarded-proto").unwrap(), "http");
-    }
-
-    #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut r = req(&[
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "timeout=5"),
-            ("x-kept", "1"),
-        ]);
-        remove_hop_by_hop(&mut r, false);
-        assert!(r.headers.get("connection").is_none());
-        assert!(r.headers.get("x-secret").is_none());
-        assert!(r.headers.get("keep-alive").is_none());
-        assert_eq!(r.headers.get("x-kept").unwrap(), "1");
     }
 }

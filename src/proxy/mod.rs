@@ -405,7 +405,6 @@ impl ProxyHttp for Proxy {
             })?;
             upstream_request.set_uri(uri);
         }
-        headers::remove_hop_by_hop(upstream_request, session.is_upgrade_req());
         let proto = if is_tls(session) { "https" } else { "http" };
         headers::add_forwarding(upstream_request, client_ip(session), proto);
         upstream_request.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by callgrind: figures that a shared, noisy machine
+cannot move.
+
+Every target of the load harness that is named runs under `valgrind --tool=callgrind`,
+with one worker, in front of the harness's stub backend. After a warm-up, callgrind's
+counters are zeroed, h2load sends a fixed number of requests over keep-alive connections
+(HTTP/1.1), and the counters are dumped. The thread that executed the most instructions is
+the one serving requests; its count per request is the cost of a request in instructions
+(Ir). Other threads (timers, the lease sync, the decision log's drain) run by the clock,
+not by request, and under valgrind each request takes tens of times longer than natively,
+so their share is reported apart and overstates what they cost at full speed.
+
+For tollgate targets it also reports the instructions per request inside each of
+tollgate's phases (inclusive, from callgrind_annotate), so the cost of tollgate's own code
+reads apart from Pingora's.
+
+    python3 benches/load/instructions.py                # ~3 minutes
+    python3 benches/load/instructions.py --requests 5000 --targets pingora-bare,tollgate-none
+
+The binaries are the harness's (`CARGO_TARGET_DIR/release`, built if missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402  (the load harness: its targets, configs and process handling)
+
+DEFAULT_TARGETS = ["nginx", "pingora-bare", "tollgate-none", "tollgate-global-async",
+                   "tollgate-global-async-noheaders"]
+
+# Inclusive instruction counts of these functions, per request, for tollgate targets.
+# Substrings of callgrind_annotate's symbol names; async phases appear as their closures.
+PHASES = [
+    ("request_filter (framing, path, routing, identity, the decision)",
+     ">::request_filter::{{closure}}"),
+    ("upstream_peer", ">::upstream_peer::{{closure}}"),
+    ("upstream_request_filter (forwarding headers, request id)",
+     ">::upstream_request_filter::{{closure}}"),
+    ("response_filter (request id, rate limit fields)", ">::response_filter::{{closure}}"),
+    ("logging (metrics)", ">::logging::{{closure}}"),
+    ("the rate limit decision (Policy::decide_now)", "Policy::decide_now"),
+    ("HeaderDeadline (the header timer)", "HeaderDeadline"),
+]
+
+WARMUP_REQUESTS = 500
+START_DEADLINE_S = 180.0  # valgrind translates the whole binary before it answers
+
+
+class CallgrindSupervisor(run.Supervisor):
+    """Starts the measured targets under callgrind, with instrumentation off until asked."""
+
+    def __init__(self, tmp: Path, valgrind: str, wrapped: set[str]):
+        super().__init__(tmp)
+        self.valgrind, self.wrapped = valgrind, wrapped
+
+    def start(self, name, argv, workdir, *args, **kwargs):
+        if name in self.wrapped:
+            argv = [self.valgrind, "--tool=callgrind", "--instr-atstart=no",
+                    "--separate-threads=yes", f"--callgrind-out-file={workdir}/callgrind.%p",
+                    *argv]
+        return super().start(name, argv, workdir, *args, **kwargs)
+
+
+def patient_wait_until(what, check, proc=None, deadline_s=START_DEADLINE_S):
+    return _wait_until(what, check, proc, max(deadline_s, START_DEADLINE_S))
+
+
+_wait_until = run.wait_until
+
+
+def h2load(tool: str, url: str, requests: int) -> int:
+    done = subprocess.run([tool, "--h1", "-n", str(requests), "-c", "10", url],
+                          capture_output=True, text=True, timeout=900)
+    match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded",
+                      done.stdout)
+    if done.returncode != 0 or not match:
+        raise run.HarnessError(f"h2load {url} failed:\n{done.stdout}\n{done.stderr}")
+    return int(match.group(1))
+
+
+def control(tool: str, pid: int, *flags: str) -> None:
+    run.run_quiet([tool, *flags, str(pid)], f"callgrind_control {' '.join(flags)} {pid}")
+
+
+def thread_totals(workdir: Path) -> dict[Path, int]:
+    totals = {}
+    for path in sorted(workdir.glob("callgrind.*")):
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                totals[path] = int(line.split()[1])
+                break
+    return totals
+
+
+def phase_costs(annotate: str, path: Path) -> dict[str, int]:
+    listing = subprocess.run([annotate, "--inclusive=yes", "--threshold=100", str(path)],
+                             capture_output=True, text=True, timeout=300).stdout
+    costs = {}
+    for label, needle in PHASES:
+        best = 0
+        for line in listing.splitlines():
+            if needle in line:
+                number = line.strip().split(" ", 1)[0].replace(",", "")
+                if number.isdigit():
+                    best = max(best, int(number))
+        costs[label] = best
+    return costs
+
+
+def measure(target: run.Target, tools: dict, requests: int) -> dict:
+    pid = target.worker_pid
+    workdir = Path(target.proc.workdir)
+    control(tools["callgrind_control"], pid, "-i", "on")
+    h2load(tools["h2load"], target.url, WARMUP_REQUESTS)
+    control(tools["callgrind_control"], pid, "-z")
+    answered = h2load(tools["h2load"], target.url, requests)
+    for old in workdir.glob("callgrind.*"):
+        old.unlink()
+    control(tools["callgrind_control"], pid, "-d")
+    control(tools["callgrind_control"], pid, "-i", "off")
+    totals = thread_totals(workdir)
+    if not totals:
+        raise run.HarnessError(f"{target.name}: callgrind wrote no dump in {workdir}")
+    busiest = max(totals, key=totals.get)
+    result = {"requests": answered, "request_thread": totals[busiest] / answered,
+              "other_threads": (sum(totals.values()) - totals[busiest]) / answered}
+    if target.name.startswith("tollgate"):
+        result["phases"] = {k: v / answered for k, v in
+                            phase_costs(tools["callgrind_annotate"], busiest).items()}
+    return result
+
+
+def report(results: dict[str, dict], labels: dict[str, str], requests: int) -> str:
+    lines = [f"Instructions per request (callgrind, {requests:,} requests after "
+             f"{WARMUP_REQUESTS} of warm-up, h2load --h1 -c 10):", "",
+             "| target | request thread | × Pingora alone | other threads (clock-driven) |",
+             "| --- | ---: | ---: | ---: |"]
+    bare = results.get("pingora-bare", {}).get("request_thread")
+    for name, r in results.items():
+        ratio = f"{r['request_thread'] / bare:.2f}" if bare else "—"
+        lines.append(f"| {labels[name]} | {r['request_thread']:,.0f} | {ratio} | "
+                     f"{r['other_threads']:,.0f} |")
+    phased = {n: r for n, r in results.items() if "phases" in r}
+    if phased:
+        lines += ["", "tollgate's phases, inclusive instructions per request:", "",
+                  "| phase | " + " | ".join(labels[n] for n in phased) + " |",
+                  "| --- |" + " ---: |" * len(phased)]
+        for label, _ in PHASES:
+            cells = " | ".join(f"{r['phases'][label]:,.0f}" for r in phased.values())
+            lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help="comma-separated load-harness targets: " + ", ".join(run.TARGET_NAMES))
+    parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    args = parser.parse_args()
+    names = [n.strip() for n in args.targets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in run.TARGET_NAMES]
+    if unknown or args.requests < 1:
+        parser.error(f"unknown target(s) {unknown}" if unknown else "--requests must be ≥ 1")
+    tools = {}
+    for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "h2load",
+                 "redis-server", "nginx"):
+        found = run.which(tool)
+        if found is None:
+            sys.exit(f"{tool} not found: install it with `apt-get install -y valgrind "
+                     "nghttp2-client redis-server nginx`")
+        tools[tool] = found
+    run.wait_until = patient_wait_until
+    tollgate_bin, stub_bin = run.ensure_binaries()
+    tmp = Path(tempfile.mkdtemp(prefix="tollgate-instructions-"))
+    wrapped = {"nginx", "pingora-bare", *names}
+    sup = CallgrindSupervisor(tmp, tools["valgrind"], wrapped)
+    try:
+        lab = run.Lab(sup, tmp, tools, tollgate_bin, stub_bin)
+        lab.start_stub()
+        results, labels = {}, {}
+        for name in names:
+            # One at a time, so only the measured target competes with the load.
+            [target] = run.start_targets(lab, [name])
+            labels[name] = target.label
+            results[name] = measure(target, tools, args.requests)
+            print(f"{target.label}: {results[name]['request_thread']:,.0f} Ir per request",
+                  flush=True)
+            target.proc.stop(timeout=30)
+            sup.forget(target.proc)
+        text = report(results, labels, args.requests)
+        print()
+        print(text, end="")
+        if args.out:
+            args.out.write_text(text)
+    except run.HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        sup.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
