@@ -47,8 +47,7 @@ PHASES = [
      ">::upstream_request_filter::{{closure}}"),
     ("response_filter (request id, rate limit fields)", ">::response_filter::{{closure}}"),
     ("logging (metrics)", ">::logging::{{closure}}"),
-    ("the rate limit decision (Policy::decide_now)", "Policy::decide_now"),
-    ("HeaderDeadline (the header timer)", "HeaderDeadline"),
+    ("the header deadline's timer", "fast_timeout::fast_sleep::{{closure}}"),
 ]
 
 WARMUP_REQUESTS = 500
@@ -75,6 +74,22 @@ def patient_wait_until(what, check, proc=None, deadline_s=START_DEADLINE_S):
 
 
 _wait_until = run.wait_until
+
+
+def start_nginx_single(lab: run.Lab) -> run.Target:
+    """nginx as one process (`master_process off`): the process serving requests is then
+    the one started under callgrind, and callgrind_control can reach it (a forked worker
+    that changed user cannot be)."""
+    port, workdir = run.free_port(), lab.workdir("nginx")
+    conf = run.render(run.HERE / "nginx.conf", workdir / "nginx.conf",
+                      {"DIR": workdir, "PORT": port, "STUB_PORT": lab.stub_port,
+                       "RATE": run.NGINX_RATE, "BURST": run.NGINX_RATE})
+    conf.write_text(conf.read_text().replace("master_process on;", "master_process off;"))
+    argv = [lab.tools["nginx"], "-p", str(workdir), "-e", str(workdir / "error.log"),
+            "-c", str(conf)]
+    proc = lab.sup.start("nginx", argv, workdir, extra_logs=(workdir / "error.log",))
+    lab._ready_200("nginx", port, proc)
+    return run.Target("nginx", "nginx (limit_req)", proc, port, worker_pid=proc.pid)
 
 
 def h2load(tool: str, url: str, requests: int) -> int:
@@ -133,7 +148,7 @@ def measure(target: run.Target, tools: dict, requests: int) -> dict:
     busiest = max(totals, key=totals.get)
     result = {"requests": answered, "request_thread": totals[busiest] / answered,
               "other_threads": (sum(totals.values()) - totals[busiest]) / answered}
-    if target.name.startswith("tollgate"):
+    if target.name.startswith("tollgate") or target.name.startswith("tuning"):
         result["phases"] = {k: v / answered for k, v in
                             phase_costs(tools["callgrind_annotate"], busiest).items()}
     return result
@@ -165,10 +180,24 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help="comma-separated load-harness targets: " + ", ".join(run.TARGET_NAMES))
+    parser.add_argument("--tuning", action="append", default=[], metavar="NAME=SPEC",
+                        help="also measure tollgate with no limits and TOLLGATE_TUNING=SPEC, "
+                             "as in run.py; repeatable")
+    parser.add_argument("--baseline-bin", type=Path,
+                        help="also measure another tollgate binary (an earlier build) as a "
+                             "global async target, for a before/after in instructions")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
+    parser.add_argument("--keep-tmp", action="store_true",
+                        help="keep the configs, logs and callgrind dumps")
     args = parser.parse_args()
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in run.TARGET_NAMES]
+    tunings = [tuple(t.split("=", 1)) for t in args.tuning if "=" in t]
+    names += [f"tuning:{label}" for label, _ in tunings]
+    if args.baseline_bin is not None:
+        if not args.baseline_bin.is_file():
+            parser.error(f"--baseline-bin {args.baseline_bin}: no such file")
+        names.append("baseline")
     if unknown or args.requests < 1:
         parser.error(f"unknown target(s) {unknown}" if unknown else "--requests must be ≥ 1")
     tools = {}
@@ -182,7 +211,8 @@ def main() -> int:
     run.wait_until = patient_wait_until
     tollgate_bin, stub_bin = run.ensure_binaries()
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-instructions-"))
-    wrapped = {"nginx", "pingora-bare", *names}
+    wrapped = {"nginx", "pingora-bare", "tollgate-global-async-baseline", *names,
+               *(f"tollgate-tuning-{label}" for label, _ in tunings)}
     sup = CallgrindSupervisor(tmp, tools["valgrind"], wrapped)
     try:
         lab = run.Lab(sup, tmp, tools, tollgate_bin, stub_bin)
@@ -190,7 +220,19 @@ def main() -> int:
         results, labels = {}, {}
         for name in names:
             # One at a time, so only the measured target competes with the load.
-            [target] = run.start_targets(lab, [name])
+            if name == "nginx":
+                target = start_nginx_single(lab)
+            elif name == "baseline":
+                target = lab.start_tollgate(
+                    "tollgate-global-async-baseline",
+                    f"baseline {args.baseline_bin.name}, global async",
+                    "tollgate-global-async.yaml", run.TOLLGATE_HIGH_RATE,
+                    lab.start_redis("redis-baseline"), binary=args.baseline_bin)
+            elif name.startswith("tuning:"):
+                label = name.split(":", 1)[1]
+                [target] = run.start_targets(lab, [], tunings=[(label, dict(tunings)[label])])
+            else:
+                [target] = run.start_targets(lab, [name])
             labels[name] = target.label
             results[name] = measure(target, tools, args.requests)
             print(f"{target.label}: {results[name]['request_thread']:,.0f} Ir per request",
@@ -207,7 +249,10 @@ def main() -> int:
         return 1
     finally:
         sup.stop_all()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if args.keep_tmp:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

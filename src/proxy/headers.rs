@@ -30,35 +30,61 @@ pub fn request_id(req: &RequestHeader) -> (HeaderValue, Option<u128>) {
 }
 
 pub fn new_request_id(number: u128) -> HeaderValue {
-    let id = format!("{number:032x}");
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+    let mut hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits; `{:032x}` through `fmt` cost a String and the
+    // formatting machinery on every request that came without an id.
+    let _ = hex::encode_to_slice(number.to_be_bytes(), &mut hex);
+    HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&hex))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Appends `value` to a comma-separated list header, creating it when absent.
-pub fn append_to_list(req: &mut RequestHeader, name: &'static str, value: impl std::fmt::Display) {
-    use std::fmt::Write;
-    let mut joined = String::with_capacity(64);
-    if let Some(Ok(existing)) = req.headers.get(name).map(|v| v.to_str()) {
-        if !existing.trim().is_empty() {
-            joined.push_str(existing);
-            joined.push_str(", ");
-        }
+fn append_to_list(req: &mut RequestHeader, name: &'static str, value: &[u8]) {
+    let existing = req
+        .headers
+        .get(name)
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty());
+    let mut joined = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + value.len());
+    if let Some(existing) = existing {
+        joined.extend_from_slice(existing);
+        joined.extend_from_slice(b", ");
     }
-    let _ = write!(joined, "{value}");
-    // Values built from an IP address or a fixed token are always valid header values;
-    // the String's buffer becomes the value without another copy.
+    joined.extend_from_slice(value);
+    // An existing value was a valid header value, and an address or a fixed token is one.
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         let _ = req.insert_header(name, value);
     }
 }
 
-/// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
-pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &str) {
-    if let Some(ip) = client {
-        append_to_list(req, X_FORWARDED_FOR, ip);
+/// An address as text, the way `Display` writes it, without `fmt` for IPv4 (nearly every
+/// client, formatted on every request).
+fn address_text(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(itoa::Buffer::new().format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
-    append_to_list(req, X_FORWARDED_PROTO, proto);
+}
+
+/// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
+pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &'static str) {
+    if let Some(ip) = client {
+        let mut text = Vec::with_capacity(39);
+        address_text(ip, &mut text);
+        append_to_list(req, X_FORWARDED_FOR, &text);
+    }
+    if req.headers.contains_key(X_FORWARDED_PROTO) {
+        append_to_list(req, X_FORWARDED_PROTO, proto.as_bytes());
+    } else {
+        let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +122,29 @@ mod tests {
             "10.0.0.1, 127.0.0.1"
         );
         assert_eq!(r.headers.get("x-forwarded-proto").unwrap(), "http");
+
+        let mut r = req(&[("x-forwarded-for", " "), ("x-forwarded-proto", "https")]);
+        add_forwarding(&mut r, Some("2001:db8::1".parse().unwrap()), "http");
+        assert_eq!(r.headers.get("x-forwarded-for").unwrap(), "2001:db8::1");
+        assert_eq!(r.headers.get("x-forwarded-proto").unwrap(), "https, http");
+    }
+
+    #[test]
+    fn addresses_read_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "203.0.113.255",
+            "10.20.3.4",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut out = Vec::new();
+            address_text(ip, &mut out);
+            assert_eq!(out, ip.to_string().as_bytes());
+        }
+        let number = 0x0123_4567_89ab_cdef_0011_2233_4455_6677u128;
+        assert_eq!(new_request_id(number), format!("{number:032x}").as_str());
     }
 }
