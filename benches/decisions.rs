@@ -14,15 +14,16 @@ use tollgate::limit::{headers, key, Policy, RedisLink, RequestFacts};
 use tollgate::metrics::Metrics;
 use tollgate::routing::{RouteKey, Router};
 
-/// Runs a future that never waits (every non-atomic decision) to completion.
+/// Runs a decision that could not be made on the spot: a lease with no grant for a new
+/// window waits for a sync (none runs here), at most `redis.timeout`, then degrades.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
-    let mut f = std::pin::pin!(f);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("bench runtime");
     }
+    RUNTIME.with(|rt| rt.block_on(f))
 }
 
 /// One decision the way the proxy makes it: on the spot, or through Redis for atomic
@@ -62,7 +63,9 @@ fn facts(ip: IpAddr, headers: &http::HeaderMap) -> RequestFacts<'_> {
 }
 
 /// Policies under test: (label, YAML). Limits are high enough that every decision admits,
-/// so the figures measure the steady allowed path.
+/// so the figures measure the steady allowed path. Global windows are an hour long, so a
+/// benchmark seldom crosses into a window its lease holds no grant for (the length does
+/// not change what a decision costs).
 const POLICIES: &[(&str, &str)] = &[
     ("local/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1s, scope: local}"),
     ("local/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1s, scope: local}"),
@@ -70,9 +73,11 @@ const POLICIES: &[(&str, &str)] = &[
     ("local/gcra", "{key: client_ip, algorithm: gcra, rate: 1000000000/1s, scope: local}"),
     ("local/sliding_log", "{key: client_ip, algorithm: sliding_log, rate: 10000/10ms, scope: local, max_keys: 200000}"),
     ("local/concurrency", "{key: client_ip, algorithm: concurrency, limit: 1000000, scope: local}"),
-    ("global_async/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1s, max_keys: 200000}"),
-    ("global_async/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1s, max_keys: 200000}"),
-    ("global_async/token_bucket", "{key: client_ip, algorithm: token_bucket, rate: 1000000000/1s, max_keys: 200000}"),
+    ("global_async/fixed_window", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1h, max_keys: 200000}"),
+    ("global_async/sliding_window", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1h, max_keys: 200000}"),
+    // Not global_async/token_bucket: a bucket's lease asks Redis for tokens by the demand
+    // it observed between syncs, so a round answered in place before any demand grants
+    // nothing, and every decision would wait for a sync that never runs here.
     // Calendar periods: the cached period must keep these at the cost of epoch windows.
     ("local/fixed_window_1mo_berlin", "{key: client_ip, algorithm: fixed_window, rate: 1000000000/1mo, timezone: Europe/Berlin, scope: local}"),
     ("global_async/sliding_window_1mo_berlin", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1mo, timezone: Europe/Berlin, max_keys: 200000}"),
@@ -100,6 +105,16 @@ fn decisions(c: &mut Criterion) {
     for (label, yaml) in POLICIES {
         let policy = Policy::build(label, &limit(yaml), &metrics);
         let limiter = policy.limiter(None);
+        if policy.is_leased() {
+            // A node admits only quota Redis granted. Each key asks once (its first
+            // decision registers a lease and waits), then one round is answered in
+            // place, so every measured decision is the request path's work alone.
+            for ip in &keys {
+                let f = facts(*ip, &headers);
+                let _ = policy.decide_now(limiter, &f, 1, Some(&link));
+            }
+            tollgate::limit::sync::grant_as_an_unshared_redis(limiter, 50);
+        }
         group.bench_function(BenchmarkId::new("hot_key", label), |b| {
             let f = facts(keys[0], &headers);
             b.iter(|| decide(&policy, limiter, black_box(&f), &link))

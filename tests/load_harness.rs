@@ -1,6 +1,7 @@
-//! Smoke test of the load harness (benches/load/run.py --quick): every target starts,
-//! answers 200 under load, and lands in the report. The figures are not judged here; speed
-//! is shown by full runs recorded in BENCHMARKS.md.
+//! Smoke tests of the load harness (benches/load/run.py --quick: every target starts,
+//! answers 200 under load, and lands in the report) and of the instruction counter
+//! (benches/load/instructions.py). The figures are not judged here; speed is shown by full
+//! runs recorded in BENCHMARKS.md.
 //!
 //! Builds the release binaries into target/harness (a target directory of its own, so the
 //! build does not wait on this test's own cargo), then runs the harness with them.
@@ -10,6 +11,99 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
+
+/// The release binaries of the harness, built once into target/harness (both tests ask;
+/// cargo's lock on the directory makes the second wait for the first).
+fn build_release() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = root.join("target/harness");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = output_within(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args(["build", "--release", "--workspace", "--bins", "--examples"]),
+        Duration::from_secs(30 * 60),
+    );
+    assert!(
+        build.status.success(),
+        "release build failed:\n{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    target_dir
+}
+
+/// Runs a script of benches/load with the release binaries and `args`, then `--out FILE`,
+/// and returns the report it wrote.
+fn run_report(args: &[&str], timeout: Duration) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = build_release();
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let run = output_within(
+        Command::new("python3")
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .args(args)
+            .arg("--out")
+            .arg(report.path()),
+        timeout,
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "{} failed:\n{stdout}\n{stderr}",
+        args[0]
+    );
+    std::fs::read_to_string(report.path()).unwrap()
+}
+
+/// benches/load/instructions.py counts a request's instructions under callgrind and splits
+/// out tollgate's phases; a few hundred requests show it still finds every phase.
+#[test]
+fn the_instruction_counter_reports_tollgates_phases() {
+    let hint = "install it with `apt-get install -y valgrind nghttp2-client redis-server nginx`; .ci/run does this";
+    for tool in [
+        "python3",
+        "valgrind",
+        "callgrind_control",
+        "callgrind_annotate",
+        "h2load",
+    ] {
+        require_tool(tool, hint);
+    }
+    let table = run_report(
+        &[
+            "benches/load/instructions.py",
+            "--requests",
+            "200",
+            "--targets",
+            "pingora-bare,tollgate-global-async",
+        ],
+        Duration::from_secs(10 * 60),
+    );
+    for row in ["| Pingora alone", "| tollgate, global async"] {
+        assert!(table.contains(row), "no `{row}` row:\n{table}");
+    }
+    for phase in [
+        "request_filter",
+        "upstream_request_filter",
+        "response_filter",
+        "logging",
+    ] {
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {phase} ")))
+            .unwrap_or_else(|| panic!("no `{phase}` row:\n{table}"));
+        let count: f64 = line
+            .rsplit('|')
+            .nth(1)
+            .map(|c| c.trim().replace(',', ""))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0.0);
+        assert!(count > 0.0, "`{phase}` counted nothing:\n{table}");
+    }
+}
 
 #[test]
 fn the_load_harness_runs_every_target_and_reports_them() {
@@ -26,44 +120,18 @@ fn the_load_harness_runs_every_target_and_reports_them() {
     ] {
         require_tool(tool, hint);
     }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = root.join("target/harness");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = output_within(
-        Command::new(&cargo)
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args(["build", "--release", "--workspace", "--bins", "--examples"]),
-        Duration::from_secs(30 * 60),
-    );
-    assert!(
-        build.status.success(),
-        "release build failed:\n{}",
-        String::from_utf8_lossy(&build.stderr)
-    );
-
-    let report = tempfile::NamedTempFile::new().unwrap();
-    let run = output_within(
-        Command::new("python3")
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .args([
-                "benches/load/run.py",
-                "--quick",
-                "--tls",
-                "--cluster",
-                "--tuning-async",
-                "purge=MIMALLOC_PURGE_DELAY=0",
-                "--no-install",
-                "--out",
-            ])
-            .arg(report.path()),
+    let table = run_report(
+        &[
+            "benches/load/run.py",
+            "--quick",
+            "--tls",
+            "--cluster",
+            "--tuning-async",
+            "purge=MIMALLOC_PURGE_DELAY=0",
+            "--no-install",
+        ],
         Duration::from_secs(5 * 60),
     );
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "harness failed:\n{stdout}\n{stderr}");
-    let table = std::fs::read_to_string(report.path()).unwrap();
     for row in [
         "nginx",
         "HAProxy",

@@ -138,9 +138,20 @@ impl Tollgate {
     /// per-instance pid and upgrade sockets unless `body` sets them; `{admin_listen}`,
     /// `{proxy_listen}` and `{dir}` in `body` are replaced.
     pub fn start(body: &str) -> Tollgate {
-        let t = Tollgate::spawn(body);
-        t.wait_ready();
-        t
+        // Ports are picked free, then bound by the child a moment later; another process
+        // may take one in between. Such a start is retried on new ports.
+        for _ in 0..3 {
+            let t = Tollgate::spawn(body);
+            if t.wait_ready_or_exit() {
+                return t;
+            }
+            let logs = t.logs();
+            assert!(
+                logs.contains("Address already in use"),
+                "tollgate exited before it was ready:\n{logs}"
+            );
+        }
+        panic!("tollgate found its ports taken three times in a row");
     }
 
     /// Starts tollgate with extra environment variables and waits until it answers.
@@ -205,7 +216,17 @@ impl Tollgate {
     }
 
     pub fn wait_ready(&self) {
+        assert!(
+            self.wait_ready_or_exit(),
+            "tollgate exited before it was ready:\n{}",
+            self.logs()
+        );
+    }
+
+    /// Waits until both listeners answer (true) or the process has exited (false).
+    fn wait_ready_or_exit(&self) -> bool {
         let (proxy, admin) = (self.proxy, self.admin);
+        let pid = self.child.as_ref().map(Child::id);
         let agent = super::agent();
         wait_for(
             &format!("tollgate on {proxy}\n{}", self.logs()),
@@ -214,10 +235,12 @@ impl Tollgate {
                 let ok = |url: String| {
                     super::try_get_with(&agent, &url, &[]).is_ok_and(|r| r.status == 200)
                 };
-                (ok(format!("http://{proxy}/health")) && ok(format!("http://{admin}/health")))
-                    .then_some(())
+                if ok(format!("http://{proxy}/health")) && ok(format!("http://{admin}/health")) {
+                    return Some(true);
+                }
+                pid.filter(|&pid| has_exited(pid)).map(|_| false)
             },
-        );
+        )
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -574,4 +597,16 @@ pub fn least_privilege_acl(user: &str, password: &str, keys: &str) -> Vec<String
     ]
     .map(String::from)
     .to_vec()
+}
+
+/// Whether the child `pid` has exited (a zombie until it is waited for, or gone).
+fn has_exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
 }
