@@ -736,38 +736,3 @@ fn restore(slot: Slot<'_>) {
         }
     }
 }
-
-/// Answers one sync round for `limiter` as a Redis that no other node shares would: every
-/// lease that asks is granted what it asks for. Only for benchmarks of the decision path
-/// (benches/decisions.rs), which must measure deciding from a lease, not a round trip.
-#[doc(hidden)]
-pub fn grant_as_an_unshared_redis(limiter: &Limiter, sync_ms: u64) {
-    let now = unix_ms();
-    limiter.leases.for_each(|_, lease| match limiter.params {
-        Params::Window { limit, sliding, .. } => {
-            let window = limiter.window_at(now);
-            if let Some(plan) = lease.plan_window(limit, now, window, sliding, 1, sync_ms) {
-                let used = plan.report.net_delta().max(0).unsigned_abs();
-                let answer = WindowAnswer {
-                    total: used + plan.held + plan.want,
-                    grant: plan.want,
-                    prev: 0,
-                    used,
-                    next: None,
-                };
-                lease.apply_window(&plan, &answer);
-            }
-        }
-        Params::Bucket(b) => {
-            if let Some(plan) = lease.plan_bucket(b.burst, 1, now, sync_ms) {
-                let answer = BucketAnswer {
-                    grant: plan.want,
-                    tokens: b.burst.saturating_sub(plan.held + plan.want),
-                    ms_per_token: b.per_ns / b.count.max(1) / 1_000_000,
-                };
-                lease.apply_bucket(&plan, &answer, super::link::unix_ns());
-            }
-        }
-        _ => {}
-    });
-}

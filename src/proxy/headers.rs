@@ -38,19 +38,25 @@ pub fn new_request_id(number: u128) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Appends `value` to a comma-separated list header, creating it when absent.
-fn append_to_list(req: &mut RequestHeader, name: &'static str, value: &[u8]) {
+/// Appends what `write` writes (at most `len` bytes) to a comma-separated list header,
+/// creating it when absent: one buffer, which becomes the value without another copy.
+fn append_to_list(
+    req: &mut RequestHeader,
+    name: &'static str,
+    len: usize,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
     let existing = req
         .headers
         .get(name)
         .map(|v| v.as_bytes().trim_ascii())
         .filter(|v| !v.is_empty());
-    let mut joined = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + value.len());
+    let mut joined = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + len);
     if let Some(existing) = existing {
         joined.extend_from_slice(existing);
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(value);
+    write(&mut joined);
     // An existing value was a valid header value, and an address or a fixed token is one.
     if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         let _ = req.insert_header(name, value);
@@ -76,12 +82,13 @@ fn address_text(ip: IpAddr, out: &mut Vec<u8>) {
 /// Adds `X-Forwarded-For` (the peer's address) and `X-Forwarded-Proto` for the backend.
 pub fn add_forwarding(req: &mut RequestHeader, client: Option<IpAddr>, proto: &'static str) {
     if let Some(ip) = client {
-        let mut text = Vec::with_capacity(39);
-        address_text(ip, &mut text);
-        append_to_list(req, X_FORWARDED_FOR, &text);
+        // 39 bytes: the longest IPv6 text.
+        append_to_list(req, X_FORWARDED_FOR, 39, |out| address_text(ip, out));
     }
     if req.headers.contains_key(X_FORWARDED_PROTO) {
-        append_to_list(req, X_FORWARDED_PROTO, proto.as_bytes());
+        append_to_list(req, X_FORWARDED_PROTO, proto.len(), |out| {
+            out.extend_from_slice(proto.as_bytes())
+        });
     } else {
         let _ = req.insert_header(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
