@@ -50,6 +50,14 @@ routes:
     )
 }
 
+/// Starts a node and waits until it reaches Redis: before that a global policy fails
+/// open on the node's local share, so counted outcomes would depend on start-up timing.
+fn start_connected(body: &str) -> Tollgate {
+    let t = Tollgate::start(body);
+    t.wait_redis_up(Duration::from_secs(10));
+    t
+}
+
 fn auth() -> [(&'static str, String); 1] {
     [("authorization", format!("Bearer {TOKEN}"))]
 }
@@ -213,7 +221,7 @@ fn config_is_shown_with_secrets_redacted() {
 fn check_decides_without_proxying_and_dry_runs_consume_nothing() {
     let redis = Redis::start();
     let stub = Stub::start("a");
-    let t = Tollgate::start(&config(&redis, &stub, ""));
+    let t = start_connected(&config(&redis, &stub, ""));
     wait_until_in_window(60_000, 0, 50_000);
     let req = r#"{"path": "/a/x", "client_ip": "203.0.113.5", "dry_run": true}"#;
     for _ in 0..3 {
@@ -310,7 +318,7 @@ fn check_routes_by_host_and_method_like_the_proxy() {
     methods: [POST]
     upstream: a
 ";
-    let t = Tollgate::start(&config(&redis, &stub, extra));
+    let t = start_connected(&config(&redis, &stub, extra));
     let r = admin_send(
         &t,
         "POST",
@@ -351,8 +359,8 @@ fn limits_show_usage_and_reset_fleet_wide() {
     let redis = Redis::start();
     let stub = Stub::start("a");
     let body = config(&redis, &stub, "");
-    let one = Tollgate::start(&body);
-    let two = Tollgate::start(&body);
+    let one = start_connected(&body);
+    let two = start_connected(&body);
     wait_for("each node to see the other", Duration::from_secs(5), || {
         [&one, &two]
             .iter()
@@ -400,8 +408,8 @@ fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
     let stub = Stub::start("a");
     let db = postgres::Database::create();
     let body = config(&redis, &stub, &format!("store:\n  url: {}\n", db.url()));
-    let one = Tollgate::start(&body);
-    let two = Tollgate::start(&body);
+    let one = start_connected(&body);
+    let two = start_connected(&body);
     let r = admin_send(
         &one,
         "POST",
@@ -487,7 +495,7 @@ fn registered_keys_work_on_every_node_and_revocation_takes_effect() {
 fn per_client_logs_keep_the_last_thousand_decisions() {
     let redis = Redis::start();
     let stub = Stub::start("a");
-    let t = Tollgate::start(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
+    let t = start_connected(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
     let agent = agent();
     for i in 0..1_200 {
         let r = get_with(
@@ -543,7 +551,7 @@ fn per_client_logs_keep_the_last_thousand_decisions() {
 fn the_log_loses_nothing_at_a_moderate_rate() {
     let redis = Redis::start();
     let stub = Stub::start("a");
-    let t = Tollgate::start(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
+    let t = start_connected(&config(&redis, &stub, "trusted_proxies: [127.0.0.1]\n"));
     let clients: Vec<String> = (1..=4).map(|i| format!("203.0.113.{i}")).collect();
     std::thread::scope(|s| {
         for client in &clients {
@@ -593,7 +601,7 @@ fn the_log_loses_nothing_at_a_moderate_rate() {
 fn an_event_stream_client_receives_decisions() {
     let redis = Redis::start();
     let stub = Stub::start("a");
-    let t = Tollgate::start(&config(&redis, &stub, ""));
+    let t = start_connected(&config(&redis, &stub, ""));
     let mut stream = TcpStream::connect(t.admin).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
