@@ -3,20 +3,30 @@
 //! governor's keyed limiter as the in-process reference; route matching over 100 routes;
 //! and building the rate limit response headers.
 //!
+//! Global policies decide from leases that the background sync refills, so the benchmark
+//! starts its own `redis-server` and runs tollgate's sync loop beside the measurement, as a
+//! live node does: a key's first decision in a window waits for a round, the rest decide
+//! on the spot.
+//!
 //! `cargo bench --bench decisions`
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::net::{IpAddr, Ipv4Addr};
+use pingora_core::services::background::BackgroundService;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use tollgate::config::{self, LimitConfig};
+use std::time::{Duration, Instant};
+use tollgate::config;
+use tollgate::decisions::DecisionHub;
+use tollgate::gateway::{Gateway, SharedGateway};
+use tollgate::limit::sync::LimitSync;
 use tollgate::limit::{headers, key, Policy, RedisLink, RequestFacts};
 use tollgate::metrics::Metrics;
 use tollgate::routing::{RouteKey, Router};
 
-/// Runs a decision that could not be made on the spot. No sync runs here, so a global
-/// lease never holds a grant: its decision waits `redis.timeout`, then degrades. Measuring
-/// global decisions from a lease needs a Redis and the sync loop beside the benchmark.
+/// Runs a decision that could not be made on the spot: a global key whose lease is empty
+/// waits here for the sync loop's next round.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
     thread_local! {
         static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,8 +37,7 @@ fn ready<F: std::future::Future>(f: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(f))
 }
 
-/// One decision the way the proxy makes it: on the spot, or through Redis for atomic
-/// policies (none here).
+/// One decision the way the proxy makes it: on the spot, or after waiting for a lease.
 fn decide(
     policy: &Policy,
     limiter: &tollgate::limit::policy::Limiter,
@@ -45,8 +54,136 @@ fn decide(
     }
 }
 
-fn limit(yaml: &str) -> LimitConfig {
-    serde_yaml::from_str(yaml).expect("bench limit config")
+/// A `redis-server` of the benchmark's own, stopped when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); install it with `apt-get install -y redis-server`")
+            });
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {addr} within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway holding every policy under test, with tollgate's sync loop running on a
+/// thread of its own against `redis`, as on a live node.
+struct Node {
+    gateway: SharedGateway,
+    link: Arc<RedisLink>,
+    stop: tokio::sync::watch::Sender<bool>,
+    sync: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    fn start(redis: &Redis, metrics: &Arc<Metrics>) -> Node {
+        let mut yaml = format!(
+            "redis:\n  url: redis://127.0.0.1:{}\nupstreams:\n  a:\n    backends: [127.0.0.1:9]\nlimits:\n",
+            redis.port
+        );
+        for (label, limit) in POLICIES {
+            yaml.push_str(&format!("  {}: {limit}\n", policy_name(label)));
+        }
+        yaml.push_str("routes:\n  - prefix: /a\n    upstream: a\n");
+        let config = config::parse(&yaml, "bench.yaml")
+            .unwrap_or_else(|e| panic!("bench config: {e}"))
+            .config;
+        let hub = DecisionHub::new(metrics);
+        let gateway = Gateway::build(config, None, metrics, &hub)
+            .unwrap_or_else(|e| panic!("bench gateway: {e}"));
+        let link = gateway.redis.clone().expect("the bench config has redis");
+        let gateway: SharedGateway = Arc::new(arc_swap::ArcSwap::from_pointee(gateway));
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        let sync = LimitSync::new(gateway.clone());
+        let sync = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("sync runtime")
+                .block_on(sync.start(watch));
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !link.is_up() {
+            assert!(
+                Instant::now() < deadline,
+                "the sync loop did not reach redis within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Node {
+            gateway,
+            link,
+            stop,
+            sync: Some(sync),
+        }
+    }
+
+    /// Waits until the sync loop has granted the key a lease, so the measurement starts
+    /// from the steady state and a sync that stopped granting fails the benchmark.
+    fn wait_for_lease(&self, policy: &Policy, facts: &RequestFacts<'_>) {
+        let limiter = policy.limiter(None);
+        assert!(
+            decide(policy, limiter, facts, &self.link),
+            "the first decision was refused"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while policy
+            .decide_now(limiter, facts, 1, Some(&self.link))
+            .is_none()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the sync loop granted no lease for {} within 10 s",
+                policy.name
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn policy(&self, label: &str) -> Arc<Policy> {
+        self.gateway.load().policies[&policy_name(label)].clone()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(sync) = self.sync.take() {
+            let _ = sync.join();
+        }
+    }
+}
+
+fn policy_name(label: &str) -> String {
+    label.replace('/', "_")
 }
 
 fn facts(ip: IpAddr, headers: &http::HeaderMap) -> RequestFacts<'_> {
@@ -80,18 +217,11 @@ const POLICIES: &[(&str, &str)] = &[
     ("global_async/sliding_window_1mo_berlin", "{key: client_ip, algorithm: sliding_window, rate: 1000000000/1mo, timezone: Europe/Berlin, max_keys: 200000}"),
 ];
 
-fn link(metrics: &Arc<Metrics>) -> RedisLink {
-    let redis: config::RedisConfig =
-        serde_yaml::from_str("{url: 'redis://127.0.0.1:1'}").expect("redis config");
-    let link = RedisLink::new(&redis, metrics.clone()).expect("link");
-    // Decisions from leases need no connection; mark the link up as a live node would be.
-    link.mark_up();
-    link
-}
-
 fn decisions(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new());
-    let link = link(&metrics);
+    let redis = Redis::start();
+    let node = Node::start(&redis, &metrics);
+    let link = node.link.clone();
     let headers = http::HeaderMap::new();
     let keys: Vec<IpAddr> = (0..100_000u32)
         .map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)))
@@ -99,9 +229,12 @@ fn decisions(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decision");
     group.throughput(Throughput::Elements(1));
-    for (label, yaml) in POLICIES {
-        let policy = Policy::build(label, &limit(yaml), &metrics);
+    for (label, _) in POLICIES {
+        let policy = node.policy(label);
         let limiter = policy.limiter(None);
+        if policy.is_leased() {
+            node.wait_for_lease(&policy, &facts(keys[0], &headers));
+        }
         group.bench_function(BenchmarkId::new("hot_key", label), |b| {
             let f = facts(keys[0], &headers);
             b.iter(|| decide(&policy, limiter, black_box(&f), &link))
@@ -129,6 +262,8 @@ fn decisions(c: &mut Criterion) {
         })
     });
     group.finish();
+    drop(node);
+    drop(redis);
 
     let mut group = c.benchmark_group("key");
     let f = facts(keys[0], &headers);
