@@ -5,7 +5,7 @@ use super::key::{self, RequestFacts};
 use super::lease::{self, Lease};
 use super::link::{unix_ms, unix_ns, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
-use super::receipt::Receipt;
+use super::receipt::{ExactReceipt, Receipt};
 use super::scripts;
 use crate::config::{CostSpec, Mode, OnRedisError, Scope, SyncMode};
 use pingora_limits::inflight::Guard;
@@ -285,11 +285,19 @@ impl Policy {
                 }
             },
         };
-        let check = self.finish(decided, failed_open, guard);
-        if check.outcome == Outcome::Limited && limiter.blocks.is_some() {
+        // Built in the return slot, after the penalty: a `Check` made first and returned
+        // later is copied whole, which on the lease path costs more than the decision.
+        let (verdict, receipt) = decided;
+        let outcome = self.settle(&verdict, failed_open);
+        if outcome == Outcome::Limited && limiter.blocks.is_some() {
             self.penalize(limiter, hash, || key::text(&self.key, facts));
         }
-        Some(check)
+        Some(Check {
+            verdict,
+            outcome,
+            guard,
+            receipt: kept(&verdict, receipt),
+        })
     }
 
     #[inline]
@@ -299,6 +307,18 @@ impl Policy {
         failed_open: bool,
         guard: Option<Guard>,
     ) -> Check {
+        let outcome = self.settle(&verdict, failed_open);
+        Check {
+            verdict,
+            outcome,
+            guard,
+            receipt: kept(&verdict, receipt),
+        }
+    }
+
+    /// The outcome of `verdict`, counted.
+    #[inline]
+    fn settle(&self, verdict: &Verdict, failed_open: bool) -> Outcome {
         let outcome = match (verdict.allowed, self.mode) {
             (true, _) if failed_open => Outcome::FailedOpen,
             (true, _) => Outcome::Allowed,
@@ -314,16 +334,7 @@ impl Policy {
             (false, Mode::Enforce) => Outcome::Limited,
         };
         self.count(outcome);
-        Check {
-            verdict,
-            outcome,
-            guard,
-            receipt: if verdict.allowed {
-                receipt
-            } else {
-                Receipt::Nothing
-            },
-        }
+        outcome
     }
 
     #[inline]
@@ -378,6 +389,7 @@ impl Policy {
     /// This node alone among `nodes` (1 for local policies). A key it holds Redis's word
     /// on continues from that (see [`Lease::admit_alone`]); any other key gets this node's
     /// share of the numbers.
+    #[inline]
     fn local(&self, limiter: &Limiter, hash: u64, cost: u64, nodes: u64) -> (Verdict, Receipt) {
         match limiter.params {
             Params::Window { limit, sliding, .. } => {
@@ -591,12 +603,12 @@ impl Policy {
                     algorithm::fixed_window_in(used, cost, limit, now, span)
                 };
                 v.allowed = allowed;
-                let receipt = Receipt::Exact {
+                let receipt = Receipt::Exact(Box::new(ExactReceipt {
                     key_text: text,
                     window: Some(window),
                     cost,
                     member: None,
-                };
+                }));
                 Ok((v, receipt))
             }
             Params::Bucket(b) => {
@@ -645,12 +657,12 @@ impl Policy {
                         next_ms.max(1) + (cost.saturating_sub(1)) * per_token_ms
                     },
                 };
-                let receipt = Receipt::Exact {
+                let receipt = Receipt::Exact(Box::new(ExactReceipt {
                     key_text: text,
                     window: None,
                     cost,
                     member: None,
-                };
+                }));
                 Ok((verdict, receipt))
             }
             Params::Log { limit, window_ms } => {
@@ -675,16 +687,26 @@ impl Policy {
                     reset_ms: window_ms,
                     retry_after_ms: if allowed == 1 { 0 } else { wait.max(1) },
                 };
-                let receipt = Receipt::Exact {
+                let receipt = Receipt::Exact(Box::new(ExactReceipt {
                     key_text: text,
                     window: None,
                     cost,
                     member: Some(member),
-                };
+                }));
                 Ok((verdict, receipt))
             }
             Params::Concurrency { max } => Ok((algorithm::concurrency(0, max), Receipt::Nothing)),
         }
+    }
+}
+
+/// A refused request took nothing, so it has nothing to hand back.
+#[inline]
+fn kept(verdict: &Verdict, receipt: Receipt) -> Receipt {
+    if verdict.allowed {
+        receipt
+    } else {
+        Receipt::Nothing
     }
 }
 

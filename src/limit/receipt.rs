@@ -27,15 +27,21 @@ pub enum Receipt {
     Log { hash: u64, cost: u64 },
     /// The local bucket estimator.
     Tat { hash: u64, cost: u64 },
-    /// Redis, in atomic mode.
-    Exact {
-        key_text: String,
-        /// The window it was counted in (windows only).
-        window: Option<u64>,
-        cost: u64,
-        /// The sliding log entries it added: `member:1` to `member:cost`.
-        member: Option<String>,
-    },
+    /// Redis, in atomic mode. Boxed: every decision returns a receipt, and this variant
+    /// alone would make each one (and each `Check`) three times the size, paid in copies
+    /// on the lease path that never builds it; atomic mode pays a round trip anyway.
+    Exact(Box<ExactReceipt>),
+}
+
+/// What an atomic-mode admission counted in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExactReceipt {
+    pub key_text: String,
+    /// The window it was counted in (windows only).
+    pub window: Option<u64>,
+    pub cost: u64,
+    /// The sliding log entries it added: `member:1` to `member:cost`.
+    pub member: Option<String>,
 }
 
 /// An admission a later refusal must hand back.
@@ -80,12 +86,13 @@ impl Policy {
                     tats.refund(hash, cost, bucket);
                 }
             }
-            Receipt::Exact {
-                key_text,
-                window,
-                cost,
-                member,
-            } => {
+            Receipt::Exact(exact) => {
+                let ExactReceipt {
+                    key_text,
+                    window,
+                    cost,
+                    member,
+                } = *exact;
                 if let Some(link) = link {
                     if let Err(e) = self
                         .refund_exact(limiter, link, &key_text, window, cost, member)
