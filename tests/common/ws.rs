@@ -23,10 +23,17 @@ impl EchoServer {
             for stream in listener.incoming().flatten() {
                 let (open, accepted) = (o.clone(), a.clone());
                 std::thread::spawn(move || {
-                    let Ok(mut ws) = tungstenite::accept(stream) else {
+                    // Counted before the 101 goes out: a client that has its upgrade
+                    // must find it counted, whichever thread runs first.
+                    #[allow(clippy::result_large_err)] // tungstenite's callback type
+                    let count = |_: &tungstenite::handshake::server::Request,
+                                 response: tungstenite::handshake::server::Response| {
+                        accepted.fetch_add(1, Ordering::SeqCst);
+                        Ok(response)
+                    };
+                    let Ok(mut ws) = tungstenite::accept_hdr(stream, count) else {
                         return;
                     };
-                    accepted.fetch_add(1, Ordering::SeqCst);
                     open.fetch_add(1, Ordering::SeqCst);
                     loop {
                         match ws.read() {
