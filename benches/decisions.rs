@@ -10,13 +10,17 @@
 //!
 //! `cargo bench --bench decisions`
 
+// The tests' harness: its `redis-server` on a free port and its deadline polls.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{wait_for, Redis};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use pingora_core::services::background::BackgroundService;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::num::NonZeroU32;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tollgate::config;
 use tollgate::decisions::DecisionHub;
 use tollgate::gateway::{Gateway, SharedGateway};
@@ -51,46 +55,6 @@ fn decide(
                 .verdict
                 .allowed
         }
-    }
-}
-
-/// A `redis-server` of the benchmark's own, stopped when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run redis-server ({e}); install it with `apt-get install -y redis-server`")
-            });
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on {addr} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -130,14 +94,11 @@ impl Node {
                 .expect("sync runtime")
                 .block_on(sync.start(watch));
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !link.is_up() {
-            assert!(
-                Instant::now() < deadline,
-                "the sync loop did not reach redis within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(
+            "the sync loop to reach redis",
+            Duration::from_secs(10),
+            || link.is_up().then_some(()),
+        );
         Node {
             gateway,
             link,
@@ -154,18 +115,11 @@ impl Node {
             decide(policy, limiter, facts, &self.link),
             "the first decision was refused"
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while policy
-            .decide_now(limiter, facts, 1, Some(&self.link))
-            .is_none()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the sync loop granted no lease for {} within 10 s",
-                policy.name
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for(
+            &format!("the sync loop to grant {} a lease", policy.name),
+            Duration::from_secs(10),
+            || policy.decide_now(limiter, facts, 1, Some(&self.link)),
+        );
     }
 
     fn policy(&self, label: &str) -> Arc<Policy> {
@@ -190,7 +144,7 @@ fn is_global(label: &str) -> bool {
     label.starts_with("global")
 }
 
-fn limit(yaml: &str) -> tollgate::config::LimitConfig {
+fn limit(yaml: &str) -> config::LimitConfig {
     serde_yaml::from_str(yaml).expect("bench limit config")
 }
 

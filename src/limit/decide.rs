@@ -73,6 +73,24 @@ pub struct Check {
     pub receipt: Receipt,
 }
 
+impl Check {
+    /// A refused request took nothing, so it keeps no receipt to hand back.
+    #[inline]
+    fn new(verdict: Verdict, outcome: Outcome, guard: Option<Guard>, receipt: Receipt) -> Check {
+        let receipt = if verdict.allowed {
+            receipt
+        } else {
+            Receipt::Nothing
+        };
+        Check {
+            verdict,
+            outcome,
+            guard,
+            receipt,
+        }
+    }
+}
+
 /// Why a request's cost is unusable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CostError {
@@ -292,12 +310,7 @@ impl Policy {
         if outcome == Outcome::Limited && limiter.blocks.is_some() {
             self.penalize(limiter, hash, || key::text(&self.key, facts));
         }
-        Some(Check {
-            verdict,
-            outcome,
-            guard,
-            receipt: kept(&verdict, receipt),
-        })
+        Some(Check::new(verdict, outcome, guard, receipt))
     }
 
     #[inline]
@@ -308,12 +321,7 @@ impl Policy {
         guard: Option<Guard>,
     ) -> Check {
         let outcome = self.settle(&verdict, failed_open);
-        Check {
-            verdict,
-            outcome,
-            guard,
-            receipt: kept(&verdict, receipt),
-        }
+        Check::new(verdict, outcome, guard, receipt)
     }
 
     /// The outcome of `verdict`, counted.
@@ -697,16 +705,6 @@ impl Policy {
             }
             Params::Concurrency { max } => Ok((algorithm::concurrency(0, max), Receipt::Nothing)),
         }
-    }
-}
-
-/// A refused request took nothing, so it has nothing to hand back.
-#[inline]
-fn kept(verdict: &Verdict, receipt: Receipt) -> Receipt {
-    if verdict.allowed {
-        receipt
-    } else {
-        Receipt::Nothing
     }
 }
 
