@@ -23,15 +23,29 @@ pub mod ws;
 pub use self::http::*;
 pub use procs::*;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, and never handed out before in this process.
+///
+/// The kernel may give a just-released port to the next `bind(0)`, so two calls for one
+/// config (a proxy and an admin listener) could otherwise return the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    // Listeners bound while searching stay open until the end, so each bind gets a new port.
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("no free port on 127.0.0.1");
+        let port = listener.local_addr().expect("bound address").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+        held.push(listener);
+    }
+    panic!("1000 free ports in a row had been handed out before");
 }
 
 /// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
