@@ -141,6 +141,18 @@ fn server_errors(outcomes: &[Outcome]) -> Vec<&Outcome> {
         .collect()
 }
 
+/// Fails with how many requests got a 5xx or no answer, and the first few of them.
+fn assert_no_server_errors(outcomes: &[Outcome], during: &str) {
+    let errors = server_errors(outcomes);
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests got a 5xx or no answer {during}; the first: {:?}",
+        errors.len(),
+        outcomes.len(),
+        &errors[..errors.len().min(5)]
+    );
+}
+
 /// Checks every whole window of every key: at most `max_over` × the limit admitted, and at
 /// least 95 % of it counting requests that straddled a boundary.
 fn check_windows(
@@ -205,10 +217,7 @@ fn accuracy(sync: &str, max_over: f64) {
         "{sync}: {} requests ({rate:.0}/s) over 30 keys on 3 masters",
         outcomes.len()
     );
-    assert!(
-        server_errors(&outcomes).is_empty(),
-        "5xx or failed requests"
-    );
+    assert_no_server_errors(&outcomes, "under load");
     check_windows(sync, &outcomes, base, &keys, LIMIT, max_over);
     // Each master served its share: the batch went to all three.
     let mut per_master = Vec::new();
@@ -275,10 +284,7 @@ fn one_hot_key_at_a_high_rate_holds_its_limit_on_the_cluster() {
         outcomes.len(),
         outcomes.len() as f64 / 4.2
     );
-    assert!(
-        server_errors(&outcomes).is_empty(),
-        "5xx or failed requests"
-    );
+    assert_no_server_errors(&outcomes, "under load");
     check_windows("one key", &outcomes, base, &keys, LIMIT, 1.05);
 }
 
@@ -400,12 +406,7 @@ fn failover(sync: &str, fleet_keys_on_victim: bool, fault: Fault) {
         recovered,
         outcomes.len()
     );
-    let errors = server_errors(&outcomes);
-    assert!(
-        errors.is_empty(),
-        "5xx during failover: {:?}",
-        &errors[..errors.len().min(5)]
-    );
+    assert_no_server_errors(&outcomes, "during the failover");
     assert!(
         still_unreachable.iter().all(|&n| n == 0.0),
         "slots still unreachable 6 s after the promotion: {still_unreachable:?}"
@@ -508,7 +509,7 @@ fn a_slot_migrated_under_load_loses_no_decision() {
         "resharded 100 slots (hot slot {hot_slot}) from {source} to {target} in {took:?} under {} requests",
         outcomes.len()
     );
-    assert!(server_errors(&outcomes).is_empty(), "5xx during migration");
+    assert_no_server_errors(&outcomes, "during the migration");
     assert_eq!(
         failed_open(&nodes, "per_path"),
         0.0,
