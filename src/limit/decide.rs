@@ -21,6 +21,9 @@ enum Pending {
     Refuse,
     /// Redis did not answer in time: `on_redis_error` decides.
     Degrade,
+    /// `redis.timeout` is up although Redis answered: refuse if that answer left the key
+    /// dry, else the grant is too slow for this request and `on_redis_error` decides.
+    Last,
 }
 
 /// What a decision means for the request.
@@ -166,22 +169,26 @@ impl Policy {
             // `redis.timeout` is a Redis failure.
             let deadline = std::time::Instant::now() + link.config.timeout;
             let first = seen.unwrap_or(0);
+            let answered = |link: &RedisLink| link.sync_generation().wrapping_sub(first) >= 2;
+            // Set once a try found Redis's answer in and the grant still to come: every
+            // later try waits for a round first, so the loop never spins on the worker.
+            let mut again = false;
             loop {
-                let answered = |link: &RedisLink| link.sync_generation().wrapping_sub(first) >= 2;
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if !answered(link) && !left.is_zero() {
+                if (again || !answered(link)) && !left.is_zero() {
                     link.wait_for_sync(link.sync_generation(), left).await;
                 }
-                let pending = if answered(link) {
-                    Pending::Refuse
-                } else if std::time::Instant::now() >= deadline {
-                    Pending::Degrade
-                } else {
-                    Pending::Wait
+                let late = std::time::Instant::now() >= deadline;
+                let pending = match (answered(link), late) {
+                    (false, false) => Pending::Wait,
+                    (true, false) => Pending::Refuse,
+                    (false, true) => Pending::Degrade,
+                    (true, true) => Pending::Last,
                 };
                 if let Some(decided) = self.decide(limiter, facts, cost, Some(link), pending) {
                     return decided;
                 }
+                again = true;
             }
         }
         match self.atomic(limiter, facts, cost, link).await {
@@ -290,8 +297,9 @@ impl Policy {
                     Pending::Wait => return None,
                     Pending::Refuse if room => return None,
                     Pending::Refuse => (decided, false),
-                    // No answer within `redis.timeout`: too slow to decide this one.
-                    Pending::Degrade => match self.on_redis_error {
+                    Pending::Last if !room => (decided, false),
+                    // No grant within `redis.timeout`: too slow to decide this one.
+                    Pending::Degrade | Pending::Last => match self.on_redis_error {
                         OnRedisError::Closed => return Some(self.unavailable(limiter)),
                         OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
                     },
@@ -756,5 +764,79 @@ impl std::fmt::Display for AtomicError {
             AtomicError::Timeout(d) => write!(f, "no answer within {d:?}"),
             AtomicError::Redis(e) => write!(f, "{e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    /// A global async policy and a link marked up with `redis.timeout` at 200 ms. No Redis
+    /// is contacted: the test completes sync rounds itself.
+    fn global_async() -> (Arc<Policy>, Arc<RedisLink>) {
+        let yaml = "redis:\n  url: redis://127.0.0.1:1\n  timeout: 200ms\n\
+                    upstreams:\n  a:\n    backends: [127.0.0.1:9]\n\
+                    limits:\n  p:\n    algorithm: fixed_window\n    rate: 50/1m\n    key: client_ip\n\
+                    routes:\n  - prefix: /\n    upstream: a\n";
+        let config = crate::config::parse(yaml, "t.yaml")
+            .expect("test config")
+            .config;
+        let metrics = Arc::new(Metrics::new());
+        let policy = Policy::build("p", &config.limits["p"], &metrics);
+        let link = RedisLink::new(config.redis.as_ref().expect("redis"), metrics).expect("link");
+        link.mark_up();
+        (Arc::new(policy), Arc::new(link))
+    }
+
+    #[test]
+    fn a_request_whose_grant_stays_away_is_decided_at_the_deadline() {
+        let (policy, link) = global_async();
+        // Sync rounds that complete without granting the key anything, as when Redis
+        // answers but the grants go to other keys.
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = {
+            let (link, stop) = (link.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    link.sync_completed();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let (decided, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let headers = http::HeaderMap::new();
+            let facts = RequestFacts {
+                client_ip: "192.0.2.7".parse().expect("ip"),
+                api_key_id: None,
+                tenant: None,
+                tier: None,
+                path: "/",
+                method: "GET",
+                route: "/",
+                host: None,
+                headers: &headers,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
+            let limiter = policy.limiter(None);
+            let check = runtime.block_on(policy.check(limiter, &facts, 1, Some(&link)));
+            let _ = decided.send(check.outcome);
+        });
+        // A loop that retried without waiting would spin here for good.
+        let outcome = outcome.recv_timeout(Duration::from_secs(5));
+        stop.store(true, Ordering::Relaxed);
+        let _ = rounds.join();
+        assert_eq!(
+            outcome,
+            Ok(Outcome::FailedOpen),
+            "past redis.timeout with no grant, on_redis_error (open) decides"
+        );
     }
 }
