@@ -170,14 +170,16 @@ impl Policy {
             let deadline = std::time::Instant::now() + link.config.timeout;
             let first = seen.unwrap_or(0);
             let answered = |link: &RedisLink| link.sync_generation().wrapping_sub(first) >= 2;
-            // Set once a try found Redis's answer in and the grant still to come: every
-            // later try waits for a round first, so the loop never spins on the worker.
-            let mut again = false;
-            loop {
+            let next_round = || async {
                 let left = deadline.saturating_duration_since(std::time::Instant::now());
-                if (again || !answered(link)) && !left.is_zero() {
+                if !left.is_zero() {
                     link.wait_for_sync(link.sync_generation(), left).await;
                 }
+            };
+            if !answered(link) {
+                next_round().await;
+            }
+            loop {
                 let late = std::time::Instant::now() >= deadline;
                 let pending = match (answered(link), late) {
                     (false, false) => Pending::Wait,
@@ -188,7 +190,9 @@ impl Policy {
                 if let Some(decided) = self.decide(limiter, facts, cost, Some(link), pending) {
                     return decided;
                 }
-                again = true;
+                // Undecided, so the grant is still to come: a retry before the next round
+                // would find the same lease and spin on the worker thread.
+                next_round().await;
             }
         }
         match self.atomic(limiter, facts, cost, link).await {
