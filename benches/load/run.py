@@ -409,6 +409,11 @@ def ensure_tools(allow_install: bool, tls: bool = False,
 
 
 def release_dir() -> Path:
+    """Where tollgate, stub-service and examples/bare_pingora are: `TOLLGATE_BIN_DIR` when
+    set (the smoke test points it at the debug build it already has), else the release
+    build of `CARGO_TARGET_DIR`."""
+    if os.environ.get("TOLLGATE_BIN_DIR"):
+        return Path(os.environ["TOLLGATE_BIN_DIR"]).resolve()
     return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release"
 
 
@@ -419,6 +424,9 @@ def bare_pingora_bin() -> Path:
 def ensure_binaries() -> tuple[Path, Path]:
     tollgate, stub = release_dir() / "tollgate", release_dir() / "stub-service"
     if not (tollgate.is_file() and stub.is_file() and bare_pingora_bin().is_file()):
+        if os.environ.get("TOLLGATE_BIN_DIR"):
+            raise HarnessError(f"TOLLGATE_BIN_DIR={release_dir()} lacks tollgate, stub-service "
+                               "or examples/bare_pingora")
         if shutil.which("cargo") is None:
             raise HarnessError(f"{tollgate} or {stub} is missing and cargo is not installed")
         print("release binaries missing: running `cargo build --release --workspace "
