@@ -13,6 +13,11 @@ const LIMIT: u64 = 200;
 const WINDOW_MS: u64 = 1_000;
 const WINDOWS: u64 = 4;
 const CLIENTS: usize = 6;
+/// How far the proxy's clock and the client's may disagree (as in tests/common/windows.rs).
+const CLOCK_SLACK_MS: u64 = 2;
+/// Windows the client must fill (offer at least twice the limit, so that the limit is what
+/// binds) for the test to judge anything.
+const FILLED_WINDOWS: usize = 2;
 
 struct Sample {
     sent_ms: u64,
@@ -128,7 +133,13 @@ fn per_window(samples: &[Sample]) -> Vec<WindowCount> {
                 straddling: 0,
             };
             for s in samples {
-                let (a, b) = (s.sent_ms / WINDOW_MS, s.done_ms / WINDOW_MS);
+                // The proxy windows by its own clock (a TSC read anchored to the system
+                // clock), the client by the wall clock in whole milliseconds: a request
+                // this close to a boundary may have been decided on its other side.
+                let (a, b) = (
+                    s.sent_ms.saturating_sub(CLOCK_SLACK_MS) / WINDOW_MS,
+                    (s.done_ms + CLOCK_SLACK_MS) / WINDOW_MS,
+                );
                 if a == window || b == window {
                     if a == b {
                         count.offered += 1;
@@ -168,12 +179,19 @@ fn check_fleet(sync: &str, max_over: f64) {
         })
         .collect();
     eprintln!("{sync} fleet, limit {LIMIT}/s:\n  {}", report.join("\n  "));
-    for w in &windows {
-        assert!(
-            w.offered >= 4 * LIMIT,
-            "{sync}: the client did not keep up:\n{}",
-            report.join("\n")
-        );
+    // The client paces 5 × the limit; on a busy machine it may fall short. A window it
+    // offered less than twice the limit judges nothing (the limit did not bind), so it is
+    // skipped rather than failed, as long as enough windows remain to judge.
+    let filled: Vec<&WindowCount> = windows.iter().filter(|w| w.offered >= 2 * LIMIT).collect();
+    assert!(
+        filled.len() >= FILLED_WINDOWS,
+        "{sync}: the client offered at least {} in only {} of {WINDOWS} windows: the machine \
+         could not generate the load to judge by:\n{}",
+        2 * LIMIT,
+        filled.len(),
+        report.join("\n")
+    );
+    for w in filled {
         let ceiling = (LIMIT as f64 * max_over).floor() as u64;
         assert!(
             w.admitted <= ceiling,
@@ -235,8 +253,13 @@ fn a_crashed_node_does_not_strand_its_reserved_quota_for_the_window() {
         (get_with(&agent, &second.url("/a/x"), &[]).status == 200).then_some(started.elapsed())
     });
     eprintln!("a node taking over admitted again after {admitted:?}");
-    // Allowed on the provisional share at once, or within the 2s reservation expiry.
-    assert!(admitted < Duration::from_millis(2_600), "{admitted:?}");
+    // Allowed on the provisional share at once, or within the 2 s reservation expiry; the
+    // rest of the 4 s is for a busy machine's sync rounds. A stranded reservation would
+    // hold the key for the rest of the minute (at least 15 s here).
+    assert!(
+        admitted < Duration::from_millis(4_000),
+        "the new node admitted only after {admitted:?}: the dead node's reservation outlived its 2 s expiry"
+    );
     let mut statuses = Vec::new();
     std::thread::sleep(Duration::from_millis(2_200));
     for _ in 0..50 {

@@ -69,16 +69,21 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `timeout: 100ms` rather than the default 25 ms: these tests judge which keys go local
-/// when a master fails, and a loaded CI machine can stall a round past 25 ms on its own.
-/// A round held up by a dead master would take the whole round deadline (400 ms here),
-/// which this still catches.
+/// `timeout: 250ms` rather than the default 25 ms. These tests judge which keys go local
+/// when a master fails, and a key goes local whenever a round is late past the timeout,
+/// whatever the reason: on a two-core machine with a release build beside the test, a
+/// process can be kept off the CPU for tens of milliseconds. A round held up by a failed
+/// master waits the whole round deadline (4 × the timeout, 1 s here), which the tests
+/// still tell apart from a late round.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+const SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
 fn config(cluster: &RedisCluster, stub: &Stub, limits: &str, routes: &str) -> String {
     format!(
         "redis:
   cluster: [{}]
-  sync_interval: 50ms
-  timeout: 100ms
+  sync_interval: {}ms
+  timeout: {}ms
 upstreams:
   a:
     backends: [{}]
@@ -88,6 +93,8 @@ routes:
 {routes}
 ",
         cluster.seeds().join(", "),
+        SYNC_INTERVAL.as_millis(),
+        REDIS_TIMEOUT.as_millis(),
         stub.address()
     )
 }
@@ -153,8 +160,55 @@ fn assert_no_server_errors(outcomes: &[Outcome], during: &str) {
     );
 }
 
-/// Checks every whole window of every key: at most `max_over` × the limit admitted, and at
-/// least 95 % of it counting requests that straddled a boundary.
+/// Whole windows of every key, split into those the load generator filled (offered at
+/// least twice the limit, so the limit was what bound them) and the rest, which judge
+/// nothing: on a busy machine the generator itself may not keep up, and that is not the
+/// fleet's fault.
+type KeyWindow = ((String, u64), windows::WindowCount);
+
+fn filled_windows(
+    outcomes: &[Outcome],
+    base: Duration,
+    keys: &[String],
+    limit: u64,
+) -> (Vec<KeyWindow>, usize) {
+    let counts = windows::whole_windows(windows::count(outcomes, base, WINDOW_MS, |i| {
+        keys[i].clone()
+    }));
+    let total = counts.len();
+    let filled: Vec<_> = counts
+        .into_iter()
+        .filter(|(_, c)| c.offered >= 2 * limit)
+        .collect();
+    let skipped = total - filled.len();
+    (filled, skipped)
+}
+
+/// Runs `load` until it has filled `want` whole key-windows (or `most` has passed), and
+/// returns its outcomes: the test scales to what the machine delivers.
+fn load_until_filled(
+    load: Load,
+    keys: &[String],
+    limit: u64,
+    want: usize,
+    least: Duration,
+    most: Duration,
+) -> Vec<Outcome> {
+    let base = load.started_unix;
+    std::thread::sleep(least);
+    while load.now() < most {
+        let (filled, _) = filled_windows(&load.snapshot(), base, keys, limit);
+        if filled.len() >= want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    load.finish()
+}
+
+/// Checks every filled whole window of every key: at most `max_over` × the limit admitted,
+/// and at least 95 % of it counting requests that straddled a boundary. Needs `want`
+/// filled windows: fewer means the machine could not offer the load this test judges.
 fn check_windows(
     label: &str,
     outcomes: &[Outcome],
@@ -162,18 +216,19 @@ fn check_windows(
     keys: &[String],
     limit: u64,
     max_over: f64,
+    want: usize,
 ) {
-    let counts = windows::whole_windows(windows::count(outcomes, base, WINDOW_MS, |i| {
-        keys[i].clone()
-    }));
-    assert!(!counts.is_empty(), "{label}: no whole window");
+    let (filled, skipped) = filled_windows(outcomes, base, keys, limit);
+    assert!(
+        filled.len() >= want,
+        "{label}: the load filled only {} key-windows (offered at least {}), {skipped} others \
+         got less: the machine could not generate the load to judge by ({} requests)",
+        filled.len(),
+        2 * limit,
+        outcomes.len()
+    );
     let mut worst = (u64::MAX, 0u64);
-    for ((key, window), c) in &counts {
-        assert!(
-            c.offered >= 2 * limit,
-            "{label}: {key} window {window} offered only {} (need several times {limit})",
-            c.offered
-        );
+    for ((key, window), c) in &filled {
         assert!(
             c.admitted as f64 <= limit as f64 * max_over,
             "{label}: {key} window {window} admitted {} > {max_over} × {limit}",
@@ -188,8 +243,8 @@ fn check_windows(
         worst = (worst.0.min(c.admitted), worst.1.max(c.admitted));
     }
     println!(
-        "{label}: {} key-windows, admitted {}..={} per window of limit {limit}",
-        counts.len(),
+        "{label}: {} filled key-windows ({skipped} too thinly loaded to judge), admitted {}..={} per window of limit {limit}",
+        filled.len(),
         worst.0,
         worst.1
     );
@@ -210,15 +265,22 @@ fn accuracy(sync: &str, max_over: f64) {
     let (urls, keys) = urls(&nodes, &paths);
     let load = Load::start(24, &urls, &[]);
     let base = load.started_unix;
-    std::thread::sleep(Duration::from_millis(5 * WINDOW_MS + 200));
-    let outcomes = load.finish();
-    let rate = outcomes.len() as f64 / 5.2;
+    // 30 keys × 3 whole windows in the first 5 s when the machine keeps up; a busy one
+    // gets more time to fill as many.
+    let outcomes = load_until_filled(
+        load,
+        &keys,
+        LIMIT,
+        90,
+        Duration::from_millis(5 * WINDOW_MS + 200),
+        Duration::from_secs(30),
+    );
     println!(
-        "{sync}: {} requests ({rate:.0}/s) over 30 keys on 3 masters",
+        "{sync}: {} requests over 30 keys on 3 masters",
         outcomes.len()
     );
     assert_no_server_errors(&outcomes, "under load");
-    check_windows(sync, &outcomes, base, &keys, LIMIT, max_over);
+    check_windows(sync, &outcomes, base, &keys, LIMIT, max_over, 90);
     // Each master served its share: the batch went to all three.
     let mut per_master = Vec::new();
     for port in cluster.masters() {
@@ -277,34 +339,53 @@ fn one_hot_key_at_a_high_rate_holds_its_limit_on_the_cluster() {
     let (urls, keys) = urls(&nodes, &["/a/x".to_string()]);
     let load = Load::start(16, &urls, &[]);
     let base = load.started_unix;
-    std::thread::sleep(Duration::from_millis(4 * WINDOW_MS + 200));
-    let outcomes = load.finish();
-    println!(
-        "one key: {} requests ({:.0}/s)",
-        outcomes.len(),
-        outcomes.len() as f64 / 4.2
+    let outcomes = load_until_filled(
+        load,
+        &keys,
+        LIMIT,
+        3,
+        Duration::from_millis(4 * WINDOW_MS + 200),
+        Duration::from_secs(20),
     );
+    println!("one key: {} requests", outcomes.len());
     assert_no_server_errors(&outcomes, "under load");
-    check_windows("one key", &outcomes, base, &keys, LIMIT, 1.05);
+    check_windows("one key", &outcomes, base, &keys, LIMIT, 1.05, 3);
 }
 
-/// Samples each node's failed-open count for `policy` until told to stop: (when, total).
-fn watch(nodes: &[Tollgate], policies: &[&str], until: Instant) -> Vec<(Instant, Vec<f64>)> {
+/// Failed-open counts of each policy summed over the nodes, sampled until `stop` is set:
+/// (when, count per policy). One scrape of each node per sample.
+fn watch(
+    nodes: &[Tollgate],
+    policies: &[&str],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(Instant, Vec<f64>)> {
     let mut seen = Vec::new();
-    while Instant::now() < until {
-        let counts = policies.iter().map(|p| failed_open(nodes, p)).collect();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let scrapes: Vec<String> = nodes.iter().map(|n| n.metrics()).collect();
+        let counts = policies
+            .iter()
+            .map(|p| {
+                let sample = format!(
+                    "tollgate_ratelimit_decisions_total{{policy=\"{p}\",result=\"failed_open\"}}"
+                );
+                scrapes
+                    .iter()
+                    .filter_map(|text| metric_value(text, &sample))
+                    .sum()
+            })
+            .collect();
         seen.push((Instant::now(), counts));
         std::thread::sleep(Duration::from_millis(50));
     }
     seen
 }
 
-/// When the failed-open count of policy `i` last grew.
-fn last_growth(seen: &[(Instant, Vec<f64>)], i: usize) -> Option<Instant> {
+/// The sample intervals (start, end) in which policy `i`'s failed-open count grew.
+fn growth(seen: &[(Instant, Vec<f64>)], i: usize) -> Vec<(Instant, Instant)> {
     seen.windows(2)
-        .rev()
-        .find(|w| w[1].1[i] > w[0].1[i])
-        .map(|w| w[1].0)
+        .filter(|w| w[1].1[i] > w[0].1[i])
+        .map(|w| (w[0].0, w[1].0))
+        .collect()
 }
 
 /// How the victim master goes away.
@@ -344,9 +425,24 @@ fn atomic_keys_of_a_killed_master_fail_open_alone() {
     failover("atomic", false, Fault::Kill);
 }
 
+/// Sample intervals in which the other masters' keys may go local without a fault of the
+/// fleet's: a round or an atomic call late past `REDIS_TIMEOUT` because the machine held
+/// the process off the CPU. Each such stall is one burst; the faults these tests guard
+/// against (a batch that fails whole with one master, rounds that keep waiting on a hung
+/// one) make the keys go local in every round until the promotion, which is at least 20
+/// sample intervals after the fault here.
+const STALL_BURSTS: usize = 2;
+
 fn failover(sync: &str, fleet_keys_on_victim: bool, fault: Fault) {
     const LIMIT: u64 = 25;
-    let mut cluster = RedisCluster::start(3);
+    // A hung master is failed over only after the node timeout. The longer timeout leaves
+    // the promotion well after the first round that waited on it, so rounds that keep
+    // waiting would show.
+    let node_timeout = match fault {
+        Fault::Kill => Duration::from_secs(1),
+        Fault::Hang => Duration::from_secs(4),
+    };
+    let mut cluster = RedisCluster::start_with_node_timeout(3, node_timeout);
     let stub = Stub::start_with("a", &["--threads", "2"]);
     let ranges = slot_ranges(&cluster);
     let fleet_master = owner_of(&ranges, slot_of(b"{fleet}"));
@@ -373,36 +469,47 @@ fn failover(sync: &str, fleet_keys_on_victim: bool, fault: Fault) {
     paths.extend(cold.iter().cloned());
     let (urls, keys) = urls(&nodes, &paths);
     let load = Load::start(16, &urls, &[]);
-    let base = load.started_unix;
+    let (base, load_started) = (load.started_unix, load.started);
     load.wait_for_more(500);
     let hot_slot = slot("hot", &hot_path);
-    let killed = Instant::now();
-    match fault {
-        Fault::Kill => cluster.kill(victim),
-        Fault::Hang => cluster.freeze(victim),
-    }
-    wait_for(
-        "a node to report the killed master's slots unreachable",
-        Duration::from_secs(5),
-        || {
-            nodes
-                .iter()
-                .any(|n| n.metric("tollgate_redis_unreachable_slots").unwrap_or(0.0) > 0.0)
-                .then_some(())
-        },
-    );
-    let promoted = cluster.wait_promoted(hot_slot, victim);
-    let seen = watch(&nodes, &["hot", "cold"], promoted + Duration::from_secs(6));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (faulted, promoted, seen) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch(&nodes, &["hot", "cold"], &stop));
+        wait_for("the watcher's first sample", Duration::from_secs(5), || {
+            (!watcher.is_finished()).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let faulted = Instant::now();
+        match fault {
+            Fault::Kill => cluster.kill(victim),
+            Fault::Hang => cluster.freeze(victim),
+        }
+        wait_for(
+            "a node to report the killed master's slots unreachable",
+            Duration::from_secs(5) + node_timeout,
+            || {
+                nodes
+                    .iter()
+                    .any(|n| n.metric("tollgate_redis_unreachable_slots").unwrap_or(0.0) > 0.0)
+                    .then_some(())
+            },
+        );
+        let promoted = cluster.wait_promoted(hot_slot, victim);
+        std::thread::sleep(Duration::from_secs(6));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (faulted, promoted, watcher.join().expect("the watcher"))
+    });
     let still_unreachable: Vec<f64> = nodes
         .iter()
         .map(|n| n.metric("tollgate_redis_unreachable_slots").unwrap_or(-1.0))
         .collect();
     let outcomes = load.finish();
-    let recovered =
-        last_growth(&seen, 0).map_or(Duration::ZERO, |t| t.saturating_duration_since(promoted));
+    let recovered = growth(&seen, 0).last().map_or(Duration::ZERO, |(_, t)| {
+        t.saturating_duration_since(promoted)
+    });
     println!(
         "{sync}, fleet keys on the victim: {fleet_keys_on_victim}: {fault:?} master {victim}: replica promoted after {:?}; hot key global again {:?} after promotion; {} requests",
-        promoted - killed,
+        promoted - faulted,
         recovered,
         outcomes.len()
     );
@@ -411,39 +518,66 @@ fn failover(sync: &str, fleet_keys_on_victim: bool, fault: Fault) {
         still_unreachable.iter().all(|&n| n == 0.0),
         "slots still unreachable 6 s after the promotion: {still_unreachable:?}"
     );
-    let cold_failed = seen.last().map_or(0.0, |(_, c)| c[1]);
-    match fault {
-        Fault::Kill => assert_eq!(cold_failed, 0.0, "keys on the other masters went local"),
+
+    // When the other masters' keys may go local on account of the fault: never for a kill
+    // (a refused connection answers at once); for a hang, in the first round that meets it,
+    // which starts within a sync interval and waits out the round deadline (4 × the timeout),
+    // while its keys' requests wait at most the timeout more. Half a second more for a
+    // slow machine to get there.
+    let excused_until = match fault {
+        Fault::Kill => faulted,
         Fault::Hang => {
-            // The round that meets the hung master waits out its deadline, and keys of the
-            // other masters that ran dry meanwhile go local for it. After that round the
-            // master is left out until it answers a probe: no round waits on it again.
-            let at_promotion = seen.first().map_or(0.0, |(_, c)| c[1]);
-            let cold_requests = outcomes.iter().filter(|o| keys[o.url] != hot_path).count();
-            println!(
-                "keys of the other masters went local {cold_failed} times in {cold_requests} requests, {at_promotion} of them before the promotion"
-            );
-            assert_eq!(
-                cold_failed, at_promotion,
-                "keys on the other masters still went local after the promotion"
-            );
-            // Rounds that each waited on the hung master until the promotion made it
-            // 0.7 % here; one round, 0.05 %.
-            assert!(
-                cold_failed <= cold_requests as f64 * 0.002,
-                "keys on the other masters went local {cold_failed} times: every round waited on the hung master"
-            );
+            faulted + SYNC_INTERVAL + 4 * REDIS_TIMEOUT + REDIS_TIMEOUT + Duration::from_millis(500)
         }
-    }
+    };
+    assert!(
+        promoted >= excused_until + Duration::from_secs(1),
+        "the replica took over {:?} after the fault, too soon to tell rounds that keep waiting \
+         on the failed master from the first one that did; raise the node timeout",
+        promoted - faulted
+    );
+    let cold_bursts: Vec<(Instant, Instant)> = growth(&seen, 1)
+        .into_iter()
+        .filter(|(_, end)| *end > excused_until)
+        .collect();
+    println!(
+        "keys of the other masters went local {} times in all; in {} sample interval(s) after {:?} past the fault: {:?}",
+        seen.last().map_or(0.0, |(_, c)| c[1]),
+        cold_bursts.len(),
+        excused_until - faulted,
+        cold_bursts
+            .iter()
+            .map(|(a, b)| (a.saturating_duration_since(faulted), b.saturating_duration_since(faulted)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        cold_bursts.len() <= STALL_BURSTS,
+        "keys on the other masters went local in {} sample intervals after {:?} past the {fault:?} \
+         (at most {STALL_BURSTS} stalls of a busy machine allowed): rounds kept failing or waiting on the lost master",
+        cold_bursts.len(),
+        excused_until - faulted
+    );
     assert!(
         seen.last().map_or(0.0, |(_, c)| c[0]) > 0.0,
-        "the hot key never went local: the kill did not take"
+        "the hot key never went local: the fault did not take"
     );
+    // Typically well under a second: the first round after the promotion finds the new
+    // master. Five seconds allow for a machine busy enough to slow the map refresh.
     assert!(
         recovered <= Duration::from_secs(5),
         "hot key still local {recovered:?} after promotion"
     );
-    // The cold keys stayed global: no window over the limit.
+    // The cold keys stayed global: no window over the limit, leaving out windows in which
+    // they went local (the excused first round of a hang, or a stall).
+    let local_windows: std::collections::BTreeSet<u64> = growth(&seen, 1)
+        .iter()
+        .flat_map(|(a, b)| {
+            let at = |t: &Instant| {
+                (base + t.saturating_duration_since(load_started)).as_millis() as u64 / WINDOW_MS
+            };
+            at(a).saturating_sub(1)..=at(b) + 1
+        })
+        .collect();
     let cold_outcomes: Vec<Outcome> = outcomes
         .iter()
         .filter(|o| keys[o.url] != hot_path)
@@ -453,6 +587,9 @@ fn failover(sync: &str, fleet_keys_on_victim: bool, fault: Fault) {
         keys[i].clone()
     }));
     for ((key, window), c) in counts {
+        if local_windows.contains(&window) {
+            continue;
+        }
         assert!(
             c.admitted as f64 <= LIMIT as f64 * 1.05,
             "cold {key} window {window} admitted {}",
@@ -515,7 +652,7 @@ fn a_slot_migrated_under_load_loses_no_decision() {
         0.0,
         "a decision fell back to local"
     );
-    check_windows("reshard", &outcomes, base, &keys, LIMIT, 1.05);
+    check_windows("reshard", &outcomes, base, &keys, LIMIT, 1.05, 3);
 }
 
 /// TLS to every node (clients, the cluster bus, replication) and a least-privilege ACL

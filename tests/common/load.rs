@@ -104,6 +104,11 @@ impl Load {
         self.outcomes.lock().unwrap().len()
     }
 
+    /// A copy of the outcomes so far, while the load goes on.
+    pub fn snapshot(&self) -> Vec<Outcome> {
+        self.outcomes.lock().unwrap().clone()
+    }
+
     /// Waits until `n` more requests have completed.
     pub fn wait_for_more(&self, n: usize) {
         let target = self.count() + n;

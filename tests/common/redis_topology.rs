@@ -143,17 +143,30 @@ impl Hardening {
     }
 }
 
+/// Fast failovers for tests: a master silent for a second is failed over.
+const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        Self::launch(masters, None)
+        Self::launch(masters, None, DEFAULT_NODE_TIMEOUT)
+    }
+
+    /// A cluster whose nodes take `node_timeout` (`cluster-node-timeout`) to hold a silent
+    /// master failed, and so about that long and a second more to promote its replica.
+    pub fn start_with_node_timeout(masters: usize, node_timeout: Duration) -> RedisCluster {
+        Self::launch(masters, None, node_timeout)
     }
 
     /// The same cluster behind TLS and passwords ([`Hardening`]).
     pub fn start_hardened(masters: usize, hardening: &Hardening) -> RedisCluster {
-        Self::launch(masters, Some(hardening))
+        Self::launch(masters, Some(hardening), DEFAULT_NODE_TIMEOUT)
     }
 
-    fn launch(masters: usize, hardening: Option<&Hardening>) -> RedisCluster {
+    fn launch(
+        masters: usize,
+        hardening: Option<&Hardening>,
+        node_timeout: Duration,
+    ) -> RedisCluster {
         tools();
         let cli_flags = hardening.map_or_else(Vec::new, Hardening::cli_flags);
         let dir = tempfile::tempdir().expect("tempdir");
@@ -166,6 +179,7 @@ impl RedisCluster {
         let (ports, bus) = chosen.split_at(masters * 2);
         let (ports, bus) = (ports.to_vec(), bus.to_vec());
         let mut servers = HashMap::new();
+        let node_timeout = node_timeout.as_millis().to_string();
         for (port, bus) in ports.iter().zip(&bus) {
             let extra: Vec<String> = [
                 "--cluster-enabled",
@@ -173,7 +187,7 @@ impl RedisCluster {
                 "--cluster-config-file",
                 &format!("nodes-{port}.conf"),
                 "--cluster-node-timeout",
-                "1000",
+                &node_timeout,
                 // A replica may take over however long it was cut off: a test kills
                 // masters on purpose, and the machine may be slow to resync.
                 "--cluster-replica-validity-factor",
