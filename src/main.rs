@@ -54,7 +54,7 @@ struct RunArgs {
     #[arg(short, long)]
     daemon: bool,
     /// Take over the listening sockets of a running tollgate, which must then get SIGQUIT
-    /// (zero-downtime upgrade; see the README).
+    /// (zero-downtime upgrade; see docs/operations.md).
     #[arg(short, long)]
     upgrade: bool,
 }

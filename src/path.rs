@@ -1,6 +1,6 @@
 //! Request path normalization, so that what the router matches is what the backend gets.
 //!
-//! The rule (documented in the README):
+//! The rule (documented in docs/edge.md):
 //! 1. the path must start with `/`;
 //! 2. percent-escapes of unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded, other
 //!    escapes are kept with upper-case hex; an escaped `/`, `\` or NUL (`%2F`, `%5C`, `%00`),

@@ -3,8 +3,8 @@
 //! corpora and a fixed number of mutations of them. Seconds, not minutes, and no build of
 //! its own: the properties compile into this test as plain functions.
 //!
-//! This is not coverage-guided fuzzing; the long run is its own command (README,
-//! *Development*): `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -O <target>`. What
+//! This is not coverage-guided fuzzing; the long run is its own command (docs/development.md):
+//! `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -O <target>`. What
 //! this keeps in `cargo test` is that every property still holds on its seeds and on
 //! inputs near them, and that the fuzz targets still compile against the library.
 //!

@@ -663,7 +663,7 @@ fn a_cluster_behind_tls_and_an_acl_user_keeps_limits_global() {
     let _serial = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let certs = common::certs::generate(dir.path(), "cluster");
-    // On a cluster the README adds CLUSTER SLOTS to the rules.
+    // On a cluster docs/fleet.md adds CLUSTER SLOTS to the rules.
     let mut tollgate_user = least_privilege_acl("tollgate", "tgpw", "~tollgate:*");
     tollgate_user.push("+cluster|slots".into());
     let cluster = RedisCluster::start_hardened(

@@ -579,7 +579,7 @@ pub fn output_within(command: &mut Command, timeout: Duration) -> std::process::
     }
 }
 
-/// The README's least-privilege ACL rules for tollgate's user, as `ACL SETUSER` (or a
+/// The least-privilege ACL rules of docs/fleet.md for tollgate's user, as `ACL SETUSER` (or a
 /// `user` line) takes them: `user` on with password `password`, limited to `keys`.
 pub fn least_privilege_acl(user: &str, password: &str, keys: &str) -> Vec<String> {
     let password = format!(">{password}");
