@@ -310,6 +310,35 @@ impl Lease {
         }
     }
 
+    /// Charges `extra` more to an admission made in `window` (buckets: `None`): its
+    /// response cost more than it held. Paid from what this node holds where it can, and
+    /// the rest as debt, limit or not: reported like units admitted unbacked (without
+    /// using up the unbacked allowance), so a later grant pays it off before anything new
+    /// is spent from it, and Redis's count carries it past the limit until then.
+    pub fn surcharge(&mut self, window: Option<u64>, extra: u64) {
+        if extra == 0 {
+            return;
+        }
+        if let Some(w) = window.filter(|w| *w != self.window) {
+            if w < self.window {
+                // Its window has ended here: the debt belongs to that window's count.
+                let report = Report {
+                    delta: extra,
+                    provisional: extra,
+                    ..Report::default()
+                };
+                self.sync.stale.push((w, report));
+            }
+            return;
+        }
+        let backed = self.held().min(extra);
+        let debt = extra - backed;
+        self.used += extra;
+        self.unreported += extra;
+        self.provisional += debt;
+        self.unreported_provisional += debt;
+    }
+
     /// Takes up a grant. Units admitted unbacked since the request left are paid from it
     /// rather than reported on top of it.
     fn take_grant(&mut self, grant: u64) {
