@@ -874,7 +874,7 @@ fn numbers_that_shrink_hand_back_what_was_granted_under_the_old_ones() {
 
     // Down to 4: the next sync returns the reservation, and the node takes again only what
     // fits under 4 beside what it spent (3): one more.
-    lease.renumbered(true);
+    lease.renumbered(true, 4);
     assert_eq!(lease.held(), 0, "nothing granted under 10 is spent under 4");
     sync(&mut lease, &mut redis, 0, 4, now, nodes);
     assert_eq!(redis.total(10), redis.windows[&10].used + lease.reserved);
@@ -886,9 +886,40 @@ fn numbers_that_shrink_hand_back_what_was_granted_under_the_old_ones() {
     assert_eq!(redis.windows[&10].used, 4);
 
     // Up to 6: no longer spent; two more.
-    lease.renumbered(false);
+    lease.renumbered(false, 6);
     let admitted = (0..5)
         .filter(|_| request(&mut lease, &mut redis, 0, 6, now, nodes))
+        .count();
+    assert_eq!(admitted, 2, "{lease:?}");
+}
+
+/// A sync under way when the numbers change answers for the old ones: its short grant must
+/// not mark the key spent under the new ones, or a raised limit stays refused until the
+/// window ends (seen as a runtime policy raised from 3 to 5 admitting nothing more).
+#[test]
+fn an_answer_planned_under_the_old_numbers_does_not_spend_the_new_ones() {
+    let (nodes, now) = (1, 10 * W);
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 0);
+    let admitted = (0..3)
+        .filter(|_| request(&mut lease, &mut redis, 0, 3, now, nodes))
+        .count();
+    assert_eq!(admitted, 3);
+    // Demand goes on, so the next round asks under 3...
+    let refused = lease.admit_window(1, 3, now, ep(now), false, nodes, SYNC);
+    assert!(!refused.allowed);
+    let plan = lease
+        .plan_window(3, now, ep(now), false, nodes, SYNC)
+        .expect("a key in demand syncs");
+    assert!(plan.want > 0, "the round asks for more: {plan:?}");
+    // ...the limit goes up to 5 while that round is under way...
+    lease.renumbered(false, 5);
+    let answer = redis.answer(0, &plan, 3, now);
+    lease.apply_window(&plan, &answer);
+    // ...and the short answer does not make the key spent under 5.
+    assert!(!lease.exhausted, "{lease:?}");
+    let admitted = (0..5)
+        .filter(|_| request(&mut lease, &mut redis, 0, 5, now, nodes))
         .count();
     assert_eq!(admitted, 2, "{lease:?}");
 }
