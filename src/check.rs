@@ -24,7 +24,11 @@ pub fn check(path: &Path) -> (String, bool) {
                 n => format!("{n} errors; "),
             };
             return (
-                format!("{e}\n{}: {tally}the config is not valid", path.display()),
+                format!(
+                    "{}\n{}: {tally}the config is not valid",
+                    with_pointers(e.errors()).unwrap_or_else(|| e.to_string()),
+                    path.display()
+                ),
                 false,
             );
         }
@@ -53,11 +57,8 @@ pub fn check(path: &Path) -> (String, bool) {
     ) {
         Ok(certs) => certs,
         Err(errors) => {
-            let mut out = String::new();
-            for e in &errors {
-                let _ = writeln!(out, "{e}");
-            }
-            let _ = write!(out, "{}: the config is not valid", path.display());
+            let mut out = with_pointers(&errors).unwrap_or_default();
+            let _ = write!(out, "\n{}: the config is not valid", path.display());
             return (out, false);
         }
     };
@@ -69,6 +70,55 @@ pub fn check(path: &Path) -> (String, bool) {
         }
     }
     (out, true)
+}
+
+/// Where each top-level key is documented: `tollgate check` follows an error with the
+/// section of the reference that explains the key in error. `tests/reference.rs` checks that
+/// every page and heading named here exists.
+pub const REFERENCE: &[(&str, &str)] = &[
+    ("listen", "docs/configuration.md#listen"),
+    ("threads", "docs/configuration.md#top-level"),
+    ("trusted_proxies", "docs/configuration.md#top-level"),
+    ("client_ip_header", "docs/configuration.md#top-level"),
+    ("http", "docs/configuration.md#http"),
+    ("http2", "docs/configuration.md#http2"),
+    ("upstreams", "docs/configuration.md#upstreams"),
+    ("routes", "docs/configuration.md#routes"),
+    ("limits", "docs/configuration.md#limits"),
+    ("api_keys", "docs/configuration.md#api_keys"),
+    ("redis", "docs/configuration.md#redis"),
+    ("store", "docs/configuration.md#store"),
+    ("admin", "docs/configuration.md#admin"),
+    ("log", "docs/configuration.md#log"),
+    ("server", "docs/configuration.md#server"),
+];
+
+/// The reference section for the key at `path` (`limits.per_ip.rate`, `routes[1]`).
+pub fn reference_for(path: &str) -> Option<&'static str> {
+    let top = path.split(['.', '[']).next()?;
+    REFERENCE
+        .iter()
+        .find(|(key, _)| *key == top)
+        .map(|(_, page)| *page)
+}
+
+/// The errors, one a line, each followed by the reference section of its key when there
+/// is one; `None` when there are no errors.
+fn with_pointers(errors: &[config::ConfigError]) -> Option<String> {
+    if errors.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let _ = write!(out, "{e}");
+        if let Some(page) = reference_for(&e.path) {
+            let _ = write!(out, "\n  see {page}");
+        }
+    }
+    Some(out)
 }
 
 fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {

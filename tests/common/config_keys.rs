@@ -73,7 +73,10 @@ struct Fields<'a> {
 impl<'de> de::MapAccess<'de> for Fields<'_> {
     type Error = Stop;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Stop> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Stop> {
         while let Some(field) = self.fields.get(self.next) {
             let path = join(&self.walker.path, field);
             if self.walker.notes.borrow().skip.contains(&path) {
@@ -102,7 +105,10 @@ struct OneEntry<'a> {
 impl<'de> de::MapAccess<'de> for OneEntry<'_> {
     type Error = Stop;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, Stop> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Stop> {
         if self.done || self.walker.notes.borrow().skip.contains(&self.walker.path) {
             return Ok(None);
         }
@@ -125,7 +131,10 @@ struct OneElement<'a> {
 impl<'de> de::SeqAccess<'de> for OneElement<'_> {
     type Error = Stop;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Stop> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Stop> {
         if self.done || self.walker.notes.borrow().skip.contains(&self.walker.path) {
             return Ok(None);
         }
@@ -145,11 +154,11 @@ fn join(path: &str, field: &str) -> String {
 
 /// Scalars get a stand-in value; a type that parses it and refuses it is a leaf anyway.
 macro_rules! leaf {
-    ($($method:ident => $visit:ident($value:expr)),* $(,)?) => {
+    ($($method:ident => $visit:ident($($value:expr)?)),* $(,)?) => {
         $(fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Stop> {
             self.enter();
             self.notes.borrow_mut().paths.insert(self.path.clone());
-            visitor.$visit($value)
+            visitor.$visit($($value)?)
         })*
     };
 }

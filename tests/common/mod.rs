@@ -8,6 +8,7 @@
 pub mod cdp;
 pub mod certs;
 pub mod clock;
+pub mod config_keys;
 pub mod flood;
 pub mod http;
 pub mod load;
