@@ -100,6 +100,11 @@ pub struct HttpConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_body_size: Option<u64>,
+    /// Send header names in the case they arrived in (and tollgate's own in canonical
+    /// case) rather than lower case; costs a case-preserving copy of every name per
+    /// request (docs/performance.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_header_case: bool,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +115,7 @@ impl Default for HttpConfig {
             max_header_bytes: default_max_header_bytes(),
             max_uri_bytes: default_max_uri_bytes(),
             max_body_size: None,
+            preserve_header_case: false,
         }
     }
 }
@@ -450,9 +456,16 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     #[serde(default = "default_write_timeout", with = "duration")]
     pub write_timeout: Duration,
-    /// How long an idle pooled connection to a backend is kept for reuse.
-    #[serde(default = "default_idle_timeout", with = "duration")]
-    pub idle_timeout: Duration,
+    /// How long an idle pooled connection to a backend is kept for reuse. Unset (the
+    /// default), it stays until the backend closes it or the pool (128 per worker thread,
+    /// least recently used first) needs the room: a timer per pooled connection costs
+    /// every request (docs/performance.md).
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One backend: `host:port`, or `{ address: host:port, weight: 3, tls: true, ... }`.
@@ -700,9 +713,6 @@ fn default_read_timeout() -> Duration {
 }
 fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
 }
 fn default_health_path() -> String {
     "/health".into()
