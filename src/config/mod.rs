@@ -9,6 +9,7 @@ mod errors;
 pub mod limits;
 mod locate;
 pub mod redis;
+pub mod rls;
 pub mod runtime;
 pub mod size;
 pub mod store;
@@ -74,6 +75,9 @@ pub struct Config {
     /// Where registered API keys are kept: SQLite beside the config file by default.
     #[serde(default)]
     pub store: store::StoreConfig,
+    /// Envoy's rate limit service (gRPC) on envoyproxy/ratelimit's config files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rls: Option<rls::RlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -629,7 +633,7 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
         &mut config,
         Path::new(file).parent().unwrap_or(Path::new("")),
     );
-    let report = validate::validate(&config);
+    let mut report = validate::validate(&config);
     let locations = locate::Locations::index(text);
     let locate_all = |problems: Vec<errors::Problem>| -> Vec<ConfigError> {
         problems
@@ -637,7 +641,19 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
             .map(|p| p.locate(file, &locations))
             .collect()
     };
-    let errors = locate_all(report.errors);
+    let mut rls_errors = Vec::new();
+    if let Some(rls) = &mut config.rls {
+        rls::check_settings(rls, &mut report.errors);
+        if report.errors.is_empty() {
+            match rls::load_dir(Path::new(&rls.config_dir)) {
+                Ok(domains) => rls.domains = std::sync::Arc::new(domains),
+                Err(rls::DirError::Setting(p)) => report.errors.push(p),
+                Err(rls::DirError::Files(e)) => rls_errors = e,
+            }
+        }
+    }
+    let mut errors = locate_all(report.errors);
+    errors.append(&mut rls_errors);
     if !errors.is_empty() {
         return Err(LoadError::Invalid(errors));
     }
@@ -657,6 +673,13 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     for listener in &mut config.listen {
         for cert in listener.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
+            resolve(&mut cert.cert);
+            resolve(&mut cert.key);
+        }
+    }
+    if let Some(rls) = &mut config.rls {
+        resolve(&mut rls.config_dir);
+        for cert in rls.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
             resolve(&mut cert.cert);
             resolve(&mut cert.key);
         }
