@@ -92,6 +92,7 @@ impl Proxy {
             request_id,
             client,
             key: ctx.api_key.take(),
+            user: ctx.verified.take(),
             route: route.id,
             status,
             kind,
@@ -297,25 +298,42 @@ impl ProxyHttp for Proxy {
         if let Lookup::Known(record) = &key {
             ctx.api_key = Some(record.clone());
         }
+        // A route without `auth` pays nothing here.
+        let token = match &route.auth {
+            None => Ok(None),
+            Some(auth) => admission::check_token(auth, &req.headers, req.uri.query()),
+        };
         let header_name = gateway.identity.api_keys.header().as_str();
-        let admission = match admission::require_key(&route, &key, header_name) {
-            Some(refusal) => refusal,
-            None if route.limits.is_empty() => return Ok(false),
-            None => {
+        let admission = match (token, admission::require_key(&route, &key, header_name)) {
+            (Err(refusal), _) | (Ok(_), Some(refusal)) => refusal,
+            (Ok(verified), None) if route.limits.is_empty() => {
+                ctx.verified = verified;
+                return Ok(false);
+            }
+            (Ok(verified), None) => {
+                ctx.verified = verified;
+                let verified = ctx.verified.as_deref();
                 let record = match &key {
                     Lookup::Known(r) => Some(r.as_ref()),
                     _ => None,
                 };
+                // An API key's tenant and tier come first; a verified token's claims next.
                 let facts = RequestFacts {
                     client_ip: client,
                     api_key_id: record.map(|r| r.id.as_str()),
-                    tenant: record.map(|r| r.tenant.as_str()),
-                    tier: record.and_then(|r| r.tier.as_deref()),
+                    tenant: record
+                        .map(|r| r.tenant.as_str())
+                        .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
+                    tier: record
+                        .and_then(|r| r.tier.as_deref())
+                        .or_else(|| verified.and_then(|v| v.tier.as_deref())),
                     path: &path,
                     method: req.method.as_str(),
                     route: &route.label,
                     host: host.as_deref(),
                     headers: &req.headers,
+                    query: req.uri.query(),
+                    claims: verified.map(|v| &v.claims),
                 };
                 admission::evaluate(&route, &gateway, &facts).await
             }
@@ -407,6 +425,15 @@ impl ProxyHttp for Proxy {
         }
         let proto = if is_tls(session) { "https" } else { "http" };
         headers::add_forwarding(upstream_request, client_ip(session), proto);
+        if let Some(auth) = ctx.route.as_ref().and_then(|r| r.auth.as_ref()) {
+            // Only verified claims reach the backend under these names.
+            for name in &auth.provider.forward_headers {
+                upstream_request.remove_header(name);
+            }
+            for (name, value) in ctx.verified.iter().flat_map(|v| &v.forward) {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
         upstream_request.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
         Ok(())
     }
