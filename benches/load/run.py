@@ -704,7 +704,7 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
         elif name == "tollgate-none":
             target = lab.start_tollgate(name, "tollgate, no limits", "tollgate-none.yaml")
         elif name == "tollgate-jwt":
-            jwks, token = make_jwt(lab.workdir(name))
+            jwks, token = make_jwt(lab.workdir(f"{name}-keys"))
             target = lab.start_tollgate(name, "tollgate, no limits, verified JWT (warm cache)",
                                         "tollgate-jwt.yaml", extra={"JWKS_FILE": jwks},
                                         headers=[f"Authorization: Bearer {token}"])
