@@ -112,6 +112,11 @@ fn a_rotating_ipv6_64_admits_no_more_than_the_limit() {
     // Any address in the network names it too.
     let by_address = admin_get(&s.t, "/admin/limits/per_ip/2001:db8:1:1::99").json();
     assert_eq!(by_address["used"], 3, "{by_address}");
+    // The decision log names the network the client was limited as.
+    wait_for("the refusal to be logged", Duration::from_secs(5), || {
+        let logs = admin_get(&s.t, "/admin/logs?client=2001:db8:1:1:abcd::1").json();
+        (logs["entries"][0]["network"] == "2001:db8:1:1::/64").then_some(())
+    });
     // The neighbouring /64 is another client.
     let next: Vec<String> = (0..3).map(|i| format!("2001:db8:1:2::{i}")).collect();
     assert_eq!(admitted(&s, &next), [200; 3]);

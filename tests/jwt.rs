@@ -694,6 +694,9 @@ fn jwt_sub_limits_each_user_across_a_three_node_fleet() {
     let stub = Stub::start("orders");
     let body = format!(
         "{}
+admin:
+  listen: {{admin_listen}}
+  token: test-admin-token-0123456789
 redis:
   url: {}
 upstreams:
@@ -741,6 +744,22 @@ routes:
     );
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["key"], "alice", "{}", r.body);
+    // The decision log names the user each decision was for.
+    let users = wait_for("the decisions to be logged", Duration::from_secs(5), || {
+        let logs = get_with(
+            &agent(),
+            &nodes[0].admin_url("/admin/logs?client=127.0.0.1&limit=1000"),
+            &[("authorization", "Bearer test-admin-token-0123456789")],
+        )
+        .json();
+        let users: std::collections::BTreeSet<String> = logs["entries"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["user"].as_str().map(String::from))
+            .collect();
+        (users.contains("alice") && users.contains("bob")).then_some(users)
+    });
+    assert_eq!(users.len(), 2, "{users:?}");
 }
 
 #[test]
