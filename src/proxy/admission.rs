@@ -253,6 +253,7 @@ pub async fn settle(
     route: &Route,
     gateway: &Gateway,
     key: Option<&crate::identity::KeyRecord>,
+    verified: Option<&Verified>,
     uncounted: Vec<(usize, Receipt)>,
     status: u16,
 ) {
@@ -265,10 +266,14 @@ pub async fn settle(
             .as_ref()
             .is_some_and(|s| !s.contains(status))
         {
+            // The limiter the request was admitted by: as in the request path, the API
+            // key's tenant and tier first, the verified token's next.
             let limiter = policy.limiter_for(
                 key.map(|k| k.id.as_str()),
-                key.map(|k| k.tenant.as_str()),
-                key.and_then(|k| k.tier.as_deref()),
+                key.map(|k| k.tenant.as_str())
+                    .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
+                key.and_then(|k| k.tier.as_deref())
+                    .or_else(|| verified.and_then(|v| v.tier.as_deref())),
             );
             policy
                 .refund(limiter, receipt, gateway.redis.as_deref())

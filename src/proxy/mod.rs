@@ -580,8 +580,17 @@ impl ProxyHttp for Proxy {
             .unwrap_or(499);
         if let (false, Some(route)) = (ctx.uncounted.is_empty(), ctx.route.clone()) {
             let key = ctx.api_key.clone();
+            let verified = ctx.verified.clone();
             let uncounted = std::mem::take(&mut ctx.uncounted);
-            admission::settle(&route, &ctx.gateway, key.as_deref(), uncounted, status).await;
+            admission::settle(
+                &route,
+                &ctx.gateway,
+                key.as_deref(),
+                verified.as_deref(),
+                uncounted,
+                status,
+            )
+            .await;
         }
         let elapsed = ctx.started.elapsed();
         let method = method_label(&session.req_header().method);
