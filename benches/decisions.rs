@@ -163,6 +163,8 @@ fn facts(ip: IpAddr, headers: &http::HeaderMap) -> RequestFacts<'_> {
         route: "/a",
         host: None,
         headers,
+        query: None,
+        claims: None,
     }
 }
 
@@ -237,7 +239,7 @@ fn decisions(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("key");
     let f = facts(keys[0], &headers);
-    let parts = [config::KeyPart::ClientIp];
+    let parts = [config::KeyPart::ClientIp(config::ClientNet::default())];
     group.bench_function("hash/client_ip", |b| {
         b.iter(|| key::hash(7, black_box(&parts), &f))
     });

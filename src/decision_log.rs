@@ -177,6 +177,7 @@ mod tests {
             request_id: RequestId::ours(n as u128),
             client: IpAddr::from(client),
             key: None,
+            user: None,
             route: 0,
             status: 200,
             kind: Kind::Allowed,

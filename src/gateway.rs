@@ -7,6 +7,7 @@
 use crate::config::canonical_prefix;
 use crate::config::Config;
 use crate::decisions::{DecisionHub, PolicyId, RouteId};
+use crate::identity::jwt::Provider;
 use crate::identity::{Identity, Lookup};
 use crate::limit::{Policy, RedisLink};
 use crate::metrics::Metrics;
@@ -42,6 +43,25 @@ pub struct Route {
     pub id: RouteId,
     /// The interned id of each of `limits`, in the same order.
     pub policy_ids: Vec<PolicyId>,
+    /// The JWT provider this route verifies tokens with, if any.
+    pub auth: Option<RouteAuth>,
+}
+
+#[derive(Clone)]
+pub struct RouteAuth {
+    pub provider: Arc<Provider>,
+    /// Requests without a token pass (unverified); a bad token is still refused.
+    pub optional: bool,
+}
+
+impl std::fmt::Debug for RouteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RouteAuth({}, optional: {})",
+            self.provider.name, self.optional
+        )
+    }
 }
 
 /// What a listener adds to the requests it takes: a redirect to HTTPS, an HSTS header.
@@ -62,6 +82,8 @@ pub struct Gateway {
     pub labels: std::collections::BTreeSet<String>,
     pub upstreams: BTreeMap<String, Arc<UpstreamPool>>,
     pub policies: BTreeMap<String, Arc<Policy>>,
+    /// JWT providers by name (`auth.jwt`).
+    pub auth: BTreeMap<String, Arc<Provider>>,
     pub identity: Identity,
     /// The shared store of global limits, when the config has one.
     pub redis: Option<Arc<RedisLink>>,
@@ -160,6 +182,23 @@ impl Gateway {
                 metrics,
             ))
         });
+        // A provider whose definition did not change keeps its keys and verified tokens;
+        // one that changed keeps the keys when it reads them from the same place.
+        let mut auth = BTreeMap::new();
+        for (name, spec) in &config.auth.jwt {
+            let old = previous.and_then(|g| g.auth.get(name));
+            let provider = match old.filter(|p| &p.config == spec) {
+                Some(p) => p.clone(),
+                None => {
+                    let provider = Provider::build(name, spec, metrics);
+                    if let Some(old) = old {
+                        provider.adopt_keys(old);
+                    }
+                    Arc::new(provider)
+                }
+            };
+            auth.insert(name.clone(), provider);
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees the upstream exists; a missing one is skipped rather
@@ -188,7 +227,7 @@ impl Gateway {
                 id: decisions.route_id(&label).0,
                 policy_ids: limits
                     .iter()
-                    .map(|p| decisions.policy_id(&p.name))
+                    .map(|p| decisions.policy_id(&p.name, p.client_net()))
                     .collect(),
                 label,
                 host: host.clone(),
@@ -199,6 +238,12 @@ impl Gateway {
                 limits,
                 require_api_key: spec.require_api_key,
                 max_body_size: spec.max_body_size.or(config.http.max_body_size),
+                auth: spec.auth.as_ref().and_then(|a| {
+                    Some(RouteAuth {
+                        provider: auth.get(&a.jwt)?.clone(),
+                        optional: a.optional,
+                    })
+                }),
             };
             routes.push((RouteKey { host, prefix }, Arc::new(route)));
         }
@@ -232,6 +277,7 @@ impl Gateway {
             router: Router::new(routes),
             upstreams,
             policies,
+            auth,
             redis,
             store: previous.and_then(|g| g.store.clone()),
             rls,

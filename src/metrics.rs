@@ -41,6 +41,10 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     pub store_notifications: IntCounter,
     pub store_listening: IntGauge,
+    pub auth: IntCounterVec,
+    pub jwks_fetches: IntCounterVec,
+    pub jwks_failures: IntCounterVec,
+    pub jwks_keys: IntGaugeVec,
 }
 
 impl Metrics {
@@ -233,6 +237,38 @@ impl Metrics {
             "Store changes announced through PostgreSQL LISTEN/NOTIFY, this node's own included; each one is loaded at once.",
         )
         .expect("valid metric");
+        let auth = IntCounterVec::new(
+            Opts::new(
+                "tollgate_auth_total",
+                "Token checks by provider and result (verified, cached, missing, invalid, expired, unknown_kid, unavailable).",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "tollgate_jwks_fetches_total",
+                "Reads of a provider's JWKS (URL or file), successful or not.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let jwks_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_jwks_fetch_failures_total",
+                "Reads of a provider's JWKS that failed or held no usable key; the last good keys stay in use.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_jwks_keys",
+                "Signing keys a provider verifies with now.",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
         for result in ["success", "failure"] {
             config_reloads.with_label_values(&[result]);
             tls_certificate_reloads.with_label_values(&[result]);
@@ -280,6 +316,10 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_notifications.clone()),
             Box::new(store_listening.clone()),
+            Box::new(auth.clone()),
+            Box::new(jwks_fetches.clone()),
+            Box::new(jwks_failures.clone()),
+            Box::new(jwks_keys.clone()),
         ] {
             registry
                 .register(collector)
@@ -314,6 +354,10 @@ impl Metrics {
             store_errors,
             store_notifications,
             store_listening,
+            auth,
+            jwks_fetches,
+            jwks_failures,
+            jwks_keys,
         }
     }
 

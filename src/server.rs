@@ -305,6 +305,10 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
         StoreService::new(store, gateway.clone()),
     ));
     server.add_service(background_service(
+        "jwks",
+        crate::identity::jwt::fetch::JwksService::new(gateway.clone()),
+    ));
+    server.add_service(background_service(
         "decisions",
         DecisionDrain::new(gateway.clone(), decisions.clone()),
     ));

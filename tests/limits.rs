@@ -322,7 +322,7 @@ fn rate_limit_headers_parse_as_structured_fields() {
     assert!((1..=10).contains(&retry), "Retry-After {retry}");
     assert_eq!(
         last.json(),
-        serde_json::json!({"error": "rate_limited", "policy": "hdr", "retry_after": retry})
+        serde_json::json!({"error": "rate_limited", "policy": "hdr", "key": "127.0.0.1", "retry_after": retry})
     );
     let (_, state) = sf_item(last.header("ratelimit").unwrap());
     assert_eq!(int(&state, "r"), 0);

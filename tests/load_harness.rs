@@ -132,6 +132,7 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         "HAProxy",
         "Pingora alone",
         "tollgate, no limits",
+        "verified JWT (warm cache)",
         "local sliding window",
         "global async",
         "global atomic",

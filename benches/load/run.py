@@ -96,6 +96,7 @@ started on exit, on failure and on Ctrl-C. Standard library only.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import http.client
 import json
@@ -270,10 +271,11 @@ def free_port() -> int:
             return port
 
 
-def http_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+def http_status(port: int, path: str, timeout: float = 1.0,
+                headers: list[str] = ()) -> int | None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=dict(h.split(": ", 1) for h in headers))
         response = conn.getresponse()
         response.read()
         return response.status
@@ -479,6 +481,7 @@ class Target:
     proc: Proc
     port: int
     refusing: bool = False  # expected to answer 429 (the refusal run)
+    headers: list[str] = field(default_factory=list)  # sent with every request (wrk -H)
     admin_port: int | None = None  # tollgate's admin listener
     redis: RedisClient | None = None
     worker_pid: int | None = None  # the process doing the work (nginx: the worker)
@@ -612,7 +615,8 @@ class Lab:
     def start_tollgate(self, name: str, label: str, template: str | None, rate: str | None = None,
                        redis: RedisClient | None = None, refusing: bool = False,
                        extra: dict | None = None, binary: Path | None = None,
-                       tuning: str | None = None, preserve_header_case: bool = False) -> Target:
+                       tuning: str | None = None, preserve_header_case: bool = False,
+                       headers: list[str] = ()) -> Target:
         binary = binary or self.tollgate_bin
         port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
         values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
@@ -641,17 +645,45 @@ class Lab:
         wait_until(f"{name} on port {port}",
                    lambda: http_status(port, "/health") == 200
                    and http_status(admin_port, "/health") == 200, proc)
-        self._ready_200(name, port, proc)
+        if headers:
+            wait_until(f"{name} to answer 200 with {headers}",
+                       lambda: http_status(port, "/a/x", headers=headers) == 200, proc)
+        else:
+            self._ready_200(name, port, proc)
         return Target(name, label, proc, port, refusing=refusing, admin_port=admin_port,
-                      redis=redis, worker_pid=proc.pid)
+                      redis=redis, worker_pid=proc.pid, headers=list(headers))
 
 
-TARGET_NAMES = ["nginx", "haproxy", "kong-design", "pingora-bare", "tollgate-none",
+TARGET_NAMES = ["nginx", "haproxy", "kong-design", "pingora-bare", "tollgate-none", "tollgate-jwt",
                 "tollgate-local",
                 "tollgate-global-async", "tollgate-global-async-nolog",
                 "tollgate-global-async-noheaders", "tollgate-none-preserve-case",
                 "tollgate-global-async-preserve-case", "tollgate-global-atomic",
                 "tollgate-config-yaml", "tollgate-refusing"]
+
+
+def make_jwt(workdir: Path) -> tuple[Path, str]:
+    """An Ed25519 key made by openssl, its JWKS file, and one token it signed (EdDSA)."""
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    key = workdir / "jwt-ed25519.pem"
+    run_quiet(["openssl", "genpkey", "-algorithm", "ED25519", "-out", str(key)],
+              "openssl genpkey (JWT key)")
+    public = subprocess.run(["openssl", "pkey", "-in", str(key), "-pubout", "-outform", "DER"],
+                            capture_output=True, check=True).stdout
+    jwks = workdir / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "bench",
+                                          "x": b64(public[-32:])}]}))
+    header = b64(json.dumps({"alg": "EdDSA", "typ": "JWT", "kid": "bench"}).encode())
+    claims = {"iss": "https://id.example.com/", "aud": "bench", "sub": "bench-user",
+              "exp": int(time.time()) + 7 * 86400}
+    signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
+    message = workdir / "jwt-signing-input"
+    message.write_text(signing_input)
+    signature = subprocess.run(["openssl", "pkeyutl", "-sign", "-rawin", "-inkey", str(key),
+                                "-in", str(message)], capture_output=True, check=True).stdout
+    return jwks, f"{signing_input}.{b64(signature)}"
 
 
 def split_tuning(spec: str) -> tuple[str, dict[str, str]]:
@@ -711,6 +743,11 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
             target = lab.start_bare_pingora()
         elif name == "tollgate-none":
             target = lab.start_tollgate(name, "tollgate, no limits", "tollgate-none.yaml")
+        elif name == "tollgate-jwt":
+            jwks, token = make_jwt(lab.workdir(f"{name}-keys"))
+            target = lab.start_tollgate(name, "tollgate, no limits, verified JWT (warm cache)",
+                                        "tollgate-jwt.yaml", extra={"JWKS_FILE": jwks},
+                                        headers=[f"Authorization: Bearer {token}"])
         elif name == "tollgate-local":
             target = lab.start_tollgate(name, "tollgate, local sliding window",
                                         "tollgate-local.yaml", TOLLGATE_HIGH_RATE)
@@ -782,10 +819,14 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
 
 
 def run_wrk(sup: Supervisor, wrk: str, url: str, threads: int, connections: int,
-            seconds: int, lua_args: tuple[str, ...] = (), script: Path = LUA_SCRIPT) -> Proc:
+            seconds: int, lua_args: tuple[str, ...] = (), script: Path = LUA_SCRIPT,
+            headers: list[str] = ()) -> Proc:
     """Starts one wrk; `finish_wrk` collects it."""
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "-s", str(script), url]
+            "-s", str(script)]
+    for header in headers:
+        argv += ["-H", header]
+    argv.append(url)
     if lua_args:
         argv += ["--", *lua_args]
     workdir = Path(tempfile.mkdtemp(prefix="wrk-", dir=sup.tmp))
@@ -831,7 +872,8 @@ def measure(sup: Supervisor, wrk: str, target: Target, args, seconds: int) -> di
     before = target.redis.command_calls() if target.redis else None
     redis_cpu_before = cpu_ticks(target.redis.pid) if target.redis else None
     cpu_before = cpu_ticks(target.worker_pid)
-    proc = run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections, seconds)
+    proc = run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections, seconds,
+                   headers=target.headers)
     result = finish_wrk(sup, proc, seconds)
     cpu_after = cpu_ticks(target.worker_pid)
     if cpu_before and cpu_after and result["requests"]:
@@ -875,7 +917,7 @@ def run_rounds(sup: Supervisor, wrk: str, targets: list[Target], args) -> list[s
         print(f"warm-up: {args.warmup} s per target", flush=True)
         for target in targets:
             finish_wrk(sup, run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections,
-                                    args.warmup), args.warmup)
+                                    args.warmup, headers=target.headers), args.warmup)
     for number in range(1, args.rounds + 1):
         print(f"round {number}/{args.rounds}", flush=True)
         for target in targets:

@@ -8,7 +8,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::net::{IpAddr, Ipv4Addr};
-use tollgate::config::{ApiKeysConfig, ClientIpHeader, KeyPart};
+use tollgate::config::{ApiKeysConfig, ClientIpHeader, ClientNet, KeyPart};
 use tollgate::identity::{ApiKeyStore, ClientIpResolver};
 use tollgate::limit::key::{self, RequestFacts};
 
@@ -53,8 +53,14 @@ pub fn check(data: &[u8]) {
     let store = ApiKeyStore::from_config(&ApiKeysConfig::default());
     let _ = store.lookup(&headers);
 
+    // Prefix lengths from the input: a key's text (CIDR for a network) must lead back to
+    // it whatever the policy's networks are.
+    let net = ClientNet {
+        v4: 8 + control[1] % 25,
+        v6: 32 + control[1] % 97,
+    };
     let parts = [
-        KeyPart::ClientIp,
+        KeyPart::ClientIp(net),
         KeyPart::Header("x-tenant".into()),
         KeyPart::Header("x-other".into()),
         KeyPart::Path,
@@ -70,6 +76,8 @@ pub fn check(data: &[u8]) {
         route: "/a",
         host: None,
         headers: &headers,
+        query: Some(path.as_ref()),
+        claims: None,
     };
     let text = key::text(&parts, &facts);
     let hash = key::hash(7, &parts, &facts);

@@ -50,6 +50,8 @@ struct CheckRequest {
     api_key: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// The claims of a verified token, for `jwt:CLAIM` keys.
+    claims: Option<serde_json::Value>,
     /// Overrides the policies' own cost.
     cost: Option<u64>,
     #[serde(default)]
@@ -75,6 +77,11 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         (Some(p), _) => p.clone(),
         (None, Some(r)) => r.clone(),
         (None, None) => return bad_request("give `path` (like /a/x) or `route` (like /a)"),
+    };
+    // `path` may carry a query, for `query:NAME` keys.
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (path, None),
     };
     let path = match crate::path::normalize(&path) {
         Ok(p) => p.into_owned(),
@@ -146,6 +153,8 @@ pub async fn check(admin: &Admin, req: &Request) -> Reply {
         route: &route.label,
         host: host.as_deref(),
         headers: &headers,
+        query: query.as_deref(),
+        claims: body.claims.as_ref(),
     };
     let mut decisions = Vec::new();
     let mut allowed = true;

@@ -398,10 +398,53 @@ impl<'de> Deserialize<'de> for RateSpec {
     }
 }
 
+/// How much of a client's address is its key: the network of `v4` bits for IPv4, `v6`
+/// bits for IPv6 (a policy's `ipv4_prefix` and `ipv6_prefix`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientNet {
+    pub v4: u8,
+    pub v6: u8,
+}
+
+/// One address per IPv4 client, one `/64` per IPv6 client: an IPv6 subscriber or VM is
+/// handed at least a `/64` and can use any address in it.
+pub const DEFAULT_IPV4_PREFIX: u8 = 32;
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+
+impl Default for ClientNet {
+    fn default() -> Self {
+        ClientNet {
+            v4: DEFAULT_IPV4_PREFIX,
+            v6: DEFAULT_IPV6_PREFIX,
+        }
+    }
+}
+
+impl ClientNet {
+    /// The network `ip` belongs to under this policy, as (masked address, prefix length).
+    pub fn network(self, ip: std::net::IpAddr) -> (std::net::IpAddr, u8) {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = self.v4.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(bits)).unwrap_or(0);
+                (IpAddr::V4((u32::from(v4) & mask).into()), bits)
+            }
+            IpAddr::V6(v6) => {
+                let bits = self.v6.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+                (IpAddr::V6((u128::from(v6) & mask).into()), bits)
+            }
+        }
+    }
+}
+
 /// One part of a limit key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
-    ClientIp,
+    /// The client's network (see [`ClientNet`]); `parse` gives the default, the policy
+    /// sets its own prefixes when it is built.
+    ClientIp(ClientNet),
     ApiKey,
     Tenant,
     Path,
@@ -411,27 +454,53 @@ pub enum KeyPart {
     Host,
     /// A request header, lower-cased.
     Header(String),
+    /// A cookie, by its exact name.
+    Cookie(String),
+    /// A query parameter, by its exact name; its value percent-decoded.
+    Query(String),
+    /// A claim of the request's verified JWT: a dotted path for nested claims.
+    Jwt(String),
 }
 
 impl KeyPart {
     pub fn parse(text: &str) -> Result<KeyPart, String> {
         let text = text.trim();
         Ok(match text {
-            "client_ip" => KeyPart::ClientIp,
+            "client_ip" => KeyPart::ClientIp(ClientNet::default()),
             "api_key" => KeyPart::ApiKey,
             "tenant" => KeyPart::Tenant,
             "path" => KeyPart::Path,
             "method" => KeyPart::Method,
             "route" => KeyPart::Route,
             "host" => KeyPart::Host,
-            _ => match text.strip_prefix("header:") {
-                Some(name) if http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok() => {
+            _ => match text.split_once(':') {
+                Some(("header", name))
+                    if http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok() =>
+                {
                     KeyPart::Header(name.trim().to_ascii_lowercase())
                 }
-                Some(name) => return Err(format!("`{name}` is not a valid header name")),
-                None => {
+                Some(("header", name)) => {
+                    return Err(format!("`{name}` is not a valid header name"))
+                }
+                Some(("cookie", name)) if valid_token(name) => KeyPart::Cookie(name.into()),
+                Some(("cookie", name)) => {
+                    return Err(format!("`{name}` is not a valid cookie name"))
+                }
+                Some(("query", name)) if !name.is_empty() && !name.contains(['&', '=', '#']) => {
+                    KeyPart::Query(name.into())
+                }
+                Some(("query", name)) => {
+                    return Err(format!("`{name}` is not a valid query parameter name"))
+                }
+                Some(("jwt", path)) if valid_claim_path(path) => KeyPart::Jwt(path.into()),
+                Some(("jwt", path)) => {
                     return Err(format!(
-                        "unknown key `{text}`; use client_ip, api_key, tenant, path, method, route, host or header:NAME"
+                        "`{path}` is not a claim path; use a claim name, with dots for nested claims (org.id)"
+                    ))
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown key `{text}`; use client_ip, api_key, tenant, path, method, route, host, header:NAME, cookie:NAME, query:NAME or jwt:CLAIM"
                     ))
                 }
             },
@@ -440,7 +509,7 @@ impl KeyPart {
 
     pub fn name(&self) -> String {
         match self {
-            KeyPart::ClientIp => "client_ip".into(),
+            KeyPart::ClientIp(_) => "client_ip".into(),
             KeyPart::ApiKey => "api_key".into(),
             KeyPart::Tenant => "tenant".into(),
             KeyPart::Path => "path".into(),
@@ -448,8 +517,27 @@ impl KeyPart {
             KeyPart::Route => "route".into(),
             KeyPart::Host => "host".into(),
             KeyPart::Header(h) => format!("header:{h}"),
+            KeyPart::Cookie(c) => format!("cookie:{c}"),
+            KeyPart::Query(q) => format!("query:{q}"),
+            KeyPart::Jwt(c) => format!("jwt:{c}"),
         }
     }
+}
+
+/// An RFC 6265 cookie name (an RFC 7230 token).
+fn valid_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// `sub`, `org.id`: names without empty segments.
+pub fn valid_claim_path(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('.')
+            .all(|seg| !seg.is_empty() && !seg.contains(char::is_whitespace))
 }
 
 /// `key: client_ip` or `key: [tenant, path]`.
@@ -743,6 +831,33 @@ pub struct LimitConfig {
     /// decided by the fixed-size local estimator.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// Bits of an IPv6 client's address that make its `client_ip` key (32-128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_prefix: Option<u32>,
+    /// Bits of an IPv4 client's address that make its `client_ip` key (8-32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_prefix: Option<u32>,
+}
+
+impl LimitConfig {
+    /// The policy's key with its client networks applied to `client_ip`.
+    pub fn key_parts(&self) -> Vec<KeyPart> {
+        // Validation keeps the numbers in range; `min` keeps a skipped check harmless.
+        let bits =
+            |given: Option<u32>, default: u8, max: u32| given.map_or(default, |b| b.min(max) as u8);
+        let net = ClientNet {
+            v4: bits(self.ipv4_prefix, DEFAULT_IPV4_PREFIX, 32),
+            v6: bits(self.ipv6_prefix, DEFAULT_IPV6_PREFIX, 128),
+        };
+        self.key
+            .0
+            .iter()
+            .map(|p| match p {
+                KeyPart::ClientIp(_) => KeyPart::ClientIp(net),
+                other => other.clone(),
+            })
+            .collect()
+    }
 }
 
 fn default_status() -> u16 {
@@ -827,12 +942,30 @@ mod tests {
 
     #[test]
     fn key_parts() {
-        assert_eq!(KeyPart::parse("client_ip"), Ok(KeyPart::ClientIp));
+        assert_eq!(
+            KeyPart::parse("client_ip"),
+            Ok(KeyPart::ClientIp(ClientNet::default()))
+        );
         assert_eq!(
             KeyPart::parse("header:X-User"),
             Ok(KeyPart::Header("x-user".into()))
         );
         assert!(KeyPart::parse("header:bad name").is_err());
+        assert_eq!(
+            KeyPart::parse("cookie:session_id"),
+            Ok(KeyPart::Cookie("session_id".into()))
+        );
+        assert_eq!(
+            KeyPart::parse("query:user"),
+            Ok(KeyPart::Query("user".into()))
+        );
+        assert_eq!(
+            KeyPart::parse("jwt:org.id"),
+            Ok(KeyPart::Jwt("org.id".into()))
+        );
+        assert!(KeyPart::parse("cookie:a b").is_err());
+        assert!(KeyPart::parse("query:").is_err());
+        assert!(KeyPart::parse("jwt:org..id").is_err());
         assert!(KeyPart::parse("ip").unwrap_err().contains("unknown key"));
     }
 }

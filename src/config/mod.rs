@@ -3,6 +3,7 @@
 //! Every key is documented in docs/configuration.md (or the page of the feature that owns it);
 //! `tests/reference.rs` fails when the two drift apart.
 
+pub mod auth;
 pub mod duration;
 mod env;
 mod errors;
@@ -20,9 +21,9 @@ pub use validate::{canonical_prefix, listen_path, parse_net, split_host_port};
 
 pub use errors::{ConfigError, LoadError, Problem};
 pub use limits::{
-    Algorithm, ApiKeyConfig, ApiKeysConfig, CalendarUnit, ClientIpHeader, CostSpec, KeyPart,
-    KeySpec, LimitConfig, Mode, OnLimit, OnRedisError, RateSpec, RedisConfig, Scope, SyncMode,
-    TierConfig,
+    Algorithm, ApiKeyConfig, ApiKeysConfig, CalendarUnit, ClientIpHeader, ClientNet, CostSpec,
+    KeyPart, KeySpec, LimitConfig, Mode, OnLimit, OnRedisError, RateSpec, RedisConfig, Scope,
+    SyncMode, TierConfig,
 };
 pub use locate::Position;
 
@@ -78,6 +79,9 @@ pub struct Config {
     /// Envoy's rate limit service (gRPC) on envoyproxy/ratelimit's config files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rls: Option<rls::RlsConfig>,
+    /// Verified identity: JWT providers that routes can require.
+    #[serde(default, skip_serializing_if = "auth::AuthConfig::is_empty")]
+    pub auth: auth::AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -564,6 +568,9 @@ pub struct RouteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_body_size: Option<u64>,
+    /// A verified JWT this route requires (or accepts, with `optional: true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<auth::RouteAuthConfig>,
 }
 
 /// A config that passed validation, with the warnings found on the way.
@@ -671,6 +678,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             *path = base.join(path.as_str()).display().to_string();
         }
     };
+    for provider in config.auth.jwt.values_mut() {
+        if let Some(file) = &mut provider.jwks_file {
+            resolve(file);
+        }
+    }
     for listener in &mut config.listen {
         for cert in listener.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
             resolve(&mut cert.cert);

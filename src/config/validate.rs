@@ -28,6 +28,7 @@ pub fn validate(config: &Config) -> Report {
     check_upstreams(config, &mut report);
     check_routes(config, &mut report);
     check_identity(config, &mut report);
+    check_auth(config, &mut report);
     check_redis(config, &mut report);
     check_limits(config, &mut report);
     check_store(config, &mut report);
@@ -549,6 +550,167 @@ fn check_identity(config: &Config, report: &mut Report) {
     }
 }
 
+fn check_auth(config: &Config, report: &mut Report) {
+    use super::auth::{TokenSource, ASYMMETRIC, SYMMETRIC};
+    for (name, p) in &config.auth.jwt {
+        let base = format!("auth.jwt.{name}");
+        if !valid_name(name) {
+            report.error(
+                &base,
+                format!("provider name `{name}` may use only letters, digits, `_`, `-` and `.`"),
+            );
+        }
+        if p.issuer.trim().is_empty() {
+            report.error(format!("{base}.issuer"), "is empty");
+        }
+        for (i, aud) in p.audiences.iter().enumerate() {
+            if aud.is_empty() {
+                report.error(format!("{base}.audiences[{i}]"), "is empty");
+            }
+        }
+        let names = p.algorithm_names();
+        if p.algorithms.as_ref().is_some_and(|a| a.is_empty()) {
+            report.error(format!("{base}.algorithms"), "lists no algorithm");
+        }
+        let mut symmetric = false;
+        for (i, alg) in names.iter().enumerate() {
+            if SYMMETRIC.contains(&alg.as_str()) {
+                symmetric = true;
+                if p.secret_env.is_none() {
+                    report.error(
+                        format!("{base}.algorithms[{i}]"),
+                        format!("{alg} needs `secret_env` (the shared secret); a JWKS verifies asymmetric algorithms only"),
+                    );
+                }
+            } else if !ASYMMETRIC.contains(&alg.as_str()) {
+                let why = if alg.eq_ignore_ascii_case("none") {
+                    "unsigned tokens are never accepted".to_string()
+                } else {
+                    format!("unknown algorithm `{alg}`; use {}", ASYMMETRIC.join(", "))
+                };
+                report.error(format!("{base}.algorithms[{i}]"), why);
+            }
+        }
+        let asymmetric = names.iter().any(|a| ASYMMETRIC.contains(&a.as_str()));
+        match (&p.jwks_url, &p.jwks_file) {
+            (Some(_), Some(_)) => report.error(
+                format!("{base}.jwks_file"),
+                "give jwks_url or jwks_file, not both",
+            ),
+            (None, None) if asymmetric => report.error(
+                &base,
+                "needs jwks_url or jwks_file (where the signing keys are published)",
+            ),
+            (Some(url), None) => match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                    if u.scheme() == "http" {
+                        report.warn(
+                            format!("{base}.jwks_url"),
+                            "keys fetched over plain http can be replaced in transit; use https",
+                        );
+                    }
+                }
+                _ => report.error(
+                    format!("{base}.jwks_url"),
+                    format!("`{url}` is not an http or https URL"),
+                ),
+            },
+            (None, Some(file)) if std::fs::metadata(file).is_err() => {
+                report.warn(
+                    format!("{base}.jwks_file"),
+                    format!("`{file}` cannot be read yet; routes of this provider answer 503 until it can"),
+                );
+            }
+            _ => {}
+        }
+        if let Some(env) = &p.secret_env {
+            if !symmetric {
+                report.warn(
+                    format!("{base}.secret_env"),
+                    "no HS256/HS384/HS512 in `algorithms`, so the secret is never used",
+                );
+            } else if !std::env::var(env).is_ok_and(|v| !v.is_empty()) {
+                report.error(
+                    format!("{base}.secret_env"),
+                    format!("the environment variable `{env}` is not set"),
+                );
+            }
+        }
+        if p.leeway > std::time::Duration::from_secs(600) {
+            report.error(format!("{base}.leeway"), "must be at most 10m");
+        }
+        if p.token_from.is_empty() {
+            report.error(
+                format!("{base}.token_from"),
+                "lists no place to read the token from",
+            );
+        }
+        for (i, source) in p.token_from.iter().enumerate() {
+            if let Err(why) = TokenSource::parse(source) {
+                report.error(format!("{base}.token_from[{i}]"), why);
+            }
+        }
+        for (field, claim) in [
+            ("tier_claim", &p.tier_claim),
+            ("tenant_claim", &p.tenant_claim),
+        ] {
+            if let Some(claim) = claim {
+                if !super::limits::valid_claim_path(claim) {
+                    report.error(
+                        format!("{base}.{field}"),
+                        format!("`{claim}` is not a claim name (dots for nested claims)"),
+                    );
+                }
+            }
+        }
+        for (claim, header) in &p.forward_claims {
+            let path = format!("{base}.forward_claims.{claim}");
+            if !super::limits::valid_claim_path(claim) {
+                report.error(&path, format!("`{claim}` is not a claim name"));
+            }
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                report.error(&path, format!("`{header}` is not a valid header name"));
+            }
+        }
+    }
+    let jwt_limits: Vec<&String> = config
+        .limits
+        .iter()
+        .filter(|(_, l)| l.key.0.iter().any(|p| matches!(p, super::KeyPart::Jwt(_))))
+        .map(|(n, _)| n)
+        .collect();
+    for (i, route) in config.routes.iter().enumerate() {
+        match &route.auth {
+            Some(auth) if !config.auth.jwt.contains_key(&auth.jwt) => {
+                let defined: Vec<&str> = config.auth.jwt.keys().map(String::as_str).collect();
+                report.error(
+                    format!("routes[{i}].auth.jwt"),
+                    format!(
+                        "unknown provider `{}` (defined under auth.jwt: {})",
+                        auth.jwt,
+                        if defined.is_empty() {
+                            "none".into()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                for (j, limit) in route.limits.iter().enumerate() {
+                    if jwt_limits.contains(&limit) {
+                        report.warn(
+                            format!("routes[{i}].limits[{j}]"),
+                            format!("`{limit}` keys by a jwt: claim but this route verifies no token (add `auth`); every request shares the missing-claim bucket"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An IP address or a CIDR range.
 pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
     let text = text.trim();
@@ -730,6 +892,32 @@ fn check_limits(config: &Config, report: &mut Report) {
         }
         if limit.max_keys == 0 {
             report.error(format!("{base}.max_keys"), "must be at least 1");
+        }
+        let keys_by_ip = limit
+            .key
+            .0
+            .iter()
+            .any(|p| matches!(p, super::KeyPart::ClientIp(_)));
+        for (field, value, range) in [
+            ("ipv6_prefix", limit.ipv6_prefix, 32..=128u32),
+            ("ipv4_prefix", limit.ipv4_prefix, 8..=32u32),
+        ] {
+            let Some(value) = value else { continue };
+            if !range.contains(&value) {
+                report.error(
+                    format!("{base}.{field}"),
+                    format!(
+                        "must be between {} and {} (bits of the address that make the key)",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            } else if !keys_by_ip {
+                report.warn(
+                    format!("{base}.{field}"),
+                    "applies only to a key with client_ip in it",
+                );
+            }
         }
         if let super::limits::CostSpec::Fixed(0) = limit.cost {
             report.warn(

@@ -12,10 +12,17 @@ pub struct Entry<'a> {
     pub request_id: Cow<'a, str>,
     pub route: &'a str,
     pub client: IpAddr,
+    /// The client's network as the deciding policy keys it (`2001:db8:1:1::/64`), when
+    /// that policy keys by client address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant: Option<&'a str>,
+    /// The `sub` of the request's verified JWT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<&'a str>,
     pub method: Cow<'a, str>,
     pub path: Cow<'a, str>,
     pub status: u16,
@@ -37,8 +44,14 @@ impl<'a> Entry<'a> {
             request_id: r.request_id.display(),
             route: names.route(r.route),
             client: r.client,
+            network: limits.policy.and_then(|p| names.network(p, r.client)),
             api_key_id: r.key.as_deref().map(|k| k.id.as_str()),
-            tenant: r.key.as_deref().map(|k| k.tenant.as_str()),
+            tenant: r
+                .key
+                .as_deref()
+                .map(|k| k.tenant.as_str())
+                .or_else(|| r.user.as_deref().and_then(|v| v.tenant.as_deref())),
+            user: r.user.as_deref().and_then(|v| v.user.as_deref()),
             method: r.method.display(),
             path: r.path.display(),
             status: r.status,

@@ -16,6 +16,7 @@ pub use entry::Entry;
 pub use record::{Kind, Outcome, PolicyId, Record, RouteId};
 pub use series::RouteSeries;
 
+use crate::config::ClientNet;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
@@ -54,6 +55,8 @@ const DASHBOARD_WATCH_MS: u64 = 90_000;
 pub struct Names {
     pub routes: Vec<(Arc<str>, Arc<RouteSeries>)>,
     pub policies: Vec<Arc<str>>,
+    /// Each policy's client networks, when its key has `client_ip` in it.
+    pub nets: Vec<Option<ClientNet>>,
 }
 
 impl Names {
@@ -63,6 +66,18 @@ impl Names {
 
     pub fn policy(&self, id: PolicyId) -> &str {
         self.policies.get(id as usize).map_or("", |name| name)
+    }
+
+    /// The network a client is keyed by under a policy, in CIDR form (`2001:db8::/64`),
+    /// when the policy keys by client address.
+    pub fn network(&self, id: PolicyId, client: std::net::IpAddr) -> Option<String> {
+        let net = (*self.nets.get(id as usize)?)?;
+        let (ip, bits) = net.network(client);
+        // A single address reads as one, as in limit keys.
+        if bits == if ip.is_ipv4() { 32 } else { 128 } {
+            return Some(ip.to_string());
+        }
+        Some(format!("{ip}/{bits}"))
     }
 }
 
@@ -181,6 +196,7 @@ impl DecisionHub {
         let mut next = Names {
             routes: names.routes.clone(),
             policies: names.policies.clone(),
+            nets: names.nets.clone(),
         };
         next.routes.push((label.into(), series.clone()));
         self.names.store(Arc::new(next));
@@ -188,19 +204,33 @@ impl DecisionHub {
         (id, series)
     }
 
-    /// The interned id of a policy name.
-    pub fn policy_id(&self, name: &str) -> PolicyId {
+    /// The interned id of a policy name; `net` is how it keys clients now (a reload may
+    /// change it).
+    pub fn policy_id(&self, name: &str, net: Option<ClientNet>) -> PolicyId {
         let mut interner = self.interner.lock();
+        let names = self.names.load();
         if let Some(&id) = interner.policies.get(name) {
+            if names.nets.get(id as usize) != Some(&net) {
+                let mut next = Names {
+                    routes: names.routes.clone(),
+                    policies: names.policies.clone(),
+                    nets: names.nets.clone(),
+                };
+                if let Some(slot) = next.nets.get_mut(id as usize) {
+                    *slot = net;
+                }
+                self.names.store(Arc::new(next));
+            }
             return id;
         }
-        let names = self.names.load();
         let id = names.policies.len().min(PolicyId::MAX as usize) as PolicyId;
         let mut next = Names {
             routes: names.routes.clone(),
             policies: names.policies.clone(),
+            nets: names.nets.clone(),
         };
         next.policies.push(name.into());
+        next.nets.push(net);
         self.names.store(Arc::new(next));
         interner.policies.insert(name.to_string(), id);
         id
@@ -236,8 +266,13 @@ impl DecisionHub {
                 series.record(now_s, r.kind);
             }
             if let (Kind::Limited, Some(Some(policy))) = (r.kind, r.limits.map(|l| l.policy)) {
+                // Clients are counted by the network the policy keys them by.
+                let client = match names.nets.get(policy as usize).copied().flatten() {
+                    Some(net) => net.network(r.client).0,
+                    None => r.client,
+                };
                 top.get_or_insert_with(|| self.top.lock())
-                    .record(r.client, policy, now_s);
+                    .record(client, policy, now_s);
             }
         }
     }
@@ -260,7 +295,9 @@ impl DecisionHub {
             .top(now_s, n)
             .into_iter()
             .map(|(client, policy, count)| TopEntry {
-                client: client.to_string(),
+                client: names
+                    .network(policy, client)
+                    .unwrap_or_else(|| client.to_string()),
                 policy: names.policy(policy).to_string(),
                 count,
             })

@@ -3,6 +3,7 @@
 
 mod api_keys;
 mod client_ip;
+pub mod jwt;
 pub mod registry;
 
 pub use api_keys::{digest, find, hex, ApiKeyStore, KeyDigest, KeyRecord, Lookup};

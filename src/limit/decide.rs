@@ -824,6 +824,8 @@ mod tests {
                 route: "/",
                 host: None,
                 headers: &headers,
+                query: None,
+                claims: None,
             };
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()

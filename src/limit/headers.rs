@@ -95,10 +95,13 @@ impl FieldTemplate {
 }
 
 /// The body of a refused request.
-pub fn limited_body(policy: &str, verdict: &Verdict) -> serde_json::Value {
+/// The body of a refusal; `key` is the limit key as text (a client network in CIDR form),
+/// so a client sees which bucket it ran out of.
+pub fn limited_body(policy: &str, verdict: &Verdict, key: &str) -> serde_json::Value {
     serde_json::json!({
         "error": "rate_limited",
         "policy": policy,
+        "key": key,
         "retry_after": retry_after_seconds(verdict),
     })
 }

@@ -105,6 +105,9 @@ impl Policy {
     ) -> Result<Usage, InspectError> {
         let hash =
             key::hash_from_text(limiter.id, &self.key, key_text).map_err(InspectError::BadKey)?;
+        // An address names its client's network: the key as requests spell it.
+        let canonical = key::canonical_text(&self.key, key_text);
+        let key_text = canonical.as_str();
         let now = unix_ms();
         let mut usage = Usage {
             policy: self.name.to_string(),
@@ -300,6 +303,8 @@ impl Policy {
         link: Option<&RedisLink>,
     ) -> Result<(), InspectError> {
         key::hash_from_text(limiter.id, &self.key, key_text).map_err(InspectError::BadKey)?;
+        let canonical = key::canonical_text(&self.key, key_text);
+        let key_text = canonical.as_str();
         let now = unix_ms();
         if self.scope == Scope::Global && !matches!(limiter.params, Params::Concurrency { .. }) {
             let link = link

@@ -436,7 +436,7 @@ impl Policy {
         Policy {
             name: name.into(),
             config: config.clone(),
-            key: config.key.0.clone(),
+            key: config.key_parts(),
             cost: config.cost.clone(),
             algorithm: config.algorithm,
             scope: config.scope,
@@ -524,6 +524,14 @@ impl Policy {
             .chain(self.tiers.values())
             .chain(self.key_overrides.values())
             .chain(self.tenant_overrides.values())
+    }
+
+    /// How this policy keys clients by address, if its key has `client_ip` in it.
+    pub fn client_net(&self) -> Option<crate::config::ClientNet> {
+        self.key.iter().find_map(|p| match p {
+            KeyPart::ClientIp(net) => Some(*net),
+            _ => None,
+        })
     }
 
     /// Whether this policy's state lives in Redis and is synced in the background.

@@ -6,7 +6,8 @@
 
 use crate::config::Mode;
 use crate::decisions::{Outcome as Logged, Summary};
-use crate::gateway::{Gateway, Route};
+use crate::gateway::{Gateway, Route, RouteAuth};
+use crate::identity::jwt::{Refusal, Verified};
 use crate::identity::Lookup;
 use crate::limit::headers::{self, Fields};
 use crate::limit::receipt::{hand_back, Taken};
@@ -14,6 +15,7 @@ use crate::limit::{Check, Outcome, Receipt, RequestFacts};
 use http::HeaderValue;
 use pingora_limits::inflight::Guard;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 pub enum Admission {
     Pass {
@@ -54,6 +56,65 @@ pub fn require_key(route: &Route, lookup: &Lookup, header: &str) -> Option<Admis
             "WWW-Authenticate",
             HeaderValue::from_str(&format!("ApiKey header=\"{header}\""))
                 .unwrap_or_else(|_| HeaderValue::from_static("ApiKey")),
+        )],
+        summary: Summary {
+            policy: None,
+            outcome: Logged::Unauthorized,
+            remaining: None,
+        },
+    })
+}
+
+/// Checks the request's token on a route that verifies JWTs: the verified token (or none,
+/// on an optional route), or the answer to a request without a valid one: 401 with an
+/// RFC 6750 challenge, or 503 while the provider has no key to verify with.
+pub fn check_token(
+    auth: &RouteAuth,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Arc<Verified>>, Admission> {
+    let provider = &auth.provider;
+    let refusal = match provider.authenticate(headers, query) {
+        Ok(Some(verified)) => return Ok(Some(verified)),
+        Ok(None) if auth.optional => return Ok(None),
+        Ok(None) => Refusal::Missing,
+        Err(refusal) => refusal,
+    };
+    let name = &*provider.name;
+    let (status, error, code, detail) = match &refusal {
+        Refusal::Missing => (
+            401,
+            "missing_token",
+            "invalid_request",
+            "this route needs a bearer token".to_string(),
+        ),
+        Refusal::Invalid(_, why) => (401, "invalid_token", "invalid_token", why.clone()),
+        Refusal::Unavailable => {
+            return Err(Admission::Refuse {
+                status: 503,
+                body: json!({"error": "auth_unavailable", "provider": name,
+                    "detail": format!("the signing keys of provider `{name}` have not loaded yet; try again shortly")}),
+                headers: vec![("Retry-After", HeaderValue::from_static("1"))],
+                summary: Summary {
+                    policy: None,
+                    outcome: Outcome::Unavailable.into(),
+                    remaining: None,
+                },
+            })
+        }
+    };
+    // The description is ours (never the token's text), so it has no quote to escape.
+    let challenge = format!(
+        "Bearer realm=\"tollgate\", error=\"{code}\", error_description=\"{}\"",
+        detail.replace(['"', '\\'], "'")
+    );
+    Err(Admission::Refuse {
+        status,
+        body: json!({"error": error, "provider": name, "detail": detail}),
+        headers: vec![(
+            "WWW-Authenticate",
+            HeaderValue::from_str(&challenge)
+                .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"tollgate\"")),
         )],
         summary: Summary {
             policy: None,
@@ -125,7 +186,11 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
                 hand_back(taken, link).await;
                 return Admission::Refuse {
                     status: policy.status,
-                    body: headers::limited_body(&policy.name, v),
+                    body: headers::limited_body(
+                        &policy.name,
+                        v,
+                        &crate::limit::key::text(&policy.key, facts),
+                    ),
                     headers: limiter.fields.fields(v),
                     summary: Summary {
                         policy: name,
@@ -188,6 +253,7 @@ pub async fn settle(
     route: &Route,
     gateway: &Gateway,
     key: Option<&crate::identity::KeyRecord>,
+    verified: Option<&Verified>,
     uncounted: Vec<(usize, Receipt)>,
     status: u16,
 ) {
@@ -200,10 +266,14 @@ pub async fn settle(
             .as_ref()
             .is_some_and(|s| !s.contains(status))
         {
+            // The limiter the request was admitted by: as in the request path, the API
+            // key's tenant and tier first, the verified token's next.
             let limiter = policy.limiter_for(
                 key.map(|k| k.id.as_str()),
-                key.map(|k| k.tenant.as_str()),
-                key.and_then(|k| k.tier.as_deref()),
+                key.map(|k| k.tenant.as_str())
+                    .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
+                key.and_then(|k| k.tier.as_deref())
+                    .or_else(|| verified.and_then(|v| v.tier.as_deref())),
             );
             policy
                 .refund(limiter, receipt, gateway.redis.as_deref())

@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub summary: Option<crate::decisions::Summary>,
     /// The request's API key, when it carried a known one.
     pub api_key: Option<std::sync::Arc<crate::identity::KeyRecord>>,
+    /// The request's verified JWT, on a route that checks them.
+    pub verified: Option<std::sync::Arc<crate::identity::jwt::Verified>>,
     /// Request body bytes seen so far, against the route's `max_body_size`.
     pub body_received: u64,
     /// The `Strict-Transport-Security` value of the request's listener.
@@ -78,6 +80,7 @@ impl RequestCtx {
             rate_headers: Vec::new(),
             summary: None,
             api_key: None,
+            verified: None,
             body_received: 0,
             hsts: None,
             _guards: Vec::new(),

@@ -92,6 +92,7 @@ impl Proxy {
             request_id,
             client,
             key: ctx.api_key.take(),
+            user: ctx.verified.take(),
             route: route.id,
             status,
             kind,
@@ -297,25 +298,42 @@ impl ProxyHttp for Proxy {
         if let Lookup::Known(record) = &key {
             ctx.api_key = Some(record.clone());
         }
+        // A route without `auth` pays nothing here.
+        let token = match &route.auth {
+            None => Ok(None),
+            Some(auth) => admission::check_token(auth, &req.headers, req.uri.query()),
+        };
         let header_name = gateway.identity.api_keys.header().as_str();
-        let admission = match admission::require_key(&route, &key, header_name) {
-            Some(refusal) => refusal,
-            None if route.limits.is_empty() => return Ok(false),
-            None => {
+        let admission = match (token, admission::require_key(&route, &key, header_name)) {
+            (Err(refusal), _) | (Ok(_), Some(refusal)) => refusal,
+            (Ok(verified), None) if route.limits.is_empty() => {
+                ctx.verified = verified;
+                return Ok(false);
+            }
+            (Ok(verified), None) => {
+                ctx.verified = verified;
+                let verified = ctx.verified.as_deref();
                 let record = match &key {
                     Lookup::Known(r) => Some(r.as_ref()),
                     _ => None,
                 };
+                // An API key's tenant and tier come first; a verified token's claims next.
                 let facts = RequestFacts {
                     client_ip: client,
                     api_key_id: record.map(|r| r.id.as_str()),
-                    tenant: record.map(|r| r.tenant.as_str()),
-                    tier: record.and_then(|r| r.tier.as_deref()),
+                    tenant: record
+                        .map(|r| r.tenant.as_str())
+                        .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
+                    tier: record
+                        .and_then(|r| r.tier.as_deref())
+                        .or_else(|| verified.and_then(|v| v.tier.as_deref())),
                     path: &path,
                     method: req.method.as_str(),
                     route: &route.label,
                     host: host.as_deref(),
                     headers: &req.headers,
+                    query: req.uri.query(),
+                    claims: verified.map(|v| &v.claims),
                 };
                 admission::evaluate(&route, &gateway, &facts).await
             }
@@ -412,7 +430,17 @@ impl ProxyHttp for Proxy {
             proto,
             &ctx.request_id,
             ctx.gateway.config.http.preserve_header_case,
-        )
+        )?;
+        if let Some(auth) = ctx.route.as_ref().and_then(|r| r.auth.as_ref()) {
+            // Only verified claims reach the backend under these names.
+            for name in &auth.provider.forward_headers {
+                upstream_request.remove_header(name);
+            }
+            for (name, value) in ctx.verified.iter().flat_map(|v| &v.forward) {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -556,8 +584,17 @@ impl ProxyHttp for Proxy {
             .unwrap_or(499);
         if let (false, Some(route)) = (ctx.uncounted.is_empty(), ctx.route.clone()) {
             let key = ctx.api_key.clone();
+            let verified = ctx.verified.clone();
             let uncounted = std::mem::take(&mut ctx.uncounted);
-            admission::settle(&route, &ctx.gateway, key.as_deref(), uncounted, status).await;
+            admission::settle(
+                &route,
+                &ctx.gateway,
+                key.as_deref(),
+                verified.as_deref(),
+                uncounted,
+                status,
+            )
+            .await;
         }
         let elapsed = ctx.started.elapsed();
         let method = method_label(&session.req_header().method);

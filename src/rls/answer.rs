@@ -149,6 +149,8 @@ pub async fn should_rate_limit(
                     route: "",
                     host: None,
                     headers: &NO_HEADERS,
+                    query: None,
+                    claims: None,
                 };
                 let quota = limiter.params.quota();
                 let (allowed, remaining, reset_ms) = if hits > quota {
