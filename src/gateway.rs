@@ -68,6 +68,8 @@ pub struct Gateway {
     /// Registered API keys; the running process's one store, kept across reloads (absent
     /// only where nothing is served, as in `tollgate check`).
     pub store: Option<Arc<Store>>,
+    /// The rate limit service's domains (`rls`), whose limits are among `policies`.
+    pub rls: Option<Arc<crate::rls::Table>>,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,17 @@ impl Gateway {
             });
             policies.insert(name.clone(), policy);
         }
+        let rls = config.rls.as_ref().map(|rls| {
+            let empty = BTreeMap::new();
+            Arc::new(crate::rls::Table::build(
+                &rls.domains,
+                redis.is_some(),
+                rls.response_headers,
+                previous.map_or(&empty, |g| &g.policies),
+                &mut policies,
+                metrics,
+            ))
+        });
         let mut routes = Vec::with_capacity(config.routes.len());
         for spec in &config.routes {
             // Validation guarantees the upstream exists; a missing one is skipped rather
@@ -221,6 +234,7 @@ impl Gateway {
             policies,
             redis,
             store: previous.and_then(|g| g.store.clone()),
+            rls,
         })
     }
 

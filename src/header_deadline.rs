@@ -72,7 +72,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderDeadline<
         } else {
             http.header_timeout
         };
-        session.set_keepalive(Some(http.keepalive_timeout.as_secs().max(1)));
+        // `Some(0)` keeps the connection alive with no Pingora timer: Pingora's own
+        // (`Some(n)`) wraps every idle read in a timer of its own, and the deadline below
+        // already bounds the idle wait (keep-alive plus header timeout), so it only cost
+        // every request a timer.
+        if crate::tuning::current().keepalive_timer {
+            session.set_keepalive(Some(http.keepalive_timeout.as_secs().max(1)));
+        } else {
+            session.set_keepalive(Some(0));
+        }
         let read = Arc::new(AtomicBool::new(false));
         session.set_connection_user_context(Some(Box::new(HeaderRead(read.clone()))));
 

@@ -27,6 +27,7 @@ pub mod path;
 pub mod proxy;
 pub mod redis_store;
 pub mod reload;
+pub mod rls;
 pub mod routing;
 pub mod server;
 pub mod store;

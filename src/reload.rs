@@ -82,7 +82,10 @@ impl Reloader {
         certs: Arc<CertStore>,
         store: Arc<Store>,
     ) -> Self {
-        let running_text = std::fs::read_to_string(path).unwrap_or_default();
+        let running_text = with_rls_files(
+            std::fs::read_to_string(path).unwrap_or_default(),
+            &file_config,
+        );
         metrics
             .config_last_reload_success
             .set(unix_seconds() as i64);
@@ -161,6 +164,7 @@ impl Reloader {
     /// Whether the file's text differs from what is running.
     fn changed_on_disk(&self) -> Option<String> {
         let text = std::fs::read_to_string(&self.path).ok()?;
+        let text = with_rls_files(text, &self.gateway.load().config);
         (text != *self.running_text.lock()).then_some(text)
     }
 
@@ -184,7 +188,7 @@ impl Reloader {
         let generation = status.generation;
         *status = match outcome {
             Ok((text, restart_required, warnings)) => {
-                *self.running_text.lock() = text;
+                *self.running_text.lock() = with_rls_files(text, &self.gateway.load().config);
                 self.metrics
                     .config_reloads
                     .with_label_values(&["success"])
@@ -314,11 +318,43 @@ fn keep_process_settings(current: &Config, next: &mut Config) -> Vec<&'static st
         changed.push("store");
         next.store = current.store.clone();
     }
+    // The RLS listener is bound once, at start; its domains and limits reload.
+    let rls_socket = |c: &Config| c.rls.as_ref().map(|r| (r.listen.clone(), r.tls.clone()));
+    if rls_socket(next) != rls_socket(current) {
+        changed.push("rls.listen");
+        match (&mut next.rls, &current.rls) {
+            (Some(n), Some(c)) => {
+                n.listen = c.listen.clone();
+                n.tls = c.tls.clone();
+            }
+            (n, c) => *n = c.clone(),
+        }
+    }
     if next.log.access_log != current.log.access_log {
         changed.push("log.access_log");
         next.log.access_log = current.log.access_log.clone();
     }
     changed
+}
+
+/// The config file's text followed by the RLS files' (`rls.config_dir`), so an edit of
+/// either reloads, as envoyproxy/ratelimit reloads on a change in its folder.
+fn with_rls_files(mut text: String, config: &Config) -> String {
+    let Some(rls) = &config.rls else {
+        return text;
+    };
+    let Ok(entries) = std::fs::read_dir(&rls.config_dir) else {
+        return text;
+    };
+    let mut files: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for file in files {
+        text.push('\0');
+        text.push_str(&file.display().to_string());
+        text.push('\0');
+        text.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+    }
+    text
 }
 
 fn unix_seconds() -> u64 {

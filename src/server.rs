@@ -128,7 +128,8 @@ pub fn prepare(config_path: &Path, options: &ProcessOptions) -> Result<Prepared,
         // During an upgrade the old process still holds the ports; they arrive over the
         // upgrade socket instead.
         let addresses = config.listen.iter().map(|l| &l.address);
-        for address in addresses.chain([&config.admin.listen]) {
+        let rls = config.rls.iter().map(|r| &r.listen);
+        for address in addresses.chain([&config.admin.listen]).chain(rls) {
             TcpListener::bind(address).map_err(|source| StartError::Listen {
                 address: address.clone(),
                 source,
@@ -285,6 +286,12 @@ pub fn run(prepared: Prepared, options: &ProcessOptions) {
     let limits_flushed = limit_sync.flushed();
     let limit_sync = background_service("rate limit sync", limit_sync);
 
+    if let Some(rls) = &config.rls {
+        server.add_service(background_service(
+            "rate limit service",
+            crate::rls::RlsServer::new(rls.clone(), gateway.clone(), metrics.clone()),
+        ));
+    }
     server.add_service(proxy_service);
     server.add_service(admin_service);
     server.add_service(health);

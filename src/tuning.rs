@@ -3,7 +3,10 @@
 //! (BENCHMARKS.md, *Pingora tuned*). `TOLLGATE_TUNING` overrides them for such a run:
 //! `TOLLGATE_TUNING=work_stealing=1,downstream_modules=1,l4_read_buffer=65536,keepalive_pool=128`
 //! (and `peer_timeouts=0`, which only measures what the upstream timeouts cost, and
-//! `fast_header_timer=0`, the request header deadline on a tokio timer).
+//! `fast_header_timer=0`, the request header deadline on a tokio timer; `keepalive_timer=1`,
+//! Pingora's keep-alive timer around every idle read as before issue 24;
+//! `pool_idle_timeout=SECONDS`, a pooled upstream connection's idle timer where the config
+//! sets none).
 
 /// The settings; `Default` is what tollgate ships.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +28,12 @@ pub struct Tuning {
     /// The request header deadline on Pingora's coarse shared timer rather than a tokio
     /// timer per request.
     pub fast_header_timer: bool,
+    /// Pingora's keep-alive timer (`set_keepalive(Some(keepalive_timeout))`) around every
+    /// idle read. Off: the request header deadline already bounds the idle wait.
+    pub keepalive_timer: bool,
+    /// An idle timer for pooled upstream connections where the upstream sets no
+    /// `idle_timeout` (seconds). Only for measuring what it costs.
+    pub pool_idle_timeout: Option<u64>,
 }
 
 impl Default for Tuning {
@@ -36,6 +45,8 @@ impl Default for Tuning {
             keepalive_pool: 128,
             peer_timeouts: true,
             fast_header_timer: true,
+            keepalive_timer: false,
+            pool_idle_timeout: None,
         }
     }
 }
@@ -74,6 +85,8 @@ impl Tuning {
                 ("keepalive_pool", Some(n)) => self.keepalive_pool = n,
                 ("peer_timeouts", _) => self.peer_timeouts = flag(),
                 ("fast_header_timer", _) => self.fast_header_timer = flag(),
+                ("keepalive_timer", _) => self.keepalive_timer = flag(),
+                ("pool_idle_timeout", Some(n)) => self.pool_idle_timeout = Some(n as u64),
                 _ => tracing::warn!("TOLLGATE_TUNING: `{item}` is not understood"),
             }
         }
@@ -87,7 +100,7 @@ mod tests {
     #[test]
     fn overrides_apply_by_name() {
         let mut t = Tuning::default();
-        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0,fast_header_timer=0");
+        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0,fast_header_timer=0,keepalive_timer=1,pool_idle_timeout=60");
         assert_eq!(
             t,
             Tuning {
@@ -97,6 +110,8 @@ mod tests {
                 keepalive_pool: 8,
                 peer_timeouts: false,
                 fast_header_timer: false,
+                keepalive_timer: true,
+                pool_idle_timeout: Some(60),
             }
         );
     }

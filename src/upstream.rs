@@ -265,20 +265,27 @@ impl UpstreamPool {
     }
 
     /// The peer a request connects to, carrying its backend's transport and this pool's
-    /// timeouts.
+    /// timeouts. Built per request: cloning a peer prepared per backend measured 110
+    /// instructions more than this (BENCHMARKS.md, *The proxy path*).
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, false, String::new());
         if let Some(member) = self.member_at(&addr) {
             member.transport.configure(&mut peer);
         }
-        if !crate::tuning::current().peer_timeouts {
+        let tuning = crate::tuning::current();
+        if !tuning.peer_timeouts {
             return peer;
         }
         let options = &mut peer.options;
         options.connection_timeout = Some(self.config.connect_timeout);
         options.read_timeout = Some(self.config.read_timeout);
         options.write_timeout = Some(self.config.write_timeout);
-        options.idle_timeout = Some(self.config.idle_timeout);
+        // Unset, a pooled connection arms no timer: the pool is bounded by its LRU, and a
+        // backend's close still evicts the connection (Pingora watches the idle socket).
+        options.idle_timeout = self
+            .config
+            .idle_timeout
+            .or_else(|| tuning.pool_idle_timeout.map(Duration::from_secs));
         peer
     }
 
@@ -400,7 +407,7 @@ mod tests {
             connect_timeout: Duration::from_millis(100),
             read_timeout: Duration::from_secs(1),
             write_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(60),
+            idle_timeout: None,
         }
     }
 

@@ -137,6 +137,9 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         "global atomic",
         "decision log off",
         "rate limit headers off",
+        "the Kong/APISIX design",
+        "no limits, http.preserve_header_case",
+        "global async, http.preserve_header_case",
         "global async, purge (MIMALLOC_PURGE_DELAY=0)",
         "config.yaml as shipped",
         "(refusing)",
@@ -165,4 +168,42 @@ fn the_load_harness_runs_every_target_and_reports_them() {
             "no `{row}` row in the report:\n{table}"
         );
     }
+}
+
+/// benches/load/fleetwide.py puts tollgate beside the Kong/APISIX design (nginx + Lua + a
+/// Redis round trip per request): per core, three proxies on one Redis, Redis one hop away
+/// behind the delaying relay, and a Redis stall under load. The smoke checks every part
+/// runs and reports, for both designs.
+#[test]
+fn the_fleetwide_comparison_runs_both_designs() {
+    let hint = "install it with `apt-get install -y nginx libnginx-mod-http-lua haproxy wrk python3 redis-server`; .ci/run does this";
+    for tool in ["python3", "nginx", "haproxy", "wrk", "redis-server"] {
+        require_tool(tool, hint);
+    }
+    assert!(
+        std::path::Path::new("/usr/lib/nginx/modules/ngx_http_lua_module.so").is_file(),
+        "nginx's Lua module is missing: {hint}"
+    );
+    let relay = debug_bin_dir().join("examples/delay_relay");
+    assert!(
+        relay.is_file(),
+        "{} is missing; `cargo test --workspace` builds it",
+        relay.display()
+    );
+    let table = run_report(
+        &["benches/load/fleetwide.py", "--quick", "--no-install"],
+        Duration::from_secs(6 * 60),
+    );
+    for row in [
+        "| nginx (limit_req)",
+        "| nginx + Lua + Redis per request (the Kong/APISIX design) |",
+        "| tollgate, global async (every default) |",
+        "Relay overhead",
+        "one Redis core carries",
+        "| Redis commands per request, tollgate / Kong design |",
+        "| p99 with Redis one hop away, tollgate / Kong design |",
+    ] {
+        assert!(table.contains(row), "no `{row}` in the report:\n{table}");
+    }
+    assert!(!table.contains("Problems"), "{table}");
 }

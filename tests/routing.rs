@@ -329,3 +329,209 @@ routes:
     assert_eq!(service_for(&t, "ONE.test:80", "/x").0, 429);
     assert_eq!(statuses("two.test"), [200, 200, 429]);
 }
+
+/// A backend that records every request head it reads, byte for byte, and answers each
+/// with mixed-case fields and a reason phrase of its own.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RawBackend {
+    fn start() -> RawBackend {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().expect("backend address");
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head: Vec<u8> = buf.drain(..end + 4).collect();
+                            seen.lock()
+                                .unwrap()
+                                .push(String::from_utf8_lossy(&head).into_owned());
+                            let reply = b"HTTP/1.1 200 Fine Thanks\r\nX-Backend-Case: b\r\n\
+                                Content-Length: 2\r\n\r\nok";
+                            if stream.write_all(reply).is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        RawBackend { addr, heads }
+    }
+
+    fn last_head(&self) -> String {
+        self.heads
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn case_setup(preserve: bool) -> (RawBackend, Tollgate) {
+    let backend = RawBackend::start();
+    let config = format!(
+        "http:
+  preserve_header_case: {preserve}
+upstreams:
+  raw:
+    backends: [{addr}]
+limits:
+  per_ip:
+    key: client_ip
+    algorithm: sliding_window
+    rate: 1000000/1m
+    scope: local
+routes:
+  - prefix: /a
+    upstream: raw
+    limits: [per_ip]
+",
+        addr = backend.addr
+    );
+    (backend, Tollgate::start(&config))
+}
+
+/// Header names travel in lower case by default, both ways: tollgate works on the header's
+/// `http` parts without Pingora's case-preserving copy of every name (BENCHMARKS.md, *The
+/// proxy path*). HTTP field names are case-insensitive (RFC 9110 §5.1); Pingora still
+/// title-cases a few standard ones (`Host`, `Content-Length`). Nothing is lost on the way:
+/// the reason phrase, the backend's fields, the forwarding headers, the request id and the
+/// rate limit fields.
+#[test]
+fn header_names_go_lower_case_by_default() {
+    let (backend, t) = case_setup(false);
+    let resp = raw(
+        t.proxy,
+        b"GET /a/h?q=1 HTTP/1.1\r\nHost: x\r\nX-Client-Case: c\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{resp}");
+    for field in [
+        "\r\nx-backend-case: b\r\n",
+        "\r\nx-request-id: ",
+        "\r\nratelimit-policy: ",
+        "\r\nratelimit: ",
+        "\r\nx-ratelimit-limit: 1000000\r\n",
+        "\r\nx-ratelimit-remaining: ",
+        "\r\nx-ratelimit-reset: ",
+        "\r\nContent-Length: 2\r\n",
+    ] {
+        assert!(resp.contains(field), "{field:?} missing from\n{resp}");
+    }
+    let head = backend.last_head();
+    assert!(head.starts_with("GET /a/h?q=1 HTTP/1.1\r\n"), "{head}");
+    for field in [
+        "\r\nHost: x\r\n",
+        "\r\nx-client-case: c\r\n",
+        "\r\nx-forwarded-for: 127.0.0.1\r\n",
+        "\r\nx-forwarded-proto: http\r\n",
+        "\r\nx-request-id: ",
+    ] {
+        assert!(head.contains(field), "{field:?} missing from\n{head}");
+    }
+}
+
+/// `http.preserve_header_case: true` sends names as they came (and tollgate's own rate
+/// limit fields in their canonical case).
+#[test]
+fn preserve_header_case_keeps_names_as_they_came() {
+    let (backend, t) = case_setup(true);
+    let resp = raw(
+        t.proxy,
+        b"GET /a/h HTTP/1.1\r\nHost: x\r\nX-Client-Case: c\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{resp}");
+    for field in [
+        "\r\nX-Backend-Case: b\r\n",
+        "\r\nRateLimit-Policy: ",
+        "\r\nX-RateLimit-Remaining: ",
+    ] {
+        assert!(resp.contains(field), "{field:?} missing from\n{resp}");
+    }
+    let head = backend.last_head();
+    assert!(head.contains("\r\nX-Client-Case: c\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
+        "{head}"
+    );
+}
+
+/// An absolute-form request target reaches the backend as the client sent it in either
+/// mode: the lower-case route is taken only when the target is the URI's path and query.
+#[test]
+fn an_absolute_form_target_is_forwarded_verbatim() {
+    for preserve in [false, true] {
+        let (backend, t) = case_setup(preserve);
+        let resp = raw(t.proxy, b"GET http://x/a/h?q=1 HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(raw_status(&resp), 200, "{resp}");
+        let head = backend.last_head();
+        assert!(
+            head.starts_with("GET http://x/a/h?q=1 HTTP/1.1\r\n"),
+            "preserve {preserve}: {head}"
+        );
+        assert!(head.contains("\r\nx-request-id: "), "{head}");
+    }
+}
+
+/// With Pingora's keep-alive timer off (it cost every request a timer), the request header
+/// deadline is what closes an idle kept-alive connection: after `keepalive_timeout` plus
+/// `header_timeout`, never before the keep-alive time, and without an answer.
+#[test]
+fn an_idle_kept_alive_connection_is_closed_by_the_header_deadline() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let stub = Stub::start("a");
+    let t = Tollgate::start(&format!(
+        "http:
+  keepalive_timeout: 1s
+  header_timeout: 1s
+upstreams:
+  a:
+    backends: [{}]
+routes:
+  - prefix: /a
+    upstream: a
+",
+        stub.address()
+    ));
+    let mut conn = RawConn::open(t.proxy);
+    let resp = conn.exchange(b"GET /a/x HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let idle_from = Instant::now();
+    conn.stream()
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("set timeout");
+    let mut rest = Vec::new();
+    let read = conn.stream().read_to_end(&mut rest);
+    let idle = idle_from.elapsed();
+    assert!(
+        read.is_ok() || idle < Duration::from_secs(19),
+        "the idle connection was still open after {idle:?}"
+    );
+    assert!(rest.is_empty(), "an idle close wrote {rest:?}");
+    // Deadline 2 s (keep-alive 1 s + header 1 s); a busy machine only makes it later.
+    assert!(
+        idle >= Duration::from_secs(1),
+        "closed after {idle:?}, before the keep-alive time"
+    );
+    assert!(
+        idle < Duration::from_secs(15),
+        "closed only after {idle:?}; the deadline is 2 s"
+    );
+}

@@ -183,6 +183,9 @@ def main() -> int:
     parser.add_argument("--tuning", action="append", default=[], metavar="NAME=SPEC",
                         help="also measure tollgate with no limits and TOLLGATE_TUNING=SPEC, "
                              "as in run.py; repeatable")
+    parser.add_argument("--tuning-async", action="append", default=[], metavar="NAME=SPEC",
+                        help="the same for tollgate with global async and every default; "
+                             "repeatable")
     parser.add_argument("--baseline-bin", type=Path,
                         help="also measure another tollgate binary (an earlier build) as a "
                              "global async target, for a before/after in instructions")
@@ -193,7 +196,9 @@ def main() -> int:
     names = [n.strip() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in run.TARGET_NAMES]
     tunings = [tuple(t.split("=", 1)) for t in args.tuning if "=" in t]
+    async_tunings = [tuple(t.split("=", 1)) for t in args.tuning_async if "=" in t]
     names += [f"tuning:{label}" for label, _ in tunings]
+    names += [f"tuning-async:{label}" for label, _ in async_tunings]
     if args.baseline_bin is not None:
         if not args.baseline_bin.is_file():
             parser.error(f"--baseline-bin {args.baseline_bin}: no such file")
@@ -212,7 +217,8 @@ def main() -> int:
     tollgate_bin, stub_bin = run.ensure_binaries()
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-instructions-"))
     wrapped = {"nginx", "pingora-bare", "tollgate-global-async-baseline", *names,
-               *(f"tollgate-tuning-{label}" for label, _ in tunings)}
+               *(f"tollgate-tuning-{label}" for label, _ in tunings),
+               *(f"tollgate-tuning-async-{label}" for label, _ in async_tunings)}
     sup = CallgrindSupervisor(tmp, tools["valgrind"], wrapped)
     try:
         lab = run.Lab(sup, tmp, tools, tollgate_bin, stub_bin)
@@ -231,6 +237,10 @@ def main() -> int:
             elif name.startswith("tuning:"):
                 label = name.split(":", 1)[1]
                 [target] = run.start_targets(lab, [], tunings=[(label, dict(tunings)[label])])
+            elif name.startswith("tuning-async:"):
+                label = name.split(":", 1)[1]
+                [target] = run.start_targets(
+                    lab, [], async_tunings=[(label, dict(async_tunings)[label])])
             else:
                 [target] = run.start_targets(lab, [name])
             labels[name] = target.label

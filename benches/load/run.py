@@ -118,7 +118,10 @@ LUA_SCRIPT = HERE / "count.lua"
 KEYS_SCRIPT = HERE / "keys.lua"
 
 # tool -> Debian package
-TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "redis-server": "redis-server"}
+TOOLS = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "redis-server": "redis-server",
+         "nginx-lua": "libnginx-mod-http-lua"}
+# Not a command: the Lua module the Kong/APISIX design's nginx loads.
+LUA_MODULE = Path("/usr/lib/nginx/modules/ngx_http_lua_module.so")
 # tools only the TLS comparison needs
 TLS_TOOLS = {"h2load": "nghttp2-client", "openssl": "openssl"}
 # tools only the cluster run needs
@@ -129,6 +132,11 @@ SBIN_PATH = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin:/usr/loca
 TOLLGATE_HIGH_RATE = "100000000/1m"
 NGINX_RATE = 1_000_000  # requests/s of limit_req, and its burst
 HAPROXY_LIMIT = 100_000_000  # requests per 10 s of the stick table
+KONG_LIMIT = 100_000_000  # requests per minute of the Kong/APISIX design's Redis counter
+KONG_LABEL = "nginx + Lua + Redis per request (the Kong/APISIX design)"
+# The Kong/APISIX design's Redis connect/send/read timeout. Kong's `redis_timeout` defaults
+# to 2000 ms and APISIX's to 1000 ms; a shorter one favours the peer when Redis stalls.
+PEER_REDIS_TIMEOUT_MS = 100
 REFUSAL_RATE = "10/1s"
 FLEET_LIMIT_PER_S = 300
 FLEET_NODES = 3
@@ -302,8 +310,9 @@ def metric_sum(exposition: str, name: str, **labels: str) -> float:
 class RedisClient:
     """Just enough RESP for PING and INFO."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, pid: int | None = None):
         self.port = port
+        self.pid = pid  # the redis-server process, for its CPU time
 
     def command(self, *args: str) -> str:
         payload = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
@@ -374,6 +383,8 @@ def children_of(pid: int) -> list[int]:
 
 
 def which(tool: str) -> str | None:
+    if tool == "nginx-lua":
+        return str(LUA_MODULE) if LUA_MODULE.is_file() else None
     return shutil.which(tool, path=SBIN_PATH)
 
 
@@ -508,7 +519,7 @@ class Lab:
         proc = self.sup.start(name, [self.tools["redis-server"], "--port", str(port),
                                      "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                                      "--protected-mode", "no", "--dir", str(workdir)], workdir)
-        client = RedisClient(port)
+        client = RedisClient(port, proc.pid)
         wait_until(f"redis-server ({name})", client.ping, proc)
         return client
 
@@ -556,6 +567,28 @@ class Lab:
             raise HarnessError(f"nginx: expected one worker process, found {workers}")
         return Target("nginx", "nginx (limit_req)", proc, port, worker_pid=workers[0])
 
+    def start_kong_design(self, name: str, redis: RedisClient, redis_port: int | None = None,
+                          timeout_ms: int = PEER_REDIS_TIMEOUT_MS,
+                          label: str = KONG_LABEL) -> Target:
+        """nginx + Lua, one pipelined INCR+EXPIRE on Redis per request (nginx-lua-redis.conf).
+        `redis_port` points it elsewhere than `redis` itself (a delaying relay in front)."""
+        port, workdir = free_port(), self.workdir(name)
+        workdir.chmod(0o755)  # the worker may run as an unprivileged user
+        conf = render(HERE / "nginx-lua-redis.conf", workdir / "nginx.conf",
+                      {"DIR": workdir, "PORT": port, "STUB_PORT": self.stub_port,
+                       "LIMIT": KONG_LIMIT, "WINDOW_S": 60, "TIMEOUT_MS": timeout_ms,
+                       "REDIS_HOST": "127.0.0.1", "REDIS_PORT": redis_port or redis.port})
+        base = [self.tools["nginx"], "-p", str(workdir), "-e", str(workdir / "error.log"),
+                "-c", str(conf)]
+        run_quiet(base + ["-t", "-q"], f"nginx -t ({name})")
+        proc = self.sup.start(name, base, workdir, stop_signal=signal.SIGTERM,
+                              extra_logs=(workdir / "error.log",))
+        self._ready_200(name, port, proc)
+        workers = children_of(proc.pid)
+        if len(workers) != 1:
+            raise HarnessError(f"{name}: expected one worker process, found {workers}")
+        return Target(name, label, proc, port, redis=redis, worker_pid=workers[0])
+
     def start_haproxy(self) -> Target:
         port, workdir = free_port(), self.workdir("haproxy")
         cfg = render(HERE / "haproxy.cfg", workdir / "haproxy.cfg",
@@ -579,21 +612,24 @@ class Lab:
     def start_tollgate(self, name: str, label: str, template: str | None, rate: str | None = None,
                        redis: RedisClient | None = None, refusing: bool = False,
                        extra: dict | None = None, binary: Path | None = None,
-                       tuning: str | None = None) -> Target:
+                       tuning: str | None = None, preserve_header_case: bool = False) -> Target:
         binary = binary or self.tollgate_bin
         port, admin_port, workdir = free_port(), free_port(), self.workdir(name)
         values = {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
-                  "STUB_PORT": self.stub_port, "DECISION_LOG": "true", "HEADERS": "true",
-                  **(extra or {})}
+                  "STUB_PORT": self.stub_port, "DECISION_LOG": "true", "HEADERS": "true"}
         if rate is not None:
             values["RATE"] = rate
         if redis is not None:
             values["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}"
+        values.update(extra or {})  # last: a relay's port may stand in for Redis's
         if template is None:  # the repository's own config.yaml
             assert redis is not None
             config = shipped_config(workdir, port, admin_port, self.stub_port, redis)
         else:
             config = render(HERE / template, workdir / "config.yaml", values)
+            if preserve_header_case:  # absent otherwise, so older builds read the config
+                with config.open("a") as f:
+                    f.write("\nhttp:\n  preserve_header_case: true\n")
         run_quiet([str(binary), "check", "-c", str(config)], f"tollgate check ({name})")
         env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "TOLLGATE_TUNING")}
         if tuning is not None:
@@ -610,9 +646,11 @@ class Lab:
                       redis=redis, worker_pid=proc.pid)
 
 
-TARGET_NAMES = ["nginx", "haproxy", "pingora-bare", "tollgate-none", "tollgate-local",
+TARGET_NAMES = ["nginx", "haproxy", "kong-design", "pingora-bare", "tollgate-none",
+                "tollgate-local",
                 "tollgate-global-async", "tollgate-global-async-nolog",
-                "tollgate-global-async-noheaders", "tollgate-global-atomic",
+                "tollgate-global-async-noheaders", "tollgate-none-preserve-case",
+                "tollgate-global-async-preserve-case", "tollgate-global-atomic",
                 "tollgate-config-yaml", "tollgate-refusing"]
 
 
@@ -667,6 +705,8 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
             target = lab.start_nginx()
         elif name == "haproxy":
             target = lab.start_haproxy()
+        elif name == "kong-design":
+            target = lab.start_kong_design(name, lab.start_redis("redis-kong-design"))
         elif name == "pingora-bare":
             target = lab.start_bare_pingora()
         elif name == "tollgate-none":
@@ -688,6 +728,16 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
                                         "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
                                         lab.start_redis("redis-async-noheaders"),
                                         extra={"HEADERS": "false"})
+        elif name == "tollgate-none-preserve-case":
+            target = lab.start_tollgate(name, "tollgate, no limits, http.preserve_header_case",
+                                        "tollgate-none.yaml",
+                                        preserve_header_case=True)
+        elif name == "tollgate-global-async-preserve-case":
+            target = lab.start_tollgate(name, "tollgate, global async, "
+                                        "http.preserve_header_case",
+                                        "tollgate-global-async.yaml", TOLLGATE_HIGH_RATE,
+                                        lab.start_redis("redis-async-preserve-case"),
+                                        preserve_header_case=True)
         elif name.startswith("tuning-async:"):
             label = name.split(":", 1)[1]
             spec = dict(async_tunings)[label]
@@ -779,6 +829,7 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 def measure(sup: Supervisor, wrk: str, target: Target, args, seconds: int) -> dict:
     before = target.redis.command_calls() if target.redis else None
+    redis_cpu_before = cpu_ticks(target.redis.pid) if target.redis else None
     cpu_before = cpu_ticks(target.worker_pid)
     proc = run_wrk(sup, wrk, target.url, args.wrk_threads, args.connections, seconds)
     result = finish_wrk(sup, proc, seconds)
@@ -791,6 +842,10 @@ def measure(sup: Supervisor, wrk: str, target: Target, args, seconds: int) -> di
         after = target.redis.command_calls()
         result["redis_calls"] = after["total"] - before["total"]
         result["redis_script_calls"] = after["scripts"] - before["scripts"]
+        redis_cpu_after = cpu_ticks(target.redis.pid)
+        if redis_cpu_before and redis_cpu_after:
+            result["redis_cpu_us"] = (sum(redis_cpu_after) - sum(redis_cpu_before)) \
+                * 1e6 / TICKS_PER_S
     return result
 
 
@@ -1288,6 +1343,12 @@ def fmt_cmds(summary: dict) -> str:
             f"({summary['redis_scripts_per_request']:.4f})")
 
 
+def fmt_redis_cpu(summary: dict) -> str:
+    """Redis's CPU time (user + kernel, `/proc`) per 1,000 requests answered."""
+    us = summary.get("redis_cpu_us_per_1k")
+    return "—" if us is None else f"{us / 1000:.2f} ms"
+
+
 def fmt_cpu(user: float | None, kernel: float | None) -> str:
     if user is None or kernel is None:
         return "n/a"
@@ -1312,6 +1373,7 @@ def summarize(target: Target) -> dict:
         "redis_scripts_per_request": None,
         "cpu_user_us": None,
         "cpu_kernel_us": None,
+        "redis_cpu_us_per_1k": None,
     }
     cpu = [r for r in rounds if "cpu_user_us" in r]
     if cpu:
@@ -1321,6 +1383,9 @@ def summarize(target: Target) -> dict:
         summary["redis_cmds_per_request"] = sum(r["redis_calls"] for r in rounds) / requests
         summary["redis_scripts_per_request"] = (sum(r["redis_script_calls"] for r in rounds)
                                                 / requests)
+        if all("redis_cpu_us" in r for r in rounds):
+            summary["redis_cpu_us_per_1k"] = (sum(r["redis_cpu_us"] for r in rounds)
+                                              / requests * 1000)
     return summary
 
 
@@ -1378,9 +1443,9 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
     baseline = max(baselines) if baselines else None
     none = summaries.get("tollgate-none", {}).get("rps_median")
     lines += ["| target | req/s (median) | p50 | p99 | CPU/request (user + kernel) | "
-              "peak RSS | Redis cmds/req | ratio to faster of nginx/HAProxy | "
-              "ratio to tollgate, no limits |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "peak RSS | Redis cmds/req | Redis CPU per 1,000 requests | "
+              "ratio to faster of nginx/HAProxy | ratio to tollgate, no limits |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for target in targets:
         if target.refusing:
             continue
@@ -1391,7 +1456,8 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
         lines.append(f"| {target.label} | {sm['rps_median']:,.0f} | {fmt_ms(sm['p50_us_median'])} "
                      f"| {fmt_ms(sm['p99_us_median'])} "
                      f"| {fmt_cpu(sm['cpu_user_us'], sm['cpu_kernel_us'])} "
-                     f"| {fmt_mib(sm['peak_rss_kb'])} | {cmds} | {ratio} | {to_none} |")
+                     f"| {fmt_mib(sm['peak_rss_kb'])} | {cmds} | {fmt_redis_cpu(sm)} "
+                     f"| {ratio} | {to_none} |")
     if any(t.redis for t in targets):
         lines += ["", "Redis cmds/req: every command the target's own Redis executed during "
                   "its runs, divided by the requests answered; `INFO commandstats` counts the "

@@ -9,6 +9,7 @@ mod errors;
 pub mod limits;
 mod locate;
 pub mod redis;
+pub mod rls;
 pub mod runtime;
 pub mod size;
 pub mod store;
@@ -74,6 +75,9 @@ pub struct Config {
     /// Where registered API keys are kept: SQLite beside the config file by default.
     #[serde(default)]
     pub store: store::StoreConfig,
+    /// Envoy's rate limit service (gRPC) on envoyproxy/ratelimit's config files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rls: Option<rls::RlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -100,6 +104,11 @@ pub struct HttpConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_body_size: Option<u64>,
+    /// Send header names in the case they arrived in (and tollgate's own in canonical
+    /// case) rather than lower case; costs a case-preserving copy of every name per
+    /// request (docs/performance.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preserve_header_case: bool,
 }
 
 impl Default for HttpConfig {
@@ -110,6 +119,7 @@ impl Default for HttpConfig {
             max_header_bytes: default_max_header_bytes(),
             max_uri_bytes: default_max_uri_bytes(),
             max_body_size: None,
+            preserve_header_case: false,
         }
     }
 }
@@ -450,9 +460,16 @@ pub struct UpstreamConfig {
     pub read_timeout: Duration,
     #[serde(default = "default_write_timeout", with = "duration")]
     pub write_timeout: Duration,
-    /// How long an idle pooled connection to a backend is kept for reuse.
-    #[serde(default = "default_idle_timeout", with = "duration")]
-    pub idle_timeout: Duration,
+    /// How long an idle pooled connection to a backend is kept for reuse. Unset (the
+    /// default), it stays until the backend closes it or the pool (128 per worker thread,
+    /// least recently used first) needs the room: a timer per pooled connection costs
+    /// every request (docs/performance.md).
+    #[serde(
+        default,
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One backend: `host:port`, or `{ address: host:port, weight: 3, tls: true, ... }`.
@@ -616,7 +633,7 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
         &mut config,
         Path::new(file).parent().unwrap_or(Path::new("")),
     );
-    let report = validate::validate(&config);
+    let mut report = validate::validate(&config);
     let locations = locate::Locations::index(text);
     let locate_all = |problems: Vec<errors::Problem>| -> Vec<ConfigError> {
         problems
@@ -624,7 +641,19 @@ pub fn parse(text: &str, file: &str) -> Result<Loaded, LoadError> {
             .map(|p| p.locate(file, &locations))
             .collect()
     };
-    let errors = locate_all(report.errors);
+    let mut rls_errors = Vec::new();
+    if let Some(rls) = &mut config.rls {
+        rls::check_settings(rls, &mut report.errors);
+        if report.errors.is_empty() {
+            match rls::load_dir(Path::new(&rls.config_dir)) {
+                Ok(domains) => rls.domains = std::sync::Arc::new(domains),
+                Err(rls::DirError::Setting(p)) => report.errors.push(p),
+                Err(rls::DirError::Files(e)) => rls_errors = e,
+            }
+        }
+    }
+    let mut errors = locate_all(report.errors);
+    errors.append(&mut rls_errors);
     if !errors.is_empty() {
         return Err(LoadError::Invalid(errors));
     }
@@ -644,6 +673,13 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     for listener in &mut config.listen {
         for cert in listener.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
+            resolve(&mut cert.cert);
+            resolve(&mut cert.key);
+        }
+    }
+    if let Some(rls) = &mut config.rls {
+        resolve(&mut rls.config_dir);
+        for cert in rls.tls.iter_mut().flat_map(|t| t.certs.iter_mut()) {
             resolve(&mut cert.cert);
             resolve(&mut cert.key);
         }
@@ -700,9 +736,6 @@ fn default_read_timeout() -> Duration {
 }
 fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
 }
 fn default_health_path() -> String {
     "/health".into()

@@ -379,7 +379,10 @@ fn check_upstreams(config: &Config, report: &mut Report) {
             ("connect_timeout", upstream.connect_timeout),
             ("read_timeout", upstream.read_timeout),
             ("write_timeout", upstream.write_timeout),
-            ("idle_timeout", upstream.idle_timeout),
+            (
+                "idle_timeout",
+                upstream.idle_timeout.unwrap_or(Duration::MAX),
+            ),
         ] {
             if value.is_zero() {
                 report.error(format!("{base}.{key}"), "must be greater than zero");

@@ -187,6 +187,10 @@ pub struct SyncBooks {
     pub alone_tat_ns: Option<u64>,
     /// Units handed back after Redis was told of them, for the next report.
     pub refund: u64,
+    /// The limit (buckets: the burst) the policy was last raised to under this lease. A
+    /// sync that answers for a smaller one (planned before the change, or by a round that
+    /// began under the old policy) cannot mark the key spent under the new numbers.
+    pub raised_to: u64,
 }
 
 impl Lease {
@@ -220,6 +224,7 @@ impl Lease {
                 answered_ns: 0,
                 alone_tat_ns: None,
                 refund: 0,
+                raised_to: 0,
             }),
         }
     }
@@ -308,6 +313,35 @@ impl Lease {
                 self.provisional = self.provisional.saturating_sub(cost);
             }
         }
+    }
+
+    /// Charges `extra` more to an admission made in `window` (buckets: `None`): its
+    /// response cost more than it held. Paid from what this node holds where it can, and
+    /// the rest as debt, limit or not: reported like units admitted unbacked (without
+    /// using up the unbacked allowance), so a later grant pays it off before anything new
+    /// is spent from it, and Redis's count carries it past the limit until then.
+    pub fn surcharge(&mut self, window: Option<u64>, extra: u64) {
+        if extra == 0 {
+            return;
+        }
+        if let Some(w) = window.filter(|w| *w != self.window) {
+            if w < self.window {
+                // Its window has ended here: the debt belongs to that window's count.
+                let report = Report {
+                    delta: extra,
+                    provisional: extra,
+                    ..Report::default()
+                };
+                self.sync.stale.push((w, report));
+            }
+            return;
+        }
+        let backed = self.held().min(extra);
+        let debt = extra - backed;
+        self.used += extra;
+        self.unreported += extra;
+        self.provisional += debt;
+        self.unreported_provisional += debt;
     }
 
     /// Takes up a grant. Units admitted unbacked since the request left are paid from it
@@ -465,12 +499,13 @@ impl Lease {
     /// it holds and the next window's prefetch, all granted under the old numbers: the
     /// next sync returns them to Redis, and the key asks again under the new ones. Either
     /// way the key is no longer known to be spent.
-    pub fn renumbered(&mut self, shrank: bool) {
+    pub fn renumbered(&mut self, shrank: bool, quota: u64) {
         if shrank {
             self.hand_back(true);
         }
         self.exhausted = false;
         self.room = true;
+        self.sync.raised_to = if shrank { 0 } else { quota };
     }
 
     /// Queues the unspent reservation (of this window too, when `current`, with what was
@@ -719,6 +754,7 @@ impl Lease {
         }
         self.sync.renew_at_ms = now_ms + reservation_ttl_ms(sync_ms) / 4;
         Some(WindowPlan {
+            limit,
             window,
             report,
             held: self.reserved,
@@ -738,7 +774,10 @@ impl Lease {
             // Only spent quota is gone for good: what other nodes hold reserved comes back
             // when they go quiet, stop or crash, so keep asking while any is out there.
             let others_reserved = answer.total.saturating_sub(answer.used + self.reserved);
-            if plan.want > 0 {
+            // A round planned before the numbers changed asked under the old limit: that
+            // it fell short says nothing about the new one (a raised limit would otherwise
+            // stay refused until the window ends).
+            if plan.want > 0 && plan.limit >= self.sync.raised_to {
                 self.exhausted = answer.grant < plan.want && others_reserved == 0;
             }
         } else if answer.grant > 0 {
@@ -807,6 +846,7 @@ impl Lease {
         }
         self.sync.renew_at_ms = now_ms + reservation_ttl_ms(sync_ms) / 4;
         Some(BucketPlan {
+            burst,
             report,
             held: self.reserved,
             want,
@@ -818,7 +858,7 @@ impl Lease {
         self.known_total = answer.tokens;
         self.known_prev = answer.ms_per_token;
         self.synced = true;
-        if plan.want > 0 {
+        if plan.want > 0 && plan.burst >= self.sync.raised_to {
             self.exhausted = answer.grant < plan.want;
         }
         // Unbacked units in this report are charged now; those since are still out.
@@ -891,6 +931,8 @@ impl Lease {
 /// One key's part of a sync, for a window limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WindowPlan {
+    /// The limit it was planned under.
+    pub limit: u64,
     pub window: u64,
     pub report: Report,
     /// What this node still holds reserved in `window` (before `want` is granted).
@@ -916,6 +958,8 @@ pub struct WindowAnswer {
 /// One key's part of a sync, for a bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketPlan {
+    /// The burst it was planned under.
+    pub burst: u64,
     /// `delta` is charged to the bucket.
     pub report: Report,
     /// Tokens this node still holds reserved (before `want` is granted).

@@ -14,6 +14,7 @@ pub mod link;
 pub mod policy;
 pub mod receipt;
 pub mod scripts;
+pub mod settle;
 pub mod sketch;
 pub mod sync;
 pub mod table;

@@ -225,7 +225,9 @@ impl Limiter {
             || matches!((self.params, old.params), (Params::Bucket(new), Params::Bucket(was))
                 if new.interval_ns() > was.interval_ns());
         if self.params != old.params {
-            self.leases.for_each(|_, lease| lease.renumbered(shrank));
+            let quota = self.params.quota();
+            self.leases
+                .for_each(|_, lease| lease.renumbered(shrank, quota));
         }
     }
 }

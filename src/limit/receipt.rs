@@ -3,9 +3,10 @@
 //! from any policy: decide all, then commit all), and when a policy counts only some
 //! responses (`count_status`) and this one was not among them.
 
-use super::link::{unix_ms, RedisLink};
+use super::link::{unix_ms, unix_ns, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
+use super::settle::{self, Settlement};
 
 /// One admission, as the state that counted it sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,33 @@ pub struct ExactReceipt {
     pub cost: u64,
     /// The sliding log entries it added: `member:1` to `member:cost`.
     pub member: Option<String>,
+}
+
+impl Receipt {
+    /// Units the admission took (its reserve, for a cost known from the response).
+    pub fn cost(&self) -> u64 {
+        match self {
+            Receipt::Nothing => 0,
+            Receipt::Lease { cost, .. }
+            | Receipt::Window { cost, .. }
+            | Receipt::Log { cost, .. }
+            | Receipt::Tat { cost, .. } => *cost,
+            Receipt::Exact(exact) => exact.cost,
+        }
+    }
+
+    /// The same admission, taking `units` instead: what a settlement hands back or adds.
+    fn with_cost(mut self, units: u64) -> Receipt {
+        match &mut self {
+            Receipt::Nothing => {}
+            Receipt::Lease { cost, .. }
+            | Receipt::Window { cost, .. }
+            | Receipt::Log { cost, .. }
+            | Receipt::Tat { cost, .. } => *cost = units,
+            Receipt::Exact(exact) => exact.cost = units,
+        }
+        self
+    }
 }
 
 /// An admission a later refusal must hand back.
@@ -95,7 +123,7 @@ impl Policy {
                 } = *exact;
                 if let Some(link) = link {
                     if let Err(e) = self
-                        .refund_exact(limiter, link, &key_text, window, cost, member)
+                        .adjust_exact(limiter, link, &key_text, window, -(cost as i64), member)
                         .await
                     {
                         link.metrics()
@@ -109,13 +137,86 @@ impl Policy {
         }
     }
 
-    async fn refund_exact(
+    /// Puts the `actual` cost of a response in place of the reserve `receipt` took, on the
+    /// state that counted it (see [`settle`]). Returns what it moved.
+    pub async fn settle_cost(
+        &self,
+        limiter: &Limiter,
+        receipt: Receipt,
+        actual: u64,
+        link: Option<&RedisLink>,
+    ) -> Settlement {
+        let settlement = settle::settle(receipt.cost(), actual);
+        match settlement {
+            Settlement::Even => {}
+            Settlement::Refund(units) => {
+                self.refund(limiter, receipt.with_cost(units), link).await;
+            }
+            Settlement::Surcharge(units) => {
+                self.surcharge(limiter, receipt.with_cost(units), link)
+                    .await;
+            }
+        }
+        settlement
+    }
+
+    /// Charges what `receipt` says on top of its admission, limit or not: the debt a
+    /// response that cost more than its reserve leaves. Atomic mode takes one Redis call;
+    /// if Redis does not answer, the debt is lost (counted as a Redis error), which can
+    /// only make the limit more lenient by that response's surcharge.
+    async fn surcharge(&self, limiter: &Limiter, receipt: Receipt, link: Option<&RedisLink>) {
+        match receipt {
+            // Sliding logs and concurrency limits refuse costs from the response (config).
+            Receipt::Nothing | Receipt::Log { .. } => {}
+            Receipt::Lease {
+                hash, window, cost, ..
+            } => {
+                limiter
+                    .leases
+                    .get(hash, |lease| lease.surcharge(window, cost));
+            }
+            Receipt::Window { hash, window, cost } => {
+                if let Some(windows) = &limiter.windows {
+                    windows.surcharge(hash, cost, window);
+                }
+            }
+            Receipt::Tat { hash, cost } => {
+                if let (Some(tats), Params::Bucket(bucket)) = (&limiter.tats, limiter.params) {
+                    tats.surcharge(hash, cost, bucket, unix_ns());
+                }
+            }
+            Receipt::Exact(exact) => {
+                let ExactReceipt {
+                    key_text,
+                    window,
+                    cost,
+                    ..
+                } = *exact;
+                if let Some(link) = link {
+                    if let Err(e) = self
+                        .adjust_exact(limiter, link, &key_text, window, cost as i64, None)
+                        .await
+                    {
+                        link.metrics()
+                            .redis_errors
+                            .with_label_values(&["surcharge"])
+                            .inc();
+                        tracing::debug!(policy = %self.name, "a surcharge did not reach redis: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves an atomic-mode count by `delta` with nothing wanted: a negative one takes
+    /// units off (a refund), a positive one adds them whatever the limit (a surcharge).
+    async fn adjust_exact(
         &self,
         limiter: &Limiter,
         link: &RedisLink,
         key_text: &str,
         window: Option<u64>,
-        cost: u64,
+        delta: i64,
         member: Option<String>,
     ) -> Result<(), String> {
         let mut connection = link.connection().ok_or("not connected")?;
@@ -125,8 +226,8 @@ impl Policy {
                 (Params::Window { limit, sliding, .. }, Some(window)) => {
                     let now = unix_ms();
                     let span = limiter.window_at(now);
-                    // The window script in atomic mode with a negative delta and nothing
-                    // wanted only takes the units off `used`.
+                    // The window script in atomic mode with nothing wanted only moves `used`
+                    // by the delta.
                     scripts::WINDOW_SCRIPT
                         .key(self.redis_key(prefix, key_text, &limiter.window_suffix(window)))
                         .key(self.redis_key(
@@ -134,7 +235,7 @@ impl Policy {
                             key_text,
                             &limiter.window_suffix(window.wrapping_sub(1)),
                         ))
-                        .arg(-(cost as i64))
+                        .arg(delta)
                         .arg(0)
                         .arg(0)
                         .arg(limit)
@@ -151,7 +252,7 @@ impl Policy {
                 }
                 (Params::Bucket(b), _) => scripts::BUCKET_SCRIPT
                     .key(self.redis_key(prefix, key_text, policy::BUCKET_SUFFIX))
-                    .arg(-(cost as i64))
+                    .arg(delta)
                     .arg(0)
                     .arg(0)
                     .arg(b.per_ns as f64 / b.count.max(1) as f64 / 1_000.0)
@@ -164,7 +265,11 @@ impl Policy {
                     .map(drop),
                 (Params::Log { window_ms, .. }, _) => {
                     let members: Vec<String> = member
-                        .map(|m| (1..=cost).map(|i| format!("{m}:{i}")).collect())
+                        .map(|m| {
+                            (1..=delta.unsigned_abs())
+                                .map(|i| format!("{m}:{i}"))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     if members.is_empty() {
                         return Ok(());

@@ -99,6 +99,17 @@ impl WindowSketch {
         }
     }
 
+    /// Counts `extra` more for `key` in `window` whatever the limit (a response cost more
+    /// than its admission held), if that window is still kept.
+    pub fn surcharge(&self, key: u64, extra: u64, window: u64) {
+        let current = self.current.load(Ordering::Acquire);
+        let kept = window == current
+            || (window + 1 == current && self.previous_valid.load(Ordering::Acquire) == 1);
+        if kept {
+            self.estimators[(window % 2) as usize].incr(key, extra as isize);
+        }
+    }
+
     /// This node's counts for `key` in the window `span` and the one before.
     pub fn peek_both(&self, key: u64, span: Span) -> (u64, u64) {
         let window = self.roll(span);
@@ -179,6 +190,18 @@ impl TatSketch {
             let cell = &self.rows[row][self.slot(key, row)];
             let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
                 Some(old.saturating_sub(back))
+            });
+        }
+    }
+
+    /// Takes `extra` more tokens whatever the bucket holds (a response cost more than its
+    /// admission held): the bucket goes into debt, which refills before anything else.
+    pub fn surcharge(&self, key: u64, extra: u64, bucket: Bucket, now_ns: u64) {
+        let added = extra.saturating_mul(bucket.interval_ns());
+        for row in 0..HASHES {
+            let cell = &self.rows[row][self.slot(key, row)];
+            let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(old.max(now_ns).saturating_add(added))
             });
         }
     }

@@ -406,9 +406,13 @@ impl ProxyHttp for Proxy {
             upstream_request.set_uri(uri);
         }
         let proto = if is_tls(session) { "https" } else { "http" };
-        headers::add_forwarding(upstream_request, client_ip(session), proto);
-        upstream_request.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
-        Ok(())
+        headers::add_to_request(
+            upstream_request,
+            client_ip(session),
+            proto,
+            &ctx.request_id,
+            ctx.gateway.config.http.preserve_header_case,
+        )
     }
 
     async fn response_filter(
@@ -417,14 +421,13 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header(headers::X_REQUEST_ID, &ctx.request_id)?;
-        if let Some(hsts) = &ctx.hsts {
-            upstream_response.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts)?;
-        }
-        for (name, value) in std::mem::take(&mut ctx.rate_headers) {
-            upstream_response.insert_header(name, value)?;
-        }
-        Ok(())
+        headers::add_to_response(
+            upstream_response,
+            &ctx.request_id,
+            ctx.hsts.as_ref(),
+            std::mem::take(&mut ctx.rate_headers),
+            ctx.gateway.config.http.preserve_header_case,
+        )
     }
 
     fn fail_to_connect(

@@ -874,7 +874,7 @@ fn numbers_that_shrink_hand_back_what_was_granted_under_the_old_ones() {
 
     // Down to 4: the next sync returns the reservation, and the node takes again only what
     // fits under 4 beside what it spent (3): one more.
-    lease.renumbered(true);
+    lease.renumbered(true, 4);
     assert_eq!(lease.held(), 0, "nothing granted under 10 is spent under 4");
     sync(&mut lease, &mut redis, 0, 4, now, nodes);
     assert_eq!(redis.total(10), redis.windows[&10].used + lease.reserved);
@@ -886,9 +886,264 @@ fn numbers_that_shrink_hand_back_what_was_granted_under_the_old_ones() {
     assert_eq!(redis.windows[&10].used, 4);
 
     // Up to 6: no longer spent; two more.
-    lease.renumbered(false);
+    lease.renumbered(false, 6);
     let admitted = (0..5)
         .filter(|_| request(&mut lease, &mut redis, 0, 6, now, nodes))
         .count();
     assert_eq!(admitted, 2, "{lease:?}");
+}
+
+/// A sync under way when the numbers change answers for the old ones: its short grant must
+/// not mark the key spent under the new ones, or a raised limit stays refused until the
+/// window ends (seen as a runtime policy raised from 3 to 5 admitting nothing more).
+#[test]
+fn an_answer_planned_under_the_old_numbers_does_not_spend_the_new_ones() {
+    let (nodes, now) = (1, 10 * W);
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 0);
+    let admitted = (0..3)
+        .filter(|_| request(&mut lease, &mut redis, 0, 3, now, nodes))
+        .count();
+    assert_eq!(admitted, 3);
+    // Demand goes on, so the next round asks under 3...
+    let refused = lease.admit_window(1, 3, now, ep(now), false, nodes, SYNC);
+    assert!(!refused.allowed);
+    let plan = lease
+        .plan_window(3, now, ep(now), false, nodes, SYNC)
+        .expect("a key in demand syncs");
+    assert!(plan.want > 0, "the round asks for more: {plan:?}");
+    // ...the limit goes up to 5 while that round is under way...
+    lease.renumbered(false, 5);
+    let answer = redis.answer(0, &plan, 3, now);
+    lease.apply_window(&plan, &answer);
+    // ...and the short answer does not make the key spent under 5.
+    assert!(!lease.exhausted, "{lease:?}");
+    let admitted = (0..5)
+        .filter(|_| request(&mut lease, &mut redis, 0, 5, now, nodes))
+        .count();
+    assert_eq!(admitted, 2, "{lease:?}");
+}
+
+/// One admission of a cost known from the response: what it held and, once settled, what
+/// it cost and when.
+#[derive(Debug, Clone)]
+struct Held {
+    node: usize,
+    window: u64,
+    reserve: u64,
+    backed: bool,
+}
+
+/// Drives `nodes` leases against one model Redis with random interleavings of admissions
+/// holding random reserves, settlements with random actual costs (less, equal, far more),
+/// syncs sent, answered or failed, and time. Checks the documented overdraft bound (see
+/// `settle`): each window's settled count stays within the limit plus the unbacked slack
+/// plus what the admissions whose surcharge Redis heard after the window's last grant used
+/// beyond their reserves; and that Redis ends up counting exactly what was settled.
+fn settle_interleave(seed: u64, limit: u64, nodes: usize, sliding: bool) {
+    use crate::limit::settle::{self, Settlement};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut redis = Redis {
+        sliding,
+        ..Redis::default()
+    };
+    let start = 100 * W;
+    let live = nodes as u64;
+    let mut leases: Vec<Lease> = (0..nodes)
+        .map(|_| Lease::new("k".into(), start / W))
+        .collect();
+    // A plan in flight and the step it was taken at.
+    let mut in_flight: Vec<Option<(WindowPlan, u64)>> = vec![None; nodes];
+    // Per node, (step applied, step its report was taken) of every plan Redis applied.
+    let mut applied: Vec<Vec<(u64, u64)>> = vec![Vec::new(); nodes];
+    // Per window, the step of the last grant Redis made in it.
+    let mut last_grant: HashMap<u64, u64> = HashMap::new();
+    let mut open: Vec<Held> = Vec::new();
+    // (held, actual, step settled)
+    let mut settled: Vec<(Held, u64, u64)> = Vec::new();
+    let mut now = start;
+    let mut step = 0u64;
+    let mut apply = |node: usize,
+                     plan: &WindowPlan,
+                     taken: u64,
+                     step: u64,
+                     now: u64,
+                     lease: &mut Lease,
+                     redis: &mut Redis| {
+        let answer = redis.answer(node, plan, limit, now);
+        if answer.grant > 0 {
+            last_grant.insert(plan.window, step);
+        }
+        if let Some(next) = answer.next.filter(|n| n.granted > 0) {
+            last_grant.insert(next.window, step);
+        }
+        lease.apply_window(plan, &answer);
+        applied[node].push((step, taken));
+    };
+    let settle_one =
+        |held: Held, actual: u64, lease: &mut Lease| match settle::settle(held.reserve, actual) {
+            Settlement::Even => {}
+            Settlement::Refund(units) => lease.refund(Some(held.window), units, held.backed),
+            Settlement::Surcharge(units) => lease.surcharge(Some(held.window), units),
+        };
+    while now < start + 3 * W {
+        step += 1;
+        let node = rng.gen_range(0..nodes);
+        match rng.gen_range(0..12) {
+            0..=3 => {
+                let reserve = rng.gen_range(1..=3u64).min(limit);
+                let lease = &mut leases[node];
+                if lease
+                    .admit_window(reserve, limit, now, ep(now), sliding, live, SYNC)
+                    .allowed
+                {
+                    open.push(Held {
+                        node,
+                        window: now / W,
+                        reserve,
+                        backed: lease.last_backed,
+                    });
+                }
+            }
+            4..=5 => {
+                if let Some(i) = open.iter().position(|h| h.node == node) {
+                    let held = open.swap_remove(i);
+                    let actual = match rng.gen_range(0..4) {
+                        0 => held.reserve,
+                        1 => rng.gen_range(0..held.reserve),
+                        _ => held.reserve + rng.gen_range(1..=4 * held.reserve),
+                    };
+                    settle_one(held.clone(), actual, &mut leases[node]);
+                    settled.push((held, actual, step));
+                }
+            }
+            6 | 7 => {
+                if in_flight[node].is_none() {
+                    in_flight[node] = leases[node]
+                        .plan_window(limit, now, ep(now), sliding, live, SYNC)
+                        .map(|p| (p, step));
+                }
+            }
+            8..=10 => {
+                if let Some((plan, taken)) = in_flight[node].take() {
+                    apply(node, &plan, taken, step, now, &mut leases[node], &mut redis);
+                }
+            }
+            _ => {
+                if let Some((plan, _)) = in_flight[node].take() {
+                    leases[node].restore_window(plan);
+                }
+            }
+        }
+        now += rng.gen_range(0..8);
+    }
+    // Every response ends, and every node reports.
+    for held in std::mem::take(&mut open) {
+        step += 1;
+        let actual = held.reserve + rng.gen_range(0..=held.reserve);
+        settle_one(held.clone(), actual, &mut leases[held.node]);
+        settled.push((held, actual, step));
+    }
+    for node in 0..nodes {
+        if let Some((plan, _)) = in_flight[node].take() {
+            leases[node].restore_window(plan);
+        }
+        // Quiet syncs, until the key hands everything back.
+        for _ in 0..=QUIET_RELEASE_SYNCS + 1 {
+            step += 1;
+            if let Some(plan) = leases[node].plan_window(limit, now, ep(now), sliding, live, SYNC) {
+                apply(node, &plan, step, step, now, &mut leases[node], &mut redis);
+            }
+        }
+    }
+    let slack = live * unbacked_allowance(limit, live);
+    let mut windows: Vec<u64> = settled.iter().map(|(h, _, _)| h.window).collect();
+    windows.sort_unstable();
+    windows.dedup();
+    for window in windows {
+        let in_window = || settled.iter().filter(move |(h, _, _)| h.window == window);
+        let charged: u64 = in_window().map(|(_, actual, _)| actual).sum();
+        // The step up to which each node's reports had reached Redis at the last grant.
+        let heard = |node: usize| {
+            last_grant.get(&window).map_or(0, |&grant| {
+                applied[node]
+                    .iter()
+                    .filter(|(at, _)| *at <= grant)
+                    .map(|(_, taken)| *taken)
+                    .max()
+                    .unwrap_or(0)
+            })
+        };
+        let after = in_window()
+            .filter(|(h, _, at)| *at > heard(h.node))
+            .map(|(h, actual, _)| (h.reserve, *actual));
+        let bound = limit + settle::overdraft_bound(slack, after);
+        assert!(
+            charged <= bound,
+            "seed {seed}: window {window} settled {charged}, over the bound {bound} (limit {limit}, {nodes} nodes, sliding {sliding})"
+        );
+        assert_eq!(
+            redis.windows.get(&window).map_or(0, |c| c.used),
+            charged,
+            "seed {seed}: Redis counts window {window} differently from what was settled"
+        );
+    }
+}
+
+#[test]
+fn settled_costs_stay_within_the_limit_plus_the_documented_overdraft() {
+    for seed in 0..400 {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x5e77);
+        let limit = if seed % 5 == 0 {
+            rng.gen_range(300..=2_000)
+        } else {
+            rng.gen_range(3..=60)
+        };
+        let nodes = rng.gen_range(1..=4);
+        settle_interleave(seed, limit, nodes, seed % 2 == 1);
+    }
+}
+
+#[test]
+fn a_surcharge_is_paid_from_what_the_node_holds_then_carried_as_debt() {
+    let (limit, nodes) = (10, 1);
+    let now = 10 * W;
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 10);
+    assert!(
+        !lease
+            .admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    sync(&mut lease, &mut redis, 0, limit, now, nodes);
+    assert!(
+        lease
+            .admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    let held = lease.held();
+    // The response cost 100 against a reserve of 1.
+    lease.surcharge(Some(10), 99);
+    assert_eq!(lease.held(), 0, "what the node held paid first");
+    assert_eq!(lease.provisional, 99 - held, "the rest is debt");
+    assert_eq!(
+        lease.provisional_spell, 0,
+        "debt uses up no unbacked allowance"
+    );
+    sync(&mut lease, &mut redis, 0, limit, now + 1, nodes);
+    assert_eq!(
+        redis.windows[&10].used, 100,
+        "Redis carries the whole cost past the limit"
+    );
+    let v = lease.admit_window(1, limit, now + 2, ep(now + 2), false, nodes, SYNC);
+    assert!(!v.allowed, "the debt refuses later requests");
+    assert_eq!(v.remaining, 0);
+    // The next window starts clean.
+    let later = 11 * W;
+    sync(&mut lease, &mut redis, 0, limit, later, nodes);
+    assert!(
+        lease
+            .admit_window(1, limit, later, ep(later), false, nodes, SYNC)
+            .allowed
+    );
 }
