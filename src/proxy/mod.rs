@@ -19,6 +19,7 @@ use crate::decisions::{DecisionHub, Kind, WANT_DASHBOARD};
 use crate::gateway::SharedGateway;
 use crate::identity::Lookup;
 use crate::lifecycle::InFlight;
+use crate::limit::meter::Meter;
 use crate::limit::RequestFacts;
 use crate::metrics::{method_label, Metrics};
 use crate::path;
@@ -330,6 +331,13 @@ impl ProxyHttp for Proxy {
                 ctx.rate_headers = headers;
                 ctx._guards = guards;
                 ctx.summary = summary;
+                if !uncounted.is_empty() {
+                    let costs = uncounted
+                        .iter()
+                        .filter_map(|(i, _)| route.limits.get(*i))
+                        .map(|p| &p.cost);
+                    ctx.meter = Meter::new(costs).map(Box::new);
+                }
                 ctx.uncounted = uncounted;
                 Ok(false)
             }
@@ -424,7 +432,29 @@ impl ProxyHttp for Proxy {
         for (name, value) in std::mem::take(&mut ctx.rate_headers) {
             upstream_response.insert_header(name, value)?;
         }
+        if let Some(meter) = &mut ctx.meter {
+            meter.on_header(&upstream_response.headers);
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // Read as it goes by: the chunk is forwarded as it is, at once.
+        if let Some(meter) = &mut ctx.meter {
+            if let Some(chunk) = body {
+                meter.on_body(chunk);
+            }
+            if end_of_stream {
+                meter.on_end();
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -554,7 +584,16 @@ impl ProxyHttp for Proxy {
         if let (false, Some(route)) = (ctx.uncounted.is_empty(), ctx.route.clone()) {
             let key = ctx.api_key.clone();
             let uncounted = std::mem::take(&mut ctx.uncounted);
-            admission::settle(&route, &ctx.gateway, key.as_deref(), uncounted, status).await;
+            let meter = ctx.meter.take();
+            ctx.settled_cost = admission::settle(
+                &route,
+                &ctx.gateway,
+                key.as_deref(),
+                uncounted,
+                status,
+                meter.as_deref(),
+            )
+            .await;
         }
         let elapsed = ctx.started.elapsed();
         let method = method_label(&session.req_header().method);
