@@ -373,3 +373,58 @@ limits:
         );
     }
 }
+
+#[test]
+fn buckets_carry_a_debt_from_the_response_too() {
+    // A bucket of 1000 that refills 1000 an hour: 300-token responses admit 4, then the
+    // bucket is below empty. In atomic mode fleet-wide, and on one node for local scope.
+    // (Global async buckets carry the debt in Redis too, but a node still spends the few
+    // tokens it holds: see docs/cost-and-concurrency.md.)
+    for (algorithm, scope, sync) in [
+        ("token_bucket", "global", "atomic"),
+        ("gcra", "global", "atomic"),
+        ("token_bucket", "local", "async"),
+    ] {
+        let redis = Redis::start();
+        let backend = UsageBackend::start();
+        let nodes = fleet(&config(
+            &redis,
+            &backend,
+            &format!(
+                "    algorithm: {algorithm}
+    rate: 1000/1h
+    burst: 1000
+    sync: {sync}
+    scope: {scope}
+    cost: response_header:x-usage-tokens"
+            ),
+        ));
+        // Local scope: each node is a bucket of its own, so one node is asked.
+        let asked = if scope == "local" {
+            &nodes[..1]
+        } else {
+            &nodes[..]
+        };
+        let agent = agent();
+        let mut statuses = Vec::new();
+        for i in 0..6 {
+            let reply = get_with(&agent, &asked[i % asked.len()].url("/llm/header/300"), &[]);
+            statuses.push(reply.status);
+            let passed = statuses.iter().filter(|s| **s == 200).count() as f64;
+            wait_for("the response settled", Duration::from_secs(5), || {
+                let settled: f64 = nodes
+                    .iter()
+                    .filter_map(|n| {
+                        n.metric("tollgate_ratelimit_settled_cost_total{policy=\"budget\"}")
+                    })
+                    .sum();
+                (settled >= 300.0 * passed).then_some(())
+            });
+        }
+        assert_eq!(
+            statuses,
+            [200, 200, 200, 200, 429, 429],
+            "{algorithm} {scope} {sync}: 300 tokens a response from a bucket of 1000"
+        );
+    }
+}
