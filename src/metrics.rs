@@ -23,6 +23,8 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     pub ratelimit_active_keys: IntGaugeVec,
     pub ratelimit_untracked: IntCounterVec,
+    pub ratelimit_unusable_cost: IntCounterVec,
+    pub ratelimit_settled_cost: IntCounterVec,
     pub ratelimit_delayed: IntCounterVec,
     pub ratelimit_waiting: IntGaugeVec,
     pub redis_up: IntGauge,
@@ -113,6 +115,22 @@ impl Metrics {
             Opts::new(
                 "tollgate_ratelimit_untracked_total",
                 "Decisions made by the fixed-size local estimator because the policy's key table was full.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let ratelimit_unusable_cost = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_unusable_cost_total",
+                "Responses whose reported cost could not be used (missing, not a number, negative, over max_cost), charged the policy's reserve instead.",
+            ),
+            &["policy", "reason"],
+        )
+        .expect("valid metric");
+        let ratelimit_settled_cost = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ratelimit_settled_cost_total",
+                "Units charged by policies whose cost comes from the response, once settled.",
             ),
             &["policy"],
         )
@@ -298,6 +316,8 @@ impl Metrics {
             Box::new(ratelimit_decisions.clone()),
             Box::new(ratelimit_active_keys.clone()),
             Box::new(ratelimit_untracked.clone()),
+            Box::new(ratelimit_unusable_cost.clone()),
+            Box::new(ratelimit_settled_cost.clone()),
             Box::new(ratelimit_delayed.clone()),
             Box::new(ratelimit_waiting.clone()),
             Box::new(redis_up.clone()),
@@ -336,6 +356,8 @@ impl Metrics {
             ratelimit_decisions,
             ratelimit_active_keys,
             ratelimit_untracked,
+            ratelimit_unusable_cost,
+            ratelimit_settled_cost,
             ratelimit_delayed,
             ratelimit_waiting,
             redis_up,

@@ -376,6 +376,10 @@ impl Serialize for CostSpec {
         match self {
             CostSpec::Fixed(n) => s.serialize_u64(*n),
             CostSpec::Header(h) => s.serialize_str(&format!("header:{h}")),
+            CostSpec::ResponseHeader(h) => s.serialize_str(&format!("response_header:{h}")),
+            CostSpec::ResponseJson(path) => {
+                s.serialize_str(&format!("response_json:{}", path.join(".")))
+            }
         }
     }
 }
@@ -570,11 +574,26 @@ impl<'de> Deserialize<'de> for KeySpec {
     }
 }
 
-/// What one request costs: a fixed number, or a header's integer value.
+/// What one request costs: a fixed number, a request header's integer value, or a number
+/// the response reports (a header, or a dotted path in its JSON body or SSE events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CostSpec {
     Fixed(u64),
     Header(String),
+    /// `response_header:NAME`, lower-cased.
+    ResponseHeader(String),
+    /// `response_json:usage.total_tokens`, split at the dots.
+    ResponseJson(Vec<String>),
+}
+
+impl CostSpec {
+    /// Whether the cost is known only once the response is: admission holds `reserve`.
+    pub fn from_response(&self) -> bool {
+        matches!(
+            self,
+            CostSpec::ResponseHeader(_) | CostSpec::ResponseJson(_)
+        )
+    }
 }
 
 impl Default for CostSpec {
@@ -589,7 +608,9 @@ impl<'de> Deserialize<'de> for CostSpec {
         impl de::Visitor<'_> for V {
             type Value = CostSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a whole number, or header:NAME")
+                f.write_str(
+                    "a whole number, header:NAME, response_header:NAME or response_json:PATH",
+                )
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<CostSpec, E> {
                 Ok(CostSpec::Fixed(v))
@@ -600,14 +621,33 @@ impl<'de> Deserialize<'de> for CostSpec {
                     .map_err(|_| E::custom("a cost cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<CostSpec, E> {
-                match v.trim().strip_prefix("header:") {
-                    Some(name) if http::HeaderName::from_bytes(name.trim().as_bytes()).is_ok() => {
-                        Ok(CostSpec::Header(name.trim().to_ascii_lowercase()))
+                let header = |name: &str| {
+                    let name = name.trim();
+                    http::HeaderName::from_bytes(name.as_bytes())
+                        .is_ok()
+                        .then(|| name.to_ascii_lowercase())
+                };
+                let text = v.trim();
+                let spec = if let Some(name) = text.strip_prefix("response_header:") {
+                    header(name).map(CostSpec::ResponseHeader)
+                } else if let Some(path) = text.strip_prefix("response_json:") {
+                    let path: Vec<String> = path.trim().split('.').map(str::to_string).collect();
+                    if path.iter().any(|p| p.is_empty()) {
+                        return Err(E::custom(format!(
+                            "`{v}` has an empty step in its path; write a dotted path such as response_json:usage.total_tokens"
+                        )));
                     }
-                    _ => Err(E::custom(format!(
-                        "`{v}` is not a cost; write a whole number or header:NAME"
-                    ))),
-                }
+                    Some(CostSpec::ResponseJson(path))
+                } else {
+                    text.strip_prefix("header:")
+                        .and_then(header)
+                        .map(CostSpec::Header)
+                };
+                spec.ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a cost; write a whole number, header:NAME, response_header:NAME or response_json:PATH"
+                    ))
+                })
             }
         }
         d.deserialize_any(V)
@@ -788,6 +828,14 @@ pub struct LimitConfig {
     pub on_redis_error: OnRedisError,
     #[serde(default)]
     pub cost: CostSpec,
+    /// With a cost from the response: what admission needs left and holds until the
+    /// response settles the actual cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve: Option<u64>,
+    /// With a cost from the response: larger reported costs are not believed, and cost the
+    /// reserve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost: Option<u64>,
     /// The status of a refused request.
     #[serde(default = "default_status")]
     pub status: u16,
@@ -863,6 +911,11 @@ impl LimitConfig {
 fn default_status() -> u16 {
     429
 }
+
+/// What a request with a cost from the response holds until it is settled.
+pub const DEFAULT_RESERVE: u64 = 1;
+/// The largest cost a response may report unless `max_cost` says otherwise.
+pub const DEFAULT_MAX_COST: u64 = 1_000_000_000;
 fn default_true() -> bool {
     true
 }

@@ -832,6 +832,7 @@ fn check_limits(config: &Config, report: &mut Report) {
             }
         }
         check_timezone(limit, &base, report);
+        check_response_cost(limit, &base, report);
         if limit.scope == Scope::Global {
             if config.redis.is_none() {
                 report.error(
@@ -940,6 +941,78 @@ fn check_limits(config: &Config, report: &mut Report) {
         }
         if !config.routes.iter().any(|r| r.limits.contains(name)) {
             report.warn(&base, format!("limit `{name}` is not used by any route"));
+        }
+    }
+}
+
+/// A cost from the response needs an algorithm that counts units and can carry a debt,
+/// and a reserve that fits in the quota; `reserve` and `max_cost` mean nothing without it.
+fn check_response_cost(limit: &super::LimitConfig, base: &str, report: &mut Report) {
+    use super::limits::{Algorithm, DEFAULT_MAX_COST, DEFAULT_RESERVE};
+    if !limit.cost.from_response() {
+        for (key, set) in [
+            ("reserve", limit.reserve.is_some()),
+            ("max_cost", limit.max_cost.is_some()),
+        ] {
+            if set {
+                report.error(
+                    format!("{base}.{key}"),
+                    "only a cost from the response (response_header:NAME or response_json:PATH) takes a reserve and max_cost",
+                );
+            }
+        }
+        return;
+    }
+    match limit.algorithm {
+        Algorithm::SlidingLog => report.error(
+            format!("{base}.cost"),
+            "sliding_log keeps one entry per unit admitted and cannot charge units after the response; use sliding_window with a cost from the response",
+        ),
+        Algorithm::Concurrency => report.error(
+            format!("{base}.cost"),
+            "a concurrency limit counts requests in flight, and a response's cost does not change how many are; use a rate algorithm",
+        ),
+        _ => {}
+    }
+    let reserve = limit.reserve.unwrap_or(DEFAULT_RESERVE);
+    let max_cost = limit.max_cost.unwrap_or(DEFAULT_MAX_COST);
+    if reserve == 0 {
+        report.error(
+            format!("{base}.reserve"),
+            "must be at least 1: a request is admitted when at least the reserve is left",
+        );
+    }
+    if max_cost < reserve {
+        report.error(
+            format!("{base}.max_cost"),
+            format!("must be at least the reserve ({reserve})"),
+        );
+    }
+    let quotas = std::iter::once(("", limit.rate, limit.burst)).chain(limit.tiers.iter().map(
+        |(name, t)| {
+            (
+                name.as_str(),
+                t.rate.or(limit.rate),
+                t.burst.or(limit.burst),
+            )
+        },
+    ));
+    for (tier, rate, burst) in quotas {
+        let quota = match (limit.algorithm.is_bucket(), rate, burst) {
+            (true, _, Some(b)) => b,
+            (_, Some(r), _) => r.count,
+            _ => continue,
+        };
+        if reserve > quota {
+            let whose = if tier.is_empty() {
+                String::new()
+            } else {
+                format!(" of tier `{tier}`")
+            };
+            report.error(
+                format!("{base}.reserve"),
+                format!("the reserve {reserve} is more than the whole quota{whose} ({quota}): no request could be admitted"),
+            );
         }
     }
 }

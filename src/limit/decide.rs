@@ -120,6 +120,8 @@ impl Policy {
     pub fn cost_of(&self, headers: &http::HeaderMap, limiter: &Limiter) -> Result<u64, CostError> {
         let cost = match &self.cost {
             CostSpec::Fixed(n) => *n,
+            // Held until the response says what it cost.
+            CostSpec::ResponseHeader(_) | CostSpec::ResponseJson(_) => self.reserve,
             CostSpec::Header(name) => match headers.get(name.as_str()) {
                 None => 1,
                 Some(v) => {

@@ -426,7 +426,11 @@ impl Lease {
         self.roll(span.id);
         self.demand += cost;
         let effective = self.effective_limit(limit, now_ms, span, sliding);
-        let backed = self.held() >= cost;
+        // What the fleet spent, as Redis last said, reached the limit: only a debt (a
+        // response that cost more than its reserve) gets there while quota is still held,
+        // and spending that quota would add to the overdraft.
+        let overdrawn = self.synced && self.known_used >= effective;
+        let backed = self.held() >= cost && !overdrawn;
         let allowed = backed || self.fits_unbacked(cost, limit, effective, nodes);
         if !backed {
             // Dry: refill now rather than at the next scheduled sync.

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod key;
 pub mod lease;
 pub mod link;
+pub mod meter;
 pub mod policy;
 pub mod receipt;
 pub mod scripts;

@@ -280,6 +280,28 @@ pub struct Counters {
     pub unavailable: IntCounter,
     pub untracked: IntCounter,
     pub active_keys: IntGauge,
+    /// Only for a cost from the response.
+    pub settled: Option<Box<SettleCounters>>,
+}
+
+/// What settling the costs responses report came to.
+pub struct SettleCounters {
+    /// Units charged once settled.
+    pub units: IntCounter,
+    /// Unusable values, by [`super::settle::Unusable`] in declaration order.
+    pub unusable: [IntCounter; 4],
+}
+
+impl SettleCounters {
+    pub fn unusable(&self, why: super::settle::Unusable) -> &IntCounter {
+        use super::settle::Unusable;
+        &self.unusable[match why {
+            Unusable::Missing => 0,
+            Unusable::NotANumber => 1,
+            Unusable::Negative => 2,
+            Unusable::TooLarge => 3,
+        }]
+    }
 }
 
 pub struct Policy {
@@ -288,6 +310,10 @@ pub struct Policy {
     pub config: LimitConfig,
     pub key: Vec<KeyPart>,
     pub cost: CostSpec,
+    /// With a cost from the response: what admission holds until the response settles.
+    pub reserve: u64,
+    /// With a cost from the response: the largest reported cost believed.
+    pub max_cost: u64,
     pub algorithm: Algorithm,
     pub scope: Scope,
     pub sync: SyncMode,
@@ -432,12 +458,35 @@ impl Policy {
             unavailable: counter("unavailable"),
             untracked: metrics.ratelimit_untracked.with_label_values(&[name]),
             active_keys: metrics.ratelimit_active_keys.with_label_values(&[name]),
+            settled: config.cost.from_response().then(|| {
+                use super::settle::Unusable;
+                let unusable = |why: Unusable| {
+                    metrics
+                        .ratelimit_unusable_cost
+                        .with_label_values(&[name, why.label()])
+                };
+                Box::new(SettleCounters {
+                    units: metrics.ratelimit_settled_cost.with_label_values(&[name]),
+                    unusable: [
+                        unusable(Unusable::Missing),
+                        unusable(Unusable::NotANumber),
+                        unusable(Unusable::Negative),
+                        unusable(Unusable::TooLarge),
+                    ],
+                })
+            }),
         };
         Policy {
             name: name.into(),
             config: config.clone(),
             key: config.key_parts(),
             cost: config.cost.clone(),
+            reserve: config
+                .reserve
+                .unwrap_or(crate::config::limits::DEFAULT_RESERVE),
+            max_cost: config
+                .max_cost
+                .unwrap_or(crate::config::limits::DEFAULT_MAX_COST),
             algorithm: config.algorithm,
             scope: config.scope,
             sync: config.sync,

@@ -10,7 +10,9 @@ use crate::gateway::{Gateway, Route, RouteAuth};
 use crate::identity::jwt::{Refusal, Verified};
 use crate::identity::Lookup;
 use crate::limit::headers::{self, Fields};
+use crate::limit::meter::Meter;
 use crate::limit::receipt::{hand_back, Taken};
+use crate::limit::settle::Unusable;
 use crate::limit::{Check, Outcome, Receipt, RequestFacts};
 use http::HeaderValue;
 use pingora_limits::inflight::Guard;
@@ -22,8 +24,9 @@ pub enum Admission {
         headers: Fields,
         guards: Vec<Guard>,
         summary: Option<Summary>,
-        /// Admissions by policies that count only some responses (`count_status`), by
-        /// index into the route's limits: [`settle`] hands back those that do not count.
+        /// Admissions by policies that count only some responses (`count_status`) or
+        /// whose cost comes from the response, by index into the route's limits:
+        /// [`settle`] hands back those that do not count and settles the others' cost.
         uncounted: Vec<(usize, Receipt)>,
     },
     Refuse {
@@ -174,7 +177,7 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
         guards.extend(guard);
         let v = &verdict;
         if receipt != Receipt::Nothing {
-            if policy.count_status.is_some() {
+            if policy.count_status.is_some() || policy.counters.settled.is_some() {
                 uncounted.push((index, receipt.clone()));
             }
             if route.limits.len() > 1 {
@@ -248,7 +251,10 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
 }
 
 /// Once the response is known: hands back the admissions of `count_status` policies whose
-/// statuses it does not have, so only the responses they count use up their limit.
+/// statuses it does not have, so only the responses they count use up their limit, and puts
+/// the cost the response reported (`meter`) in place of the reserve of the others. A cost
+/// that cannot be used costs the reserve. Returns the settled cost of the route's first
+/// policy with a cost from the response, for the decision log.
 pub async fn settle(
     route: &Route,
     gateway: &Gateway,
@@ -256,28 +262,71 @@ pub async fn settle(
     verified: Option<&Verified>,
     uncounted: Vec<(usize, Receipt)>,
     status: u16,
-) {
+    meter: Option<&Meter>,
+) -> Option<u64> {
+    let mut settled_cost = None;
     for (index, receipt) in uncounted {
         let Some(policy) = route.limits.get(index) else {
             continue;
         };
-        if policy
-            .count_status
-            .as_ref()
-            .is_some_and(|s| !s.contains(status))
-        {
-            // The limiter the request was admitted by: as in the request path, the API
-            // key's tenant and tier first, the verified token's next.
-            let limiter = policy.limiter_for(
+        // The limiter the request was admitted by: as in the request path, the API key's
+        // tenant and tier first, the verified token's next.
+        let limiter = || {
+            policy.limiter_for(
                 key.map(|k| k.id.as_str()),
                 key.map(|k| k.tenant.as_str())
                     .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
                 key.and_then(|k| k.tier.as_deref())
                     .or_else(|| verified.and_then(|v| v.tier.as_deref())),
-            );
-            policy
-                .refund(limiter, receipt, gateway.redis.as_deref())
-                .await;
+            )
+        };
+        let link = gateway.redis.as_deref();
+        if policy
+            .count_status
+            .as_ref()
+            .is_some_and(|s| !s.contains(status))
+        {
+            policy.refund(limiter(), receipt, link).await;
+            continue;
         }
+        let Some(counters) = &policy.counters.settled else {
+            continue;
+        };
+        let reported = meter
+            .map(|m| m.cost(&policy.cost, policy.max_cost))
+            .unwrap_or(Err(Unusable::Missing));
+        let actual = match reported {
+            Ok(cost) => cost,
+            Err(why) => {
+                counters.unusable(why).inc();
+                unusable_noted(&policy.name, why, status);
+                receipt.cost()
+            }
+        };
+        counters.units.inc_by(actual);
+        settled_cost.get_or_insert(actual);
+        policy.settle_cost(limiter(), receipt, actual, link).await;
+    }
+    settled_cost
+}
+
+/// Logs an unusable cost, at most once every ten seconds: a backend that stopped reporting
+/// usage would otherwise log every request. The metric counts them all.
+fn unusable_noted(policy: &str, why: Unusable, status: u16) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now = crate::clock::now_ms();
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 10_000
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            policy,
+            reason = why.label(),
+            status,
+            "a response's cost could not be used; it costs the policy's reserve (logged at most every 10s, counted in tollgate_ratelimit_unusable_cost_total)"
+        );
     }
 }

@@ -61,6 +61,10 @@ pub struct RequestCtx {
     pub _guards: Vec<Guard>,
     /// Admissions that count only if the response has one of the policy's `count_status`.
     pub uncounted: Vec<(usize, crate::limit::Receipt)>,
+    /// Reads the cost the response reports, for policies whose cost comes from it.
+    pub meter: Option<Box<crate::limit::meter::Meter>>,
+    /// The cost the response settled at (the route's first policy with such a cost).
+    pub settled_cost: Option<u64>,
     _in_flight: InFlightGuard,
 }
 
@@ -85,6 +89,8 @@ impl RequestCtx {
             hsts: None,
             _guards: Vec::new(),
             uncounted: Vec::new(),
+            meter: None,
+            settled_cost: None,
             _in_flight: in_flight,
         }
     }

@@ -19,6 +19,7 @@ use crate::decisions::{DecisionHub, Kind, WANT_DASHBOARD};
 use crate::gateway::SharedGateway;
 use crate::identity::Lookup;
 use crate::lifecycle::InFlight;
+use crate::limit::meter::Meter;
 use crate::limit::RequestFacts;
 use crate::metrics::{method_label, Metrics};
 use crate::path;
@@ -348,6 +349,13 @@ impl ProxyHttp for Proxy {
                 ctx.rate_headers = headers;
                 ctx._guards = guards;
                 ctx.summary = summary;
+                if !uncounted.is_empty() {
+                    let costs = uncounted
+                        .iter()
+                        .filter_map(|(i, _)| route.limits.get(*i))
+                        .map(|p| &p.cost);
+                    ctx.meter = Meter::new(costs).map(Box::new);
+                }
                 ctx.uncounted = uncounted;
                 Ok(false)
             }
@@ -455,7 +463,30 @@ impl ProxyHttp for Proxy {
             ctx.hsts.as_ref(),
             std::mem::take(&mut ctx.rate_headers),
             ctx.gateway.config.http.preserve_header_case,
-        )
+        )?;
+        if let Some(meter) = &mut ctx.meter {
+            meter.on_header(&upstream_response.headers);
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // Read as it goes by: the chunk is forwarded as it is, at once.
+        if let Some(meter) = &mut ctx.meter {
+            if let Some(chunk) = body {
+                meter.on_body(chunk);
+            }
+            if end_of_stream {
+                meter.on_end();
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -586,13 +617,15 @@ impl ProxyHttp for Proxy {
             let key = ctx.api_key.clone();
             let verified = ctx.verified.clone();
             let uncounted = std::mem::take(&mut ctx.uncounted);
-            admission::settle(
+            let meter = ctx.meter.take();
+            ctx.settled_cost = admission::settle(
                 &route,
                 &ctx.gateway,
                 key.as_deref(),
                 verified.as_deref(),
                 uncounted,
                 status,
+                meter.as_deref(),
             )
             .await;
         }

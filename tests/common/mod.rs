@@ -18,6 +18,7 @@ pub mod procs;
 pub mod redis_topology;
 pub mod relay;
 pub mod tls;
+pub mod usage_backend;
 pub mod windows;
 pub mod ws;
 

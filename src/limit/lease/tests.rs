@@ -1147,3 +1147,41 @@ fn a_surcharge_is_paid_from_what_the_node_holds_then_carried_as_debt() {
             .allowed
     );
 }
+
+#[test]
+fn quota_held_elsewhere_is_not_spent_once_a_debt_fills_the_window() {
+    let (limit, nodes) = (10, 2);
+    let now = 10 * W;
+    let mut redis = Redis::default();
+    let mut a = Lease::new("k".into(), 10);
+    let mut b = Lease::new("k".into(), 10);
+    assert!(
+        !a.admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    assert!(
+        !b.admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    sync(&mut a, &mut redis, 0, limit, now, nodes);
+    sync(&mut b, &mut redis, 1, limit, now, nodes);
+    assert!(
+        a.admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    // a's response cost 20 against its reserve of 1.
+    a.surcharge(Some(10), 19);
+    sync(&mut a, &mut redis, 0, limit, now + 1, nodes);
+    // b has not heard yet: it spends what it holds, and reports it at its next sync.
+    assert!(
+        b.admit_window(1, limit, now + 1, ep(now + 1), false, nodes, SYNC)
+            .allowed
+    );
+    assert!(b.held() >= 1, "b still holds quota");
+    sync(&mut b, &mut redis, 1, limit, now + 1, nodes);
+    assert!(
+        !b.admit_window(1, limit, now + 2, ep(now + 2), false, nodes, SYNC)
+            .allowed,
+        "once b hears the window is overdrawn, what it holds adds nothing to the overdraft"
+    );
+}
