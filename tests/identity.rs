@@ -207,3 +207,39 @@ routes:
         );
     }
 }
+
+#[test]
+fn cookie_and_query_parts_key_requests_alone_and_in_composites() {
+    let parts = "  by_parts:
+    key: [cookie:session, query:user]
+    algorithm: fixed_window
+    rate: 2/1m
+    scope: local";
+    let s = setup("", parts);
+    wait_until_in_window(60_000, 0, 50_000);
+    let agent = agent();
+    let send = |cookie: &str, query: &str| {
+        get_with(
+            &agent,
+            &s.t.url(&format!("/k/x?{query}")),
+            &[("cookie", cookie)],
+        )
+    };
+    // One session and user: two, however the user is spelled.
+    let got: Vec<u16> = ["user=alice", "other=1&user=al%69ce", "user=alice"]
+        .iter()
+        .map(|q| send("theme=dark; session=s-1", q).status)
+        .collect();
+    assert_eq!(got, [200, 200, 429], "one cookie and user share a limit");
+    let refused = send("session=s-1", "user=alice");
+    assert_eq!(refused.json()["key"], "s-1|alice", "{}", refused.body);
+    // Another session, or another user, is another key.
+    assert_eq!(send("session=s-2", "user=alice").status, 200);
+    assert_eq!(send("session=s-1", "user=bob").status, 200);
+    // Without the cookie, requests share the missing-value bucket: leaving it out does
+    // not dodge the limit.
+    let bare: Vec<u16> = (0..3)
+        .map(|_| send("theme=dark", "user=carol").status)
+        .collect();
+    assert_eq!(bare, [200, 200, 429]);
+}

@@ -857,3 +857,50 @@ routes:
         ok.then_some(())
     });
 }
+
+#[test]
+fn a_reload_keeps_the_keys_and_applies_the_new_claim_mapping_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = TestKey::new(dir.path(), Algorithm::RS256, "rsa-1");
+    let mut jwks = JwksServer::start(vec![rsa.jwk.clone()]);
+    let url = jwks.url();
+    let stub = Stub::start("orders");
+    let body = |forward: &str| {
+        format!(
+            "{}
+upstreams:
+  orders:
+    backends: [{}]
+routes:
+  - prefix: /orders
+    upstream: orders
+    auth: {{ jwt: main }}
+",
+            provider(
+                &url,
+                &format!("      forward_claims: {{ sub: {forward} }}\n")
+            ),
+            stub.address()
+        )
+    };
+    let t = Tollgate::start(&body("X-User-Id"));
+    wait_keys_loaded(&t);
+    // With the JWKS server gone, a rebuilt provider could only verify with the keys it
+    // took over from the one it replaces.
+    jwks.stop();
+    let reloads = || {
+        t.metric(r#"tollgate_config_reloads_total{result="success"}"#)
+            .unwrap_or(0.0)
+    };
+    let before = reloads();
+    t.write_config(&body("X-Subject"));
+    wait_for("the reload", Duration::from_secs(10), || {
+        (reloads() > before).then_some(())
+    });
+    let token = rsa.sign(&claims("henry", json!({})));
+    let r = call(&t, "/orders/1", Some(&token), &[("x-stub-echo", "headers")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-subject"], "henry", "{seen}");
+    assert!(seen.get("x-user-id").is_none(), "{seen}");
+}

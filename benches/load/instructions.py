@@ -92,9 +92,11 @@ def start_nginx_single(lab: run.Lab) -> run.Target:
     return run.Target("nginx", "nginx (limit_req)", proc, port, worker_pid=proc.pid)
 
 
-def h2load(tool: str, url: str, requests: int) -> int:
-    done = subprocess.run([tool, "--h1", "-n", str(requests), "-c", "10", url],
-                          capture_output=True, text=True, timeout=900)
+def h2load(tool: str, url: str, requests: int, headers: list[str] = ()) -> int:
+    argv = [tool, "--h1", "-n", str(requests), "-c", "10"]
+    for header in headers:
+        argv += ["-H", header]
+    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=900)
     match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded",
                       done.stdout)
     if done.returncode != 0 or not match:
@@ -135,9 +137,9 @@ def measure(target: run.Target, tools: dict, requests: int) -> dict:
     pid = target.worker_pid
     workdir = Path(target.proc.workdir)
     control(tools["callgrind_control"], pid, "-i", "on")
-    h2load(tools["h2load"], target.url, WARMUP_REQUESTS)
+    h2load(tools["h2load"], target.url, WARMUP_REQUESTS, target.headers)
     control(tools["callgrind_control"], pid, "-z")
-    answered = h2load(tools["h2load"], target.url, requests)
+    answered = h2load(tools["h2load"], target.url, requests, target.headers)
     for old in workdir.glob("callgrind.*"):
         old.unlink()
     control(tools["callgrind_control"], pid, "-d")

@@ -105,7 +105,7 @@ fn paths() -> Value {
             "/admin/limits/{policy}/{key}": {
                 "parameters": [
                     {"name": "policy", "in": "path", "required": true, "schema": {"type": "string"}, "example": "per_client"},
-                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The key as text: an address for client_ip, parts joined by | for composite keys, - for a missing part.", "example": "127.0.0.1"}
+                    {"name": "key", "in": "path", "required": true, "schema": {"type": "string"}, "description": "The key as text: for client_ip the client's network in CIDR form (2001:db8:1:1::/64, URL-encoded) or any address in it (an IPv4 client at /32 is its address), parts joined by | for composite keys, - for a missing part.", "example": "127.0.0.1"}
                 ],
                 "get": {
                     "summary": "One key's current usage",
@@ -226,7 +226,8 @@ fn paths() -> Value {
                     "host": {"type": "string", "description": "The request's host, for routes that name one"},
                     "method": {"type": "string", "default": "GET"}, "client_ip": {"type": "string", "default": "127.0.0.1"},
                     "api_key": {"type": "string"}, "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "cost": {"type": "integer", "description": "Overrides the policies' cost"}, "dry_run": {"type": "boolean", "default": false}
+                    "cost": {"type": "integer", "description": "Overrides the policies' cost"}, "dry_run": {"type": "boolean", "default": false},
+                    "claims": {"type": "object", "description": "A verified token's claims, for jwt:CLAIM key parts (the path may carry a query, for query:NAME parts)"}
                 }},
                 "CheckResult": {"type": "object", "properties": {
                     "route": {"type": "string"}, "upstream": {"type": "string"}, "allowed": {"type": "boolean"}, "status": {"type": "integer"},
