@@ -256,7 +256,14 @@ fn start(
     write_files(&dir.path().join("ratelimit"), files);
     let rls: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let redis_section = redis
-        .map(|r| format!("redis:\n  url: {}\n  sync_interval: 20ms\n", r.url()))
+        // A generous timeout: a new key's first call waits for its grant, and on a busy
+        // machine 25 ms (the default) could degrade it to the node's local share.
+        .map(|r| {
+            format!(
+                "redis:\n  url: {}\n  sync_interval: 20ms\n  timeout: 2s\n",
+                r.url()
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "{redis_section}rls:\n  listen: {rls}\n  config_dir: {}\n",
@@ -613,4 +620,80 @@ fn a_failed_reload_keeps_the_running_domains() {
     assert!(reload.status < 300, "{}", reload.body);
     let r = c.ok(request("basic", &[&[("key1", "r2")]]));
     assert_eq!(status(&r, 0).1, Some((70, Unit::Second)));
+}
+
+#[test]
+fn tls_on_the_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = common::certs::generate(dir.path(), "rls");
+    write_files(&dir.path().join("ratelimit"), &[("basic.yaml", BASIC)]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "rls:\n  listen: {addr}\n  config_dir: {}\n  tls:\n    certs:\n      - cert: {}\n        key: {}\n",
+        dir.path().join("ratelimit").display(),
+        certs.server_cert.display(),
+        certs.server_key.display()
+    );
+    let _t = Tollgate::start(&body);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&certs.ca_cert).expect("CA");
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let response = rt.block_on(async {
+        let connector = tower::service_fn(move |_: ::http::Uri| {
+            let tls = tls.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .expect("a name")
+                    .to_owned();
+                let stream = tls.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(connector)
+            .await
+            .expect("a TLS connection to the RLS listener");
+        RateLimitServiceClient::new(channel)
+            .should_rate_limit(request("basic", &[&[("key1", "tls")]]))
+            .await
+            .expect("an answer over TLS")
+            .into_inner()
+    });
+    assert_eq!(
+        status(&response, 0),
+        (Code::Ok, Some((50, Unit::Second)), 49)
+    );
+
+    // Plaintext HTTP/2 to the TLS listener gets no answer.
+    let plain = rt.block_on(async {
+        match RateLimitServiceClient::connect(format!("http://{addr}")).await {
+            Ok(mut c) => c
+                .should_rate_limit(request("basic", &[&[("key1", "tls")]]))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    });
+    assert!(!plain, "a plaintext call was answered on the TLS listener");
 }
