@@ -697,3 +697,40 @@ fn tls_on_the_listener() {
     });
     assert!(!plain, "a plaintext call was answered on the TLS listener");
 }
+
+#[test]
+fn response_headers_carry_the_ietf_ratelimit_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(&dir.path().join("ratelimit"), &[("another.yaml", ANOTHER)]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "rls:\n  listen: {addr}\n  config_dir: {}\n  response_headers: true\n",
+        dir.path().join("ratelimit").display()
+    );
+    let _t = Tollgate::start(&body);
+    let mut c = Client::connect(addr);
+    // The tightest of the two: key3 (10/h) with 9 left after this call.
+    let r = c.ok(request("another", &[&[("key2", "h")], &[("key3", "h")]]));
+    let headers: Vec<(String, String)> = r
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    let policy = headers
+        .iter()
+        .find(|(k, _)| k == "RateLimit-Policy")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(policy, Some("\"rls\";q=10;w=3600"), "{headers:?}");
+    let fields = headers
+        .iter()
+        .find(|(k, _)| k == "RateLimit")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(fields.starts_with("\"rls\";r=9;t="), "{headers:?}");
+    let t: u64 = fields
+        .rsplit("t=")
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("t=");
+    assert!((1..=3600).contains(&t), "{fields}");
+}
