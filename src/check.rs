@@ -71,6 +71,14 @@ pub fn check(path: &Path) -> (String, bool) {
     (out, true)
 }
 
+/// The `rate_limit` blocks of an RLS descriptor tree.
+fn count_limits(descriptors: &[crate::config::rls::DescriptorConfig]) -> usize {
+    descriptors
+        .iter()
+        .map(|d| usize::from(d.rate_limit.is_some()) + count_limits(&d.descriptors))
+        .sum()
+}
+
 fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}: the config is valid", path.display());
@@ -128,6 +136,27 @@ fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {
         );
     }
     let _ = writeln!(out, "  admin  {} (/metrics)", config.admin.listen);
+    if let Some(rls) = &config.rls {
+        let limits: usize = rls
+            .domains
+            .iter()
+            .map(|d| count_limits(&d.root.descriptors))
+            .sum();
+        let _ = writeln!(
+            out,
+            "  rls    {} ({}; {} domain{} with {limits} rate limit{} from {})",
+            rls.listen,
+            if rls.tls.is_some() {
+                "gRPC over TLS"
+            } else {
+                "gRPC, h2c"
+            },
+            rls.domains.len(),
+            if rls.domains.len() == 1 { "" } else { "s" },
+            if limits == 1 { "" } else { "s" },
+            rls.config_dir
+        );
+    }
     let admin = &config.admin;
     if !admin.allowed_hosts.is_empty() {
         let names: Vec<String> = admin.allowed_hosts.iter().map(|h| h.to_string()).collect();

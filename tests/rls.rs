@@ -592,6 +592,33 @@ fn check_refuses_their_bad_files_with_the_place() {
         ),
         "{err}"
     );
+
+    // Fixed, the files pass and the summary names the service.
+    write_files(
+        &rl,
+        &[
+            ("b.yaml", "domain: other\n"),
+            (
+                "c.yaml",
+                "domain: c\ndescriptors:\n  - key: k\n    rate_limit:\n      unlimited: true\n",
+            ),
+        ],
+    );
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run tollgate check");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("rls    127.0.0.1:8081 (gRPC, h2c; 3 domains with 1 rate limit"),
+        "{report}"
+    );
 }
 
 #[test]
