@@ -91,6 +91,8 @@ pub const REFERENCE: &[(&str, &str)] = &[
     ("admin", "docs/configuration.md#admin"),
     ("log", "docs/configuration.md#log"),
     ("server", "docs/configuration.md#server"),
+    ("auth", "docs/identity.md#reference"),
+    ("rls", "docs/envoy.md#reference"),
 ];
 
 /// The reference section for the key at `path` (`limits.per_ip.rate`, `routes[1]`).
@@ -119,6 +121,14 @@ fn with_pointers(errors: &[config::ConfigError]) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// The `rate_limit` blocks of an RLS descriptor tree.
+fn count_limits(descriptors: &[crate::config::rls::DescriptorConfig]) -> usize {
+    descriptors
+        .iter()
+        .map(|d| usize::from(d.rate_limit.is_some()) + count_limits(&d.descriptors))
+        .sum()
 }
 
 fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {
@@ -178,6 +188,27 @@ fn summary(path: &Path, config: &Config, certs: &CertStore) -> String {
         );
     }
     let _ = writeln!(out, "  admin  {} (/metrics)", config.admin.listen);
+    if let Some(rls) = &config.rls {
+        let limits: usize = rls
+            .domains
+            .iter()
+            .map(|d| count_limits(&d.root.descriptors))
+            .sum();
+        let _ = writeln!(
+            out,
+            "  rls    {} ({}; {} domain{} with {limits} rate limit{} from {})",
+            rls.listen,
+            if rls.tls.is_some() {
+                "gRPC over TLS"
+            } else {
+                "gRPC, h2c"
+            },
+            rls.domains.len(),
+            if rls.domains.len() == 1 { "" } else { "s" },
+            if limits == 1 { "" } else { "s" },
+            rls.config_dir
+        );
+    }
     let admin = &config.admin;
     if !admin.allowed_hosts.is_empty() {
         let names: Vec<String> = admin.allowed_hosts.iter().map(|h| h.to_string()).collect();

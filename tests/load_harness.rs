@@ -121,6 +121,7 @@ fn the_load_harness_runs_every_target_and_reports_them() {
             "--quick",
             "--tls",
             "--cluster",
+            "--rls",
             "--tuning-async",
             "purge=MIMALLOC_PURGE_DELAY=0",
             "--no-install",
@@ -153,6 +154,17 @@ fn the_load_harness_runs_every_target_and_reports_them() {
     assert!(table.contains("Redis cmds/req"), "{table}");
     assert!(table.contains("CPU/request (user + kernel)"), "{table}");
     assert!(!table.contains("| n/a |"), "a figure is missing:\n{table}");
+    for row in [
+        "| ShouldRateLimit (gRPC), hot descriptor |",
+        "| ShouldRateLimit (gRPC), 100,000 descriptors |",
+        "| POST /admin/check (HTTP/1.1, wrk), hot descriptor |",
+        "| POST /admin/check (HTTP/1.1, wrk), 100,000 descriptors |",
+    ] {
+        assert!(
+            table.contains(row),
+            "no RLS row `{row}` in the report:\n{table}"
+        );
+    }
     for row in ["| one Redis |", "| cluster, 3 masters |"] {
         assert!(
             table.contains(row),

@@ -256,7 +256,14 @@ fn start(
     write_files(&dir.path().join("ratelimit"), files);
     let rls: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let redis_section = redis
-        .map(|r| format!("redis:\n  url: {}\n  sync_interval: 20ms\n", r.url()))
+        // A generous timeout: a new key's first call waits for its grant, and on a busy
+        // machine 25 ms (the default) could degrade it to the node's local share.
+        .map(|r| {
+            format!(
+                "redis:\n  url: {}\n  sync_interval: 20ms\n  timeout: 2s\n",
+                r.url()
+            )
+        })
         .unwrap_or_default();
     let body = format!(
         "{redis_section}rls:\n  listen: {rls}\n  config_dir: {}\n",
@@ -585,6 +592,33 @@ fn check_refuses_their_bad_files_with_the_place() {
         ),
         "{err}"
     );
+
+    // Fixed, the files pass and the summary names the service.
+    write_files(
+        &rl,
+        &[
+            ("b.yaml", "domain: other\n"),
+            (
+                "c.yaml",
+                "domain: c\ndescriptors:\n  - key: k\n    rate_limit:\n      unlimited: true\n",
+            ),
+        ],
+    );
+    let out = std::process::Command::new(tollgate_bin())
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .expect("run tollgate check");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("rls    127.0.0.1:8081 (gRPC, h2c; 3 domains with 1 rate limit"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -613,4 +647,117 @@ fn a_failed_reload_keeps_the_running_domains() {
     assert!(reload.status < 300, "{}", reload.body);
     let r = c.ok(request("basic", &[&[("key1", "r2")]]));
     assert_eq!(status(&r, 0).1, Some((70, Unit::Second)));
+}
+
+#[test]
+fn tls_on_the_listener() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = common::certs::generate(dir.path(), "rls");
+    write_files(&dir.path().join("ratelimit"), &[("basic.yaml", BASIC)]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "rls:\n  listen: {addr}\n  config_dir: {}\n  tls:\n    certs:\n      - cert: {}\n        key: {}\n",
+        dir.path().join("ratelimit").display(),
+        certs.server_cert.display(),
+        certs.server_key.display()
+    );
+    let _t = Tollgate::start(&body);
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&certs.ca_cert).expect("CA");
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots
+            .add(cert.expect("a CA certificate"))
+            .expect("add the CA");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let response = rt.block_on(async {
+        let connector = tower::service_fn(move |_: ::http::Uri| {
+            let tls = tls.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = rustls::pki_types::ServerName::try_from("localhost")
+                    .expect("a name")
+                    .to_owned();
+                let stream = tls.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_static("http://localhost")
+            .connect_with_connector(connector)
+            .await
+            .expect("a TLS connection to the RLS listener");
+        RateLimitServiceClient::new(channel)
+            .should_rate_limit(request("basic", &[&[("key1", "tls")]]))
+            .await
+            .expect("an answer over TLS")
+            .into_inner()
+    });
+    assert_eq!(
+        status(&response, 0),
+        (Code::Ok, Some((50, Unit::Second)), 49)
+    );
+
+    // Plaintext HTTP/2 to the TLS listener gets no answer.
+    let plain = rt.block_on(async {
+        match RateLimitServiceClient::connect(format!("http://{addr}")).await {
+            Ok(mut c) => c
+                .should_rate_limit(request("basic", &[&[("key1", "tls")]]))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        }
+    });
+    assert!(!plain, "a plaintext call was answered on the TLS listener");
+}
+
+#[test]
+fn response_headers_carry_the_ietf_ratelimit_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_files(&dir.path().join("ratelimit"), &[("another.yaml", ANOTHER)]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let body = format!(
+        "rls:\n  listen: {addr}\n  config_dir: {}\n  response_headers: true\n",
+        dir.path().join("ratelimit").display()
+    );
+    let _t = Tollgate::start(&body);
+    let mut c = Client::connect(addr);
+    // The tightest of the two: key3 (10/h) with 9 left after this call.
+    let r = c.ok(request("another", &[&[("key2", "h")], &[("key3", "h")]]));
+    let headers: Vec<(String, String)> = r
+        .response_headers_to_add
+        .iter()
+        .map(|h| (h.key.clone(), h.value.clone()))
+        .collect();
+    let policy = headers
+        .iter()
+        .find(|(k, _)| k == "RateLimit-Policy")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(policy, Some("\"rls\";q=10;w=3600"), "{headers:?}");
+    let fields = headers
+        .iter()
+        .find(|(k, _)| k == "RateLimit")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert!(fields.starts_with("\"rls\";r=9;t="), "{headers:?}");
+    let t: u64 = fields
+        .rsplit("t=")
+        .next()
+        .and_then(|t| t.parse().ok())
+        .expect("t=");
+    assert!((1..=3600).contains(&t), "{fields}");
 }

@@ -6,6 +6,7 @@
     python3 benches/load/run.py --fleet         # also the three-node fleet accuracy run
     python3 benches/load/run.py --tls           # also TLS and HTTP/2 beside nginx
     python3 benches/load/run.py --cluster       # also 100,000 keys on one Redis and a cluster
+    python3 benches/load/run.py --rls           # also Envoy's rate limit service (gRPC)
     python3 benches/load/run.py --quick         # ~30 s smoke test of the harness (CI)
     python3 benches/load/run.py --baseline-bin /path/to/old/tollgate   # before/after
 
@@ -1615,6 +1616,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tls", action="store_true",
                         help="also compare TLS termination with nginx: HTTPS keep-alive, "
                              "HTTP/2 (h2load) and new TLS connections per second")
+    parser.add_argument("--rls", action="store_true",
+                        help="also Envoy's rate limit service: ShouldRateLimit calls/s "
+                             "(hot and 100,000 descriptors) next to POST /admin/check")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--json", type=Path, help="write every raw per-round figure here")
     parser.add_argument("--no-install", action="store_true",
@@ -1646,6 +1650,103 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1 or args.duration < 1 or args.connections < 1:
         parser.error("--rounds, --duration and --connections must be at least 1")
     return args
+
+
+RLS_DOMAIN = """domain: bench
+descriptors:
+  - key: user
+    rate_limit:
+      unit: second
+      requests_per_unit: 1000000000
+"""
+
+ADMIN_CHECK_LUA = """
+local keys = @@KEYS@@
+local counter = 0
+function request()
+  counter = counter + 1
+  local user = "hot"
+  if keys > 1 then user = tostring(counter % keys) end
+  local body = '{"path":"/a/x","headers":{"x-user":"' .. user .. '"}}'
+  return wrk.format("POST", "/admin/check", {["Content-Type"] = "application/json"}, body)
+end
+"""
+
+
+def run_rls(sup: Supervisor, lab: "Lab", wrk: str, args) -> tuple[list[dict], list[str]]:
+    """Envoy's rate limit service: ShouldRateLimit calls per second on one worker with a
+    hot descriptor and with 100,000 descriptors (examples/rls_bench keeps many calls in
+    flight over HTTP/2), next to POST /admin/check on the same kind of limit (wrk)."""
+    bench = release_dir() / "examples" / "rls_bench"
+    if not bench.is_file():
+        return [], [f"{bench} is missing (cargo build --workspace --examples)"]
+    redis = lab.start_redis("rls-redis")
+    port, admin_port, rls_port = free_port(), free_port(), free_port()
+    workdir = lab.workdir("tollgate-rls")
+    (workdir / "ratelimit").mkdir()
+    (workdir / "ratelimit" / "bench.yaml").write_text(RLS_DOMAIN)
+    config = render(HERE / "tollgate-rls.yaml", workdir / "config.yaml",
+                    {"DIR": workdir, "PORT": port, "ADMIN_PORT": admin_port,
+                     "RLS_PORT": rls_port, "STUB_PORT": lab.stub_port,
+                     "REDIS_URL": f"redis://127.0.0.1:{redis.port}"})
+    run_quiet([str(lab.tollgate_bin), "check", "-c", str(config)], "tollgate check (rls)")
+    env = {k: v for k, v in os.environ.items() if k not in ("RUST_LOG", "TOLLGATE_TUNING")}
+    proc = sup.start("tollgate-rls", [str(lab.tollgate_bin), "run", "-c", str(config)],
+                     workdir, stop_signal=signal.SIGINT, env=env)
+    wait_until("tollgate-rls", lambda: http_status(admin_port, "/health") == 200, proc)
+    rows, problems = [], []
+    seconds = args.duration
+    for keys in (1, 100_000):
+        label = "hot descriptor" if keys == 1 else f"{keys:,} descriptors"
+        cpu_before = cpu_ticks(proc.pid)
+        out = subprocess.run([str(bench), "--addr", f"127.0.0.1:{rls_port}", "--domain", "bench",
+                              "--key", "user", "--keys", str(keys), "--seconds", str(seconds),
+                              "--concurrency", str(args.connections), "--connections", "4"],
+                             capture_output=True, text=True, timeout=seconds + 60)
+        cpu_after = cpu_ticks(proc.pid)
+        try:
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            problems.append(f"rls_bench printed no result: {out.stderr.strip()[-300:]}")
+            continue
+        if result["errors"] or result["over_limit"] or not result["ok"]:
+            problems.append(f"ShouldRateLimit, {label}: {result}")
+        cpu = None
+        if cpu_before and cpu_after and result["calls"]:
+            cpu = sum(cpu_after) - sum(cpu_before)
+            cpu = cpu * 1e6 / TICKS_PER_S / result["calls"]
+        rows.append({"what": f"ShouldRateLimit (gRPC), {label}",
+                     "rate": result["calls_per_second"], "cpu_us": cpu})
+        script = workdir / f"admin-check-{keys}.lua"
+        script.write_text(LUA_SCRIPT.read_text() + ADMIN_CHECK_LUA.replace("@@KEYS@@", str(keys)))
+        cpu_before = cpu_ticks(proc.pid)
+        wrk_proc = run_wrk(sup, wrk, f"http://127.0.0.1:{admin_port}/admin/check",
+                           args.wrk_threads, args.connections, seconds, script=script)
+        result = finish_wrk(sup, wrk_proc, seconds)
+        cpu_after = cpu_ticks(proc.pid)
+        if set(result["statuses"]) != {200}:
+            problems.append(f"POST /admin/check, {label}: statuses {result['statuses']}")
+        cpu = None
+        if cpu_before and cpu_after and result["requests"]:
+            cpu = (sum(cpu_after) - sum(cpu_before)) * 1e6 / TICKS_PER_S / result["requests"]
+        rows.append({"what": f"POST /admin/check (HTTP/1.1, wrk), {label}",
+                     "rate": result["rps"], "cpu_us": cpu})
+    proc.stop()
+    sup.forget(proc)
+    return rows, problems
+
+
+def rls_report(rows: list[dict]) -> list[str]:
+    lines = ["", "## Envoy's rate limit service", "",
+             "One tollgate worker answering `ShouldRateLimit` (examples/rls_bench, "
+             "many calls in flight on 4 HTTP/2 connections) and `POST /admin/check` "
+             "(wrk) on the same kind of limit: a global async fixed window in Redis that "
+             "never refuses.", "",
+             "| Calls | calls/s | CPU/call (user + kernel) |", "| --- | ---: | ---: |"]
+    for r in rows:
+        cpu = f"{r['cpu_us']:.1f} µs" if r["cpu_us"] is not None else "n/a"
+        lines.append(f"| {r['what']} | {r['rate']:,.0f} | {cpu} |")
+    return lines
 
 
 def raise_on_signal(signum, _frame):
@@ -1697,6 +1798,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tls:
             tls_targets, tls_problems = run_tls(sup, lab, tools, args)
             problems += tls_problems
+        rls_rows = None
+        if args.rls:
+            rls_rows, rls_problems = run_rls(sup, lab, tools["wrk"], args)
+            problems += rls_problems
         notes = [n for t in targets for n in t.notes]
         for target in targets:
             if any(socket_errors(r) for r in target.rounds):
@@ -1704,6 +1809,8 @@ def main(argv: list[str] | None = None) -> int:
                              f"{[r['errors'] for r in target.rounds]}")
         text = report(targets, fleet, context, problems, notes, new_keys, tls_targets,
                       args, spread)
+        if rls_rows is not None:
+            text = text.rstrip("\n") + "\n" + "\n".join(rls_report(rls_rows)) + "\n"
         print()
         print(text, end="")
         if args.out:

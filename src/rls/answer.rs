@@ -36,6 +36,8 @@ struct Decided {
     quota_mode: bool,
     /// The limit, for the `RateLimit` fields.
     window_s: u64,
+    /// Hits this request took from the limit (handed back if the answer is OVER_LIMIT).
+    charged: u64,
 }
 
 pub async fn should_rate_limit(
@@ -117,6 +119,7 @@ pub async fn should_rate_limit(
                 reset_s: None,
                 quota_mode: false,
                 window_s: 0,
+                charged: 0,
             },
             Kind::Refuse {
                 requests_per_unit,
@@ -130,6 +133,7 @@ pub async fn should_rate_limit(
                     reset_s: unit.map(|u| their_reset(u, now_s)),
                     quota_mode: rule.quota_mode,
                     window_s: unit.map_or(1, Unit::seconds),
+                    charged: 0,
                 }
             }
             Kind::Limited {
@@ -207,6 +211,7 @@ pub async fn should_rate_limit(
                     reset_s,
                     quota_mode: rule.quota_mode,
                     window_s: limiter.params.window_seconds().unwrap_or(1),
+                    charged: if allowed { hits } else { 0 },
                 }
             }
         };
@@ -231,6 +236,16 @@ pub async fn should_rate_limit(
     let over = failed > 0 || (quota_total > 0 && quota_total == quota_failed);
     if over {
         hand_back(taken, link).await;
+        // What was handed back is left again, as their answer shows when it stops counting.
+        for d in decided.iter_mut().flatten() {
+            if d.charged > 0 {
+                let limit = d.current.as_ref().map_or(u32::MAX, |c| c.requests_per_unit);
+                d.remaining = d
+                    .remaining
+                    .saturating_add(d.charged.min(u64::from(u32::MAX)) as u32)
+                    .min(limit);
+            }
+        }
     }
 
     let mut response = RateLimitResponse {
