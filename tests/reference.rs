@@ -280,7 +280,8 @@ fn every_whole_config_in_the_docs_passes_tollgate_check() {
 }
 
 /// A tollgate with every part that exports metrics switched on: a TLS listener (after one
-/// handshake), Redis, a health-checked upstream, and a policy that may delay requests.
+/// handshake), Redis, a health-checked upstream, a policy that may delay requests, and the
+/// Envoy rate limit service (after one call).
 struct Running {
     t: Tollgate,
     _stub: Stub,
@@ -293,8 +294,19 @@ fn running() -> Running {
     let certs = common::certs::generate(certs_dir.path(), "reference");
     let redis = Redis::start();
     let stub = Stub::start("a");
+    let ratelimit = certs_dir.path().join("ratelimit");
+    std::fs::create_dir_all(&ratelimit).expect("mkdir ratelimit");
+    std::fs::write(
+        ratelimit.join("reference.yaml"),
+        "domain: reference\ndescriptors:\n  - key: k\n    rate_limit: { unit: minute, requests_per_unit: 100 }\n",
+    )
+    .expect("write the RLS config");
+    let rls: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let t = Tollgate::start(&format!(
-        "listen:
+        "rls:
+  listen: {rls}
+  config_dir: {ratelimit}
+listen:
   - {{proxy_listen}}
   - address: {{tls_listen}}
     tls:
@@ -317,6 +329,7 @@ routes:
     upstream: service_a
     limits: [waits]
 ",
+        ratelimit = ratelimit.display(),
         cert = certs.server_cert.display(),
         key = certs.server_key.display(),
         redis = redis.url(),
@@ -329,6 +342,7 @@ routes:
         .unwrap_or_else(|e| panic!("TLS handshake with {}: {e}", t.tls));
     let answer = conn.get("localhost", "/a/tls").expect("a request over TLS");
     assert!(answer.starts_with("HTTP/1.1 200"), "over TLS: {answer}");
+    should_rate_limit_once(rls);
     Running {
         t,
         _stub: stub,
@@ -395,7 +409,8 @@ fn every_exported_metric_has_one_row_and_every_row_is_exported() {
         || {
             let text = r.t.metrics();
             (text.contains("tollgate_requests_total{")
-                && text.contains("tollgate_tls_handshakes_total{"))
+                && text.contains("tollgate_tls_handshakes_total{")
+                && text.contains("tollgate_rls_requests_total{"))
             .then_some(text)
         },
     );
@@ -593,4 +608,43 @@ routes:
             && report.contains("\n  see docs/configuration.md#limits\n"),
         "the error about `limits.per_ip.rate` should be followed by its reference section:\n{report}"
     );
+}
+
+/// One `ShouldRateLimit` call, so the RLS counters of its descriptor exist.
+fn should_rate_limit_once(addr: std::net::SocketAddr) {
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::Entry;
+    use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+    use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+    use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut client = loop {
+            match RateLimitServiceClient::connect(format!("http://{addr}")).await {
+                Ok(c) => break c,
+                Err(e) if std::time::Instant::now() > deadline => {
+                    panic!("the rate limit service on {addr} does not answer: {e}")
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        let request = RateLimitRequest {
+            domain: "reference".into(),
+            descriptors: vec![RateLimitDescriptor {
+                entries: vec![Entry {
+                    key: "k".into(),
+                    value: "v".into(),
+                }],
+                ..Default::default()
+            }],
+            hits_addend: 0,
+        };
+        client
+            .should_rate_limit(request)
+            .await
+            .expect("a ShouldRateLimit answer");
+    });
 }
