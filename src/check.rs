@@ -91,6 +91,7 @@ pub const REFERENCE: &[(&str, &str)] = &[
     ("admin", "docs/configuration.md#admin"),
     ("log", "docs/configuration.md#log"),
     ("server", "docs/configuration.md#server"),
+    ("rls", "docs/envoy.md#reference"),
 ];
 
 /// The reference section for the key at `path` (`limits.per_ip.rate`, `routes[1]`).
