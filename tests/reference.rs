@@ -81,8 +81,15 @@ fn table_rows(header: &[&str]) -> Vec<Row> {
         let lines: Vec<&str> = text.lines().collect();
         let mut i = 0;
         while i + 1 < lines.len() {
+            // Any markdown separator row (`| --- |`, `|---|:--|`), so a table written in
+            // another style is still read rather than silently left out.
+            let separator = lines[i + 1].trim();
             let is_table = lines[i].trim_start().starts_with('|')
-                && lines[i + 1].trim_start().starts_with("| ---");
+                && separator.starts_with('|')
+                && separator.contains('-')
+                && separator
+                    .chars()
+                    .all(|c| matches!(c, '|' | '-' | ':' | ' '));
             let matches = is_table
                 && cells(lines[i])
                     .iter()
@@ -280,8 +287,8 @@ fn every_whole_config_in_the_docs_passes_tollgate_check() {
 }
 
 /// A tollgate with every part that exports metrics switched on: a TLS listener (after one
-/// handshake), Redis, a health-checked upstream, a policy that may delay requests, and the
-/// Envoy rate limit service (after one call).
+/// handshake), Redis, a health-checked upstream, a policy that may delay requests, one
+/// charged from the response, a JWT provider, and the Envoy rate limit service (after one call).
 struct Running {
     t: Tollgate,
     _stub: Stub,
@@ -324,11 +331,27 @@ limits:
     algorithm: token_bucket
     rate: 1000/1s
     on_limit: delay
+  spent:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 1000/1m
+    cost: response_header:x-usage
+auth:
+  jwt:
+    main:
+      issuer: \"https://id.example.com/\"
+      # Nothing listens there: the provider's metrics exist from the start all the same.
+      jwks_url: http://127.0.0.1:{jwks_port}/jwks.json
 routes:
   - prefix: /a
     upstream: service_a
     limits: [waits]
+  - prefix: /orders
+    upstream: service_a
+    auth: {{ jwt: main, optional: true }}
+    limits: [spent]
 ",
+        jwks_port = free_port(),
         ratelimit = ratelimit.display(),
         cert = certs.server_cert.display(),
         key = certs.server_key.display(),
