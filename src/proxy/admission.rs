@@ -250,6 +250,21 @@ pub async fn evaluate(route: &Route, gateway: &Gateway, facts: &RequestFacts<'_>
     }
 }
 
+/// The tenant and tier a request is limited as: its API key's first, its verified token's
+/// next. Admission and settling both use it, so a refund or a settled cost reaches the
+/// limiter that admitted the request.
+pub fn tenant_and_tier<'a>(
+    key: Option<&'a crate::identity::KeyRecord>,
+    verified: Option<&'a Verified>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    (
+        key.map(|k| k.tenant.as_str())
+            .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
+        key.and_then(|k| k.tier.as_deref())
+            .or_else(|| verified.and_then(|v| v.tier.as_deref())),
+    )
+}
+
 /// Once the response is known: hands back the admissions of `count_status` policies whose
 /// statuses it does not have, so only the responses they count use up their limit, and puts
 /// the cost the response reported (`meter`) in place of the reserve of the others. A cost
@@ -269,16 +284,10 @@ pub async fn settle(
         let Some(policy) = route.limits.get(index) else {
             continue;
         };
-        // The limiter the request was admitted by: as in the request path, the API key's
-        // tenant and tier first, the verified token's next.
+        // The limiter the request was admitted by.
         let limiter = || {
-            policy.limiter_for(
-                key.map(|k| k.id.as_str()),
-                key.map(|k| k.tenant.as_str())
-                    .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
-                key.and_then(|k| k.tier.as_deref())
-                    .or_else(|| verified.and_then(|v| v.tier.as_deref())),
-            )
+            let (tenant, tier) = tenant_and_tier(key, verified);
+            policy.limiter_for(key.map(|k| k.id.as_str()), tenant, tier)
         };
         let link = gateway.redis.as_deref();
         if policy

@@ -318,16 +318,12 @@ impl ProxyHttp for Proxy {
                     Lookup::Known(r) => Some(r.as_ref()),
                     _ => None,
                 };
-                // An API key's tenant and tier come first; a verified token's claims next.
+                let (tenant, tier) = admission::tenant_and_tier(record, verified);
                 let facts = RequestFacts {
                     client_ip: client,
                     api_key_id: record.map(|r| r.id.as_str()),
-                    tenant: record
-                        .map(|r| r.tenant.as_str())
-                        .or_else(|| verified.and_then(|v| v.tenant.as_deref())),
-                    tier: record
-                        .and_then(|r| r.tier.as_deref())
-                        .or_else(|| verified.and_then(|v| v.tier.as_deref())),
+                    tenant,
+                    tier,
                     path: &path,
                     method: req.method.as_str(),
                     route: &route.label,
