@@ -67,6 +67,9 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     let stub = Stub::start("a");
     let mut t = Tollgate::start(&config(&redis, &stub, ""));
     t.wait_redis_up(Duration::from_secs(5));
+    // Daily windows, away from the day's end (UTC), so no window ends during the test: a
+    // minute's window ended in it about once in six runs on a busy machine.
+    common::clock::wait_until_in_window(86_400_000, 0, 86_280_000);
     assert_eq!(statuses(&t, 4), [200; 4], "no limit on /a yet");
 
     let create = call(
@@ -74,7 +77,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
         "POST",
         "/admin/policies",
         &[],
-        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1m", "routes": ["/a"]}"#,
+        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1d", "routes": ["/a"]}"#,
     );
     assert_eq!(create.status, 201, "{}", create.body);
     assert_eq!(create.header("etag"), Some("\"1\""));
@@ -179,7 +182,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
         "POST",
         "/admin/policies",
         &[],
-        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1m"}"#,
+        r#"{"name": "api_rule", "key": "path", "algorithm": "fixed_window", "rate": "3/1d"}"#,
     );
     assert_eq!(again.status, 409, "{}", again.body);
 
@@ -187,7 +190,7 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     let shown = call(&t, "GET", "/admin/policies/api_rule", &[], "");
     assert_eq!(shown.header("etag"), Some("\"1\""));
     let update =
-        r#"{"key": "path", "algorithm": "fixed_window", "rate": "5/1m", "routes": ["/a"]}"#;
+        r#"{"key": "path", "algorithm": "fixed_window", "rate": "5/1d", "routes": ["/a"]}"#;
     let first = call(
         &t,
         "PUT",
@@ -244,14 +247,14 @@ fn a_runtime_policy_is_validated_conditional_audited_and_kept() {
     redis.restart();
     t.wait_redis_up(Duration::from_secs(5));
     let after = statuses(&t, 8);
-    assert!(after.contains(&429), "8 requests against 5/1m: {after:?}");
+    assert!(after.contains(&429), "8 requests against 5/1d: {after:?}");
 
     let set = call(
         &t,
         "PUT",
         "/admin/overrides/api_rule/tenant:acme",
         &[],
-        r#"{"rate": "7/1m"}"#,
+        r#"{"rate": "7/1d"}"#,
     );
     assert_eq!(set.status, 200, "{}", set.body);
     let stale = call(
@@ -395,9 +398,9 @@ limits:
   per_tenant:
     key: tenant
     algorithm: fixed_window
-    rate: 2/1m
+    rate: 2/1d
     tiers:
-      pro: {{ rate: 3/1m }}
+      pro: {{ rate: 3/1d }}
 routes:
   - prefix: /k
     upstream: a
@@ -413,6 +416,8 @@ routes:
             .collect()
     };
     t.wait_redis_up(Duration::from_secs(5));
+    // Daily windows, away from the day's end (UTC), so no window ends during the test.
+    common::clock::wait_until_in_window(86_400_000, 0, 86_280_000);
     let acme = "acme-key-0000000001";
     let globex = "globex-key-00000001";
     assert_eq!(send(acme, 4), [200, 200, 200, 429], "the tier's 3");
@@ -422,7 +427,7 @@ routes:
         "PUT",
         "/admin/overrides/per_tenant/tenant:acme",
         &[],
-        r#"{"rate": "5/1m"}"#,
+        r#"{"rate": "5/1d"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
@@ -451,7 +456,7 @@ routes:
         "PUT",
         &format!("/admin/overrides/per_tenant/key:{globex_id}"),
         &[],
-        r#"{"rate": "4/1m"}"#,
+        r#"{"rate": "4/1d"}"#,
     );
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(send(globex, 2), [200, 429]);

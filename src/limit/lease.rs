@@ -768,7 +768,12 @@ impl Lease {
         })
     }
 
-    pub fn apply_window(&mut self, plan: &WindowPlan, answer: &WindowAnswer) {
+    /// Returns true when the key must ask again at once: the plan was made under numbers
+    /// that have since been raised, so its answer says nothing about the new ones, and a
+    /// request waiting on this key counts on the next round to carry it.
+    #[must_use]
+    pub fn apply_window(&mut self, plan: &WindowPlan, answer: &WindowAnswer) -> bool {
+        let outdated = plan.limit < self.sync.raised_to;
         if self.window == plan.window {
             self.take_grant(answer.grant);
             self.known_total = answer.total;
@@ -781,7 +786,7 @@ impl Lease {
             // A round planned before the numbers changed asked under the old limit: that
             // it fell short says nothing about the new one (a raised limit would otherwise
             // stay refused until the window ends).
-            if plan.want > 0 && plan.limit >= self.sync.raised_to {
+            if plan.want > 0 && !outdated {
                 self.exhausted = answer.grant < plan.want && others_reserved == 0;
             }
         } else if answer.grant > 0 {
@@ -807,6 +812,7 @@ impl Lease {
                 ));
             }
         }
+        self.ask_again_if(outdated)
     }
 
     /// Puts back what a failed sync took out.
@@ -857,18 +863,32 @@ impl Lease {
         })
     }
 
-    pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer, now_ns: u64) {
+    /// Returns true when the key must ask again at once (see [`Lease::apply_window`]).
+    #[must_use]
+    pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer, now_ns: u64) -> bool {
+        let outdated = plan.burst < self.sync.raised_to;
         self.take_grant(answer.grant);
         self.known_total = answer.tokens;
         self.known_prev = answer.ms_per_token;
         self.synced = true;
-        if plan.want > 0 && plan.burst >= self.sync.raised_to {
+        if plan.want > 0 && !outdated {
             self.exhausted = answer.grant < plan.want;
         }
         // Unbacked units in this report are charged now; those since are still out.
         self.provisional_spell = self.unreported_provisional;
         self.sync.answered_ns = now_ns;
         self.sync.alone_tat_ns = None;
+        self.ask_again_if(outdated)
+    }
+
+    /// Marks the key as asking, signalled, when `outdated`: the caller puts it on the
+    /// next round.
+    fn ask_again_if(&mut self, outdated: bool) -> bool {
+        if outdated {
+            self.urgent = true;
+            self.signalled = true;
+        }
+        outdated
     }
 
     pub fn restore_bucket(&mut self, plan: BucketPlan) {

@@ -446,7 +446,7 @@ impl<'a, 'c> Batch<'a, 'c> {
                 self.partly = Some((*first).clone());
             }
         }
-        settle(chunk, answers);
+        settle(self.link, chunk, answers);
     }
 
     /// `Err` when Redis failed as a whole; `Ok(Some(_))` when only some keys' calls did.
@@ -649,7 +649,7 @@ async fn run_chunk(
 
 /// Applies each plan whose every command was answered; puts back what the others took,
 /// for the next round.
-fn settle(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
+fn settle(link: &RedisLink, chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
     let now_ns = super::link::unix_ns();
     let field = |a: &[u64], i: usize| a.get(i).copied().unwrap_or(0);
     for ((slot, _), answers) in chunk.into_iter().zip(answers) {
@@ -690,9 +690,12 @@ fn settle(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
                         prev: field(&n, 2),
                     });
                 }
-                limiter
+                let again = limiter
                     .leases
                     .get(hash, |lease| lease.apply_window(&plan, &answer));
+                if again == Some(true) {
+                    link.mark_urgent(limiter.id, hash);
+                }
             }
             Slot::Bucket {
                 limiter,
@@ -706,9 +709,12 @@ fn settle(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
                     tokens: field(&a, 1),
                     ms_per_token: field(&a, 2),
                 };
-                limiter
+                let again = limiter
                     .leases
                     .get(hash, |lease| lease.apply_bucket(&plan, &answer, now_ns));
+                if again == Some(true) {
+                    link.mark_urgent(limiter.id, hash);
+                }
             }
         }
     }
