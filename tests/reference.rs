@@ -10,6 +10,8 @@
 //! - every endpoint of the admin API's OpenAPI document has exactly one row in a
 //!   `| route | what it does |` table (docs/control-plane.md), and every row is an endpoint
 //!   or a page the admin listener serves;
+//! - every documented default that is one literal (`10s`, `false`) is what the types give
+//!   when the key is left out: a config with it written equals the config without it;
 //! - every ```yaml block that is a whole config (a top-level `routes:`) passes
 //!   `tollgate check`, and so does `config.yaml`.
 
@@ -197,6 +199,187 @@ fn every_config_key_has_one_row_with_a_default_and_every_row_names_a_key() {
         problems.is_empty(),
         "the configuration reference has drifted from the config types:\n{}",
         problems.join("\n")
+    );
+}
+
+/// A config with one of most kinds of section, so that a documented key has its parent to
+/// sit in. Lists are walked by their first map element; named maps by the entry picked
+/// (limits differ: some keys only make sense on a calendar rate or a response cost).
+fn base_config(dir: &Path) -> String {
+    let certs = common::certs::generate(dir, "defaults");
+    let ratelimit = dir.join("ratelimit");
+    std::fs::create_dir_all(&ratelimit).expect("mkdir ratelimit");
+    format!(
+        "listen:
+  - address: 127.0.0.1:8443
+    tls:
+      certs:
+        - {{ cert: {cert}, key: {key} }}
+    hsts: {{}}
+redis:
+  url: redis://127.0.0.1:6379
+rls:
+  listen: 127.0.0.1:8081
+  config_dir: {ratelimit}
+upstreams:
+  service_a:
+    backends:
+      - address: 127.0.0.1:9001
+    health_check: {{ path: /health }}
+limits:
+  per_client:
+    key: client_ip
+    algorithm: sliding_window
+    rate: 100/1m
+    tiers:
+      pro: {{ rate: 200/1m }}
+  monthly:
+    key: tenant
+    algorithm: fixed_window
+    rate: 100000/1mo
+  tokens:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 100000/1m
+    cost: response_json:usage.total_tokens
+auth:
+  jwt:
+    main:
+      issuer: https://id.example.com/
+      jwks_url: http://127.0.0.1:9/jwks.json
+routes:
+  - prefix: /a
+    upstream: service_a
+    limits: [per_client]
+    auth: {{ jwt: main }}
+",
+        cert = certs.server_cert.display(),
+        key = certs.server_key.display(),
+        ratelimit = ratelimit.display(),
+    )
+}
+
+/// The map a key path's last segment belongs in, made where it is missing (a missing list
+/// cannot be made: `None`).
+fn parent_of<'v>(
+    root: &'v mut serde_yaml::Value,
+    segments: &[&str],
+    pick: usize,
+) -> Option<&'v mut serde_yaml::Mapping> {
+    use serde_yaml::Value;
+    let mut at = root;
+    for segment in segments {
+        let map = at.as_mapping_mut()?;
+        at = if *segment == "<name>" {
+            map.values_mut().nth(pick)?
+        } else if let Some(list) = segment.strip_suffix("[]") {
+            let items = map.get_mut(list)?.as_sequence_mut()?;
+            items.iter_mut().find(|item| item.is_mapping())?
+        } else {
+            map.entry(Value::from(*segment))
+                .or_insert_with(|| Value::Mapping(Default::default()))
+        };
+    }
+    at.as_mapping_mut()
+}
+
+#[test]
+fn every_documented_default_is_what_the_config_types_give() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base: serde_yaml::Value =
+        serde_yaml::from_str(&base_config(dir.path())).expect("the base config is YAML");
+    let parse = |value: &serde_yaml::Value| {
+        let text = serde_yaml::to_string(value).expect("YAML out");
+        tollgate::config::parse(&text, "defaults.yaml").map(|loaded| loaded.config)
+    };
+    parse(&base).unwrap_or_else(|e| panic!("the base config does not load: {e}"));
+
+    let accepted = accepted_keys();
+    let (mut checked, mut unplaced) = (0, Vec::new());
+    let mut problems = Vec::new();
+    for row in table_rows(CONFIG_HEADER) {
+        // Only a default that is one literal (`10s`, `false`, `[]`) can be set as written;
+        // prose ("the address's host", "`true` with `tls`, else `false`") is for people, and
+        // so is "unset: `UTC`": a key the types keep as not given, so that giving it where
+        // it means nothing (a time zone on a per-minute rate) is an error.
+        let (Some(key), Some(literal)) = (
+            code_name(&row.cells[0]),
+            row.cells.get(2).and_then(|c| code_name(c)),
+        ) else {
+            continue;
+        };
+        if key.ends_with("[]") || key.ends_with("<name>") {
+            continue;
+        }
+        let Ok(value) = serde_yaml::from_str::<serde_yaml::Value>(literal) else {
+            problems.push(format!(
+                "{}: `{key}`'s default `{literal}` is not YAML",
+                row.at()
+            ));
+            continue;
+        };
+        // A placeholder (`sqlite://<config dir>/...`) or another key's value is for people.
+        if literal.contains('<') || accepted.contains(literal) {
+            continue;
+        }
+        let segments: Vec<&str> = key.split('.').collect();
+        let (leaf, parents) = segments.split_last().expect("a key has a segment");
+        let mut refused = None;
+        let mut compared = false;
+        for pick in 0..4 {
+            let mut without = base.clone();
+            let Some(parent) = parent_of(&mut without, parents, pick) else {
+                break;
+            };
+            parent.remove(*leaf);
+            let mut with = without.clone();
+            if let Some(parent) = parent_of(&mut with, parents, pick) {
+                parent.insert(serde_yaml::Value::from(*leaf), value.clone());
+            }
+            match (parse(&without), parse(&with)) {
+                (Ok(implied), Ok(written)) => {
+                    compared = true;
+                    if implied != written {
+                        problems.push(format!(
+                            "{}: `{key}` is documented as defaulting to `{literal}`, but \
+                             leaving it out gives another config than writing `{key}: {literal}`",
+                            row.at()
+                        ));
+                    }
+                    break;
+                }
+                // Refused here (a timezone on a per-minute rate): try another entry.
+                (Ok(_), Err(e)) => refused = Some(e),
+                // The section cannot stand with only this key in it (it has required keys
+                // the base does not give it): nothing to compare.
+                (Err(_), _) => {}
+            }
+            if !parents.contains(&"<name>") {
+                break;
+            }
+        }
+        match (compared, refused) {
+            (true, _) => checked += 1,
+            (false, Some(e)) => problems.push(format!(
+                "{}: writing `{key}: {literal}` (the documented default) is refused: {e}",
+                row.at()
+            )),
+            (false, None) => unplaced.push(key.to_string()),
+        }
+    }
+    eprintln!(
+        "{checked} documented defaults compared with the types; not placeable in the base config: {unplaced:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "documented defaults differ from the config types':\n{}",
+        problems.join("\n")
+    );
+    // Most literal defaults must be compared, or this test proves little: a base config
+    // that lost its sections would leave them all out.
+    assert!(
+        checked >= 4 * unplaced.len() && checked >= 60,
+        "only {checked} defaults compared; give the base config the sections of {unplaced:?}"
     );
 }
 

@@ -880,22 +880,20 @@ pub struct LimitConfig {
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
     /// Bits of an IPv6 client's address that make its `client_ip` key (32-128).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv6_prefix: Option<u32>,
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: u32,
     /// Bits of an IPv4 client's address that make its `client_ip` key (8-32).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipv4_prefix: Option<u32>,
+    #[serde(default = "default_ipv4_prefix")]
+    pub ipv4_prefix: u32,
 }
 
 impl LimitConfig {
     /// The policy's key with its client networks applied to `client_ip`.
     pub fn key_parts(&self) -> Vec<KeyPart> {
         // Validation keeps the numbers in range; `min` keeps a skipped check harmless.
-        let bits =
-            |given: Option<u32>, default: u8, max: u32| given.map_or(default, |b| b.min(max) as u8);
         let net = ClientNet {
-            v4: bits(self.ipv4_prefix, DEFAULT_IPV4_PREFIX, 32),
-            v6: bits(self.ipv6_prefix, DEFAULT_IPV6_PREFIX, 128),
+            v4: self.ipv4_prefix.min(32) as u8,
+            v6: self.ipv6_prefix.min(128) as u8,
         };
         self.key
             .0
@@ -924,6 +922,12 @@ fn default_max_delay() -> Duration {
 }
 fn default_max_waiting() -> usize {
     1_000
+}
+fn default_ipv6_prefix() -> u32 {
+    u32::from(DEFAULT_IPV6_PREFIX)
+}
+fn default_ipv4_prefix() -> u32 {
+    u32::from(DEFAULT_IPV4_PREFIX)
 }
 fn default_max_keys() -> usize {
     50_000

@@ -899,11 +899,20 @@ fn check_limits(config: &Config, report: &mut Report) {
             .0
             .iter()
             .any(|p| matches!(p, super::KeyPart::ClientIp(_)));
-        for (field, value, range) in [
-            ("ipv6_prefix", limit.ipv6_prefix, 32..=128u32),
-            ("ipv4_prefix", limit.ipv4_prefix, 8..=32u32),
+        for (field, value, default, range) in [
+            (
+                "ipv6_prefix",
+                limit.ipv6_prefix,
+                super::limits::DEFAULT_IPV6_PREFIX,
+                32..=128u32,
+            ),
+            (
+                "ipv4_prefix",
+                limit.ipv4_prefix,
+                super::limits::DEFAULT_IPV4_PREFIX,
+                8..=32u32,
+            ),
         ] {
-            let Some(value) = value else { continue };
             if !range.contains(&value) {
                 report.error(
                     format!("{base}.{field}"),
@@ -913,7 +922,7 @@ fn check_limits(config: &Config, report: &mut Report) {
                         range.end()
                     ),
                 );
-            } else if !keys_by_ip {
+            } else if !keys_by_ip && value != u32::from(default) {
                 report.warn(
                     format!("{base}.{field}"),
                     "applies only to a key with client_ip in it",
