@@ -36,6 +36,12 @@ limits:
     algorithm: token_bucket
     rate: 5/s
     burst: 10
+  # The stub reports no usage, so each response costs the reserve: 1.
+  spent:
+    key: client_ip
+    algorithm: fixed_window
+    rate: 100000/1m
+    cost: response_header:x-usage
 routes:
   - prefix: /a
     upstream: service_a
@@ -43,6 +49,9 @@ routes:
   - prefix: /b
     upstream: service_b
     limits: [bucket]
+  - prefix: /c
+    upstream: service_b
+    limits: [spent]
 ",
         redis.url(),
         a.address(),
@@ -51,7 +60,7 @@ routes:
     // Traffic on both routes, enough to be both admitted and limited.
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
-        let (stop, urls) = (stop.clone(), [t.url("/a/x"), t.url("/b/y")]);
+        let (stop, urls) = (stop.clone(), [t.url("/a/x"), t.url("/b/y"), t.url("/c/z")]);
         std::thread::spawn(move || {
             let agent = agent();
             while !stop.load(Ordering::Relaxed) {
@@ -98,7 +107,18 @@ routes:
     );
     assert_eq!(
         browser.eval("document.querySelectorAll('#chart-legend [data-route]').length"),
-        2
+        3
+    );
+    // A response-charged route's decisions show what each response cost.
+    wait_for(
+        "a live decision with its settled cost",
+        Duration::from_secs(10),
+        || {
+            let shown = browser.eval(
+                "[...document.querySelectorAll('#events [data-outcome]')].some(e => / · cost 1$/.test(e.textContent.trim()))",
+            );
+            (shown == true).then_some(())
+        },
     );
     assert!(
         number(

@@ -32,6 +32,11 @@ pub struct Entry<'a> {
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// What the response cost, for a route with a policy that charges it
+    /// (`cost: response_header:…` or `response_json:…`): the reserve it held at admission
+    /// is replaced by this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settled_cost: Option<u64>,
 }
 
 impl<'a> Entry<'a> {
@@ -58,6 +63,7 @@ impl<'a> Entry<'a> {
             policy: limits.policy.map(|p| names.policy(p)),
             outcome: limits.outcome.name(),
             remaining: limits.remaining(),
+            settled_cost: limits.settled_cost(),
         })
     }
 

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// Bytes of the path kept in a record. Longer paths are cut at a character boundary and
-/// logged with a trailing `…`; 72 bytes hold typical API paths with ids in them, and
-/// keep a record within three cache lines.
-pub const PATH_BYTES: usize = 72;
+/// logged with a trailing `…`; 64 bytes hold typical API paths with ids in them, and
+/// keep a record (with its settled cost) within three cache lines.
+pub const PATH_BYTES: usize = 64;
 /// Bytes of a client's own `X-Request-Id` kept (a UUID's 36 fit).
 pub const ID_BYTES: usize = 36;
 
@@ -183,6 +183,8 @@ pub struct Limits {
     pub outcome: Outcome,
     /// `u64::MAX` for none: half the size of an `Option`.
     remaining: u64,
+    /// What the response cost, for a policy that charges it: `u64::MAX` for none.
+    settled_cost: u64,
 }
 
 impl Limits {
@@ -191,11 +193,24 @@ impl Limits {
             policy,
             outcome,
             remaining: remaining.unwrap_or(u64::MAX),
+            settled_cost: u64::MAX,
+        }
+    }
+
+    /// With the cost the response settled, for a route whose policy charges it.
+    pub fn with_settled_cost(self, cost: Option<u64>) -> Self {
+        Limits {
+            settled_cost: cost.unwrap_or(u64::MAX),
+            ..self
         }
     }
 
     pub fn remaining(&self) -> Option<u64> {
         (self.remaining != u64::MAX).then_some(self.remaining)
+    }
+
+    pub fn settled_cost(&self) -> Option<u64> {
+        (self.settled_cost != u64::MAX).then_some(self.settled_cost)
     }
 }
 

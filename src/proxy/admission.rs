@@ -312,9 +312,11 @@ pub async fn settle(
                 receipt.cost()
             }
         };
-        counters.units.inc_by(actual);
         settled_cost.get_or_insert(actual);
         policy.settle_cost(limiter(), receipt, actual, link).await;
+        // Counted once it is settled (in Redis, in atomic mode), so that whoever watches
+        // the metric knows the limit has it.
+        counters.units.inc_by(actual);
     }
     settled_cost
 }

@@ -63,11 +63,14 @@ impl Proxy {
         // The log and the stream carry what limits decided; the dashboard counts every
         // request of a route.
         let limits = match (&ctx.summary, ctx.client_ip) {
-            (Some(s), Some(_)) => Some(Limits::new(
-                s.policy.and_then(|i| route.policy_ids.get(i).copied()),
-                s.outcome,
-                s.remaining,
-            )),
+            (Some(s), Some(_)) => Some(
+                Limits::new(
+                    s.policy.and_then(|i| route.policy_ids.get(i).copied()),
+                    s.outcome,
+                    s.remaining,
+                )
+                .with_settled_cost(ctx.settled_cost),
+            ),
             _ if wants & WANT_DASHBOARD == 0 => return,
             _ => None,
         };
