@@ -266,8 +266,8 @@ impl Provider {
             return Err(invalid("the token is longer than 8192 bytes"));
         }
         let now = now_s();
-        let digest = cache::digest(token);
-        if let Some(hit) = self.cache.get(&digest, now) {
+        let digest = self.cache.digest(token);
+        if let Some(hit) = self.cache.get(digest, now) {
             return Ok((hit, false));
         }
         let verified = Arc::new(self.check(token)?);
