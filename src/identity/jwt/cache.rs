@@ -2,12 +2,12 @@
 //! that reuses its token costs a hash and a lookup, not a signature check.
 //!
 //! The digest is SipHash-2-4 with 128-bit output under a random key drawn when the cache
-//! is made. A hit hands out another token's claims, so a client must not be able to make a
-//! token whose digest equals a cached one: SipHash is a PRF, and without the key (never
-//! shown, and new in every process) finding such a token takes about 2^128 tries against a
-//! live proxy. SHA-256 would also do, but it was most of what a warm request on a JWT route
-//! cost (about 20,000 instructions for a 300-byte token, against about 1,500 here); see
-//! docs/identity.md.
+//! is made. A hit hands out the claims verified for whichever token had that digest, so a
+//! client must not be able to make a token whose digest equals a cached one: SipHash is a
+//! PRF, and without the key (never shown, and new in every process) finding such a token
+//! takes about 2^128 tries against a live proxy. SHA-256 would also do, but it was most of
+//! what a warm request on a JWT route cost (about 20,000 instructions for a 270-byte token,
+//! against about 1,400 here); see docs/identity.md and BENCHMARKS.md.
 
 use super::Verified;
 use parking_lot::Mutex;
