@@ -6,12 +6,13 @@
 //! client must not be able to make a token whose digest equals a cached one: SipHash is a
 //! PRF, and without the key (never shown, and new in every process) finding such a token
 //! takes about 2^128 tries against a live proxy. SHA-256 would also do, but it was most of
-//! what a warm request on a JWT route cost (about 20,000 instructions for a 270-byte token,
-//! against about 1,400 here); see docs/identity.md and BENCHMARKS.md.
+//! what a warm request on a JWT route cost; see docs/identity.md and BENCHMARKS.md. The
+//! `siphasher` crate (already in the tree, through chrono-tz) computes it.
 
 use super::Verified;
 use parking_lot::Mutex;
 use rand::RngCore;
+use siphasher::sip128::{Hasher128, SipHasher24};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -62,8 +63,8 @@ impl TokenCache {
 
     /// The token's digest under this cache's key.
     pub fn digest(&self, token: &str) -> TokenDigest {
-        let (h1, h2) = siphash24_128(self.key.0, self.key.1, token.as_bytes());
-        u128::from(h1) | u128::from(h2) << 64
+        let digest = SipHasher24::new_with_keys(self.key.0, self.key.1).hash(token.as_bytes());
+        u128::from(digest.h1) | u128::from(digest.h2) << 64
     }
 
     /// The verified token, while it is still valid at `now` (Unix seconds).
@@ -90,75 +91,6 @@ impl TokenCache {
     fn len(&self) -> usize {
         self.map.lock().len()
     }
-}
-
-/// SipHash-2-4 with 128-bit output (Aumasson and Bernstein, and the reference code's
-/// `siphash.c` with `outlen` 16), as the two output words.
-///
-/// Written out rather than called through the `siphasher` crate, which the tests check it
-/// against: that crate's generic rounds are compiled in this crate, and in the dev profile
-/// (`opt-level = 1`, generics shared with the dependencies) its `rotate_left` stayed a call
-/// per rotation, seven times the cost. Plain shifts and built-in slice patterns compile to
-/// the same straight-line code in every profile.
-fn siphash24_128(k0: u64, k1: u64, mut msg: &[u8]) -> (u64, u64) {
-    // Not `rotate_left`: in the dev profile its intrinsic was a call (see above).
-    #[inline(always)]
-    #[allow(clippy::manual_rotate)]
-    const fn rotl(x: u64, b: u32) -> u64 {
-        (x << b) | (x >> (64 - b))
-    }
-    let mut v0 = k0 ^ 0x736f_6d65_7073_6575;
-    let mut v1 = k1 ^ 0x646f_7261_6e64_6f6d ^ 0xee;
-    let mut v2 = k0 ^ 0x6c79_6765_6e65_7261;
-    let mut v3 = k1 ^ 0x7465_6462_7974_6573;
-    macro_rules! round {
-        () => {
-            v0 = v0.wrapping_add(v1);
-            v1 = rotl(v1, 13);
-            v1 ^= v0;
-            v0 = rotl(v0, 32);
-            v2 = v2.wrapping_add(v3);
-            v3 = rotl(v3, 16);
-            v3 ^= v2;
-            v0 = v0.wrapping_add(v3);
-            v3 = rotl(v3, 21);
-            v3 ^= v0;
-            v2 = v2.wrapping_add(v1);
-            v1 = rotl(v1, 17);
-            v1 ^= v2;
-            v2 = rotl(v2, 32);
-        };
-    }
-    let length = msg.len() as u64;
-    // A slice pattern, not `split_first_chunk` or `chunks_exact`: their checks became calls
-    // per word in the dev profile; this is one load.
-    while let [b0, b1, b2, b3, b4, b5, b6, b7, rest @ ..] = msg {
-        let m = u64::from_le_bytes([*b0, *b1, *b2, *b3, *b4, *b5, *b6, *b7]);
-        v3 ^= m;
-        round!();
-        round!();
-        v0 ^= m;
-        msg = rest;
-    }
-    let mut tail = [0u8; 8];
-    tail[..msg.len()].copy_from_slice(msg);
-    let b = length << 56 | u64::from_le_bytes(tail);
-    v3 ^= b;
-    round!();
-    round!();
-    v0 ^= b;
-    v2 ^= 0xee;
-    round!();
-    round!();
-    round!();
-    round!();
-    let h1 = v0 ^ v1 ^ v2 ^ v3;
-    v1 ^= 0xdd;
-    round!();
-    round!();
-    round!();
-    round!();
-    (h1, v0 ^ v1 ^ v2 ^ v3)
 }
 
 #[cfg(test)]
@@ -191,39 +123,6 @@ mod tests {
         for i in 0..10 {
             cache.insert(cache.digest(&i.to_string()), verified(500), 60);
             assert!(cache.len() <= 3);
-        }
-    }
-
-    #[test]
-    fn siphash_matches_the_reference_crate_and_vectors() {
-        use siphasher::sip128::{Hasher128, SipHasher24};
-        // The reference code's first 128-bit vector: key 00..0f, empty message.
-        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
-        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
-        let (h1, h2) = siphash24_128(k0, k1, b"");
-        let mut out = h1.to_le_bytes().to_vec();
-        out.extend(h2.to_le_bytes());
-        assert_eq!(
-            out,
-            [
-                0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
-                0x02, 0x93
-            ]
-        );
-        // Every length across several words, and keys with high bits set.
-        let msg: Vec<u8> = (0..=255u8).cycle().take(600).collect();
-        for (k0, k1) in [(k0, k1), (u64::MAX, 0x8000_0000_0000_0001), (0, 0)] {
-            for len in 0..msg.len() {
-                let expected = SipHasher24::new_with_keys(k0, k1).hash(&msg[..len]);
-                assert_eq!(
-                    siphash24_128(k0, k1, &msg[..len]),
-                    (expected.h1, expected.h2),
-                    "length {len}"
-                );
-                let mut streamed = SipHasher24::new_with_keys(k0, k1);
-                std::hash::Hasher::write(&mut streamed, &msg[..len]);
-                assert_eq!(streamed.finish128().h1, expected.h1);
-            }
         }
     }
 
