@@ -213,14 +213,18 @@ impl Provider {
     pub fn token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
         self.sources.iter().find_map(|source| match source {
             TokenSource::Header(name) => {
-                let value = headers.get(name)?.to_str().ok()?.trim();
-                let token = match value.split_once(' ') {
-                    Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+                // Bytes until the scheme is cut off, then one UTF-8 check of the token: this
+                // runs on every request, and `to_str` would check every byte once more.
+                let value = headers.get(name)?.as_bytes().trim_ascii();
+                let token = match value.iter().position(|&b| b == b' ') {
+                    Some(at) if value[..at].eq_ignore_ascii_case(b"bearer") => {
+                        value[at + 1..].trim_ascii()
+                    }
                     // `Authorization` carries a scheme; other headers may carry the token bare.
                     _ if name == http::header::AUTHORIZATION => return None,
                     _ => value,
                 };
-                (!token.is_empty()).then_some(token)
+                std::str::from_utf8(token).ok().filter(|t| !t.is_empty())
             }
             TokenSource::Cookie(name) => crate::limit::key::cookie(headers, name)
                 .and_then(|v| std::str::from_utf8(v).ok())
@@ -266,8 +270,8 @@ impl Provider {
             return Err(invalid("the token is longer than 8192 bytes"));
         }
         let now = now_s();
-        let digest = cache::digest(token);
-        if let Some(hit) = self.cache.get(&digest, now) {
+        let digest = self.cache.digest(token);
+        if let Some(hit) = self.cache.get(digest, now) {
             return Ok((hit, false));
         }
         let verified = Arc::new(self.check(token)?);
