@@ -12,7 +12,7 @@
 use super::Verified;
 use parking_lot::Mutex;
 use rand::RngCore;
-use siphasher::sip128::{Hasher128, SipHasher24};
+use siphasher::sip128::SipHasher24;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
