@@ -92,6 +92,10 @@ redis:
   # A quiet key's entry goes after 40 syncs: at 200 ms that is 8 s, so that even a slow
   # flood (7,000 req/s) fills the 25,000-key table and the estimator is shown to take over.
   sync_interval: 200ms
+  # A round carries up to 25,000 keys; on a machine starved by builds it took over the
+  # default's 600 ms, and each such round turned the node local (its own share) for a
+  # moment, admitting the heavy hitter past the fleet's count. Slow is not down here.
+  timeout: 5s
 upstreams:
   a:
     backends: [{}]

@@ -30,20 +30,30 @@ fn spawn_server(dir: &Path, port: u16, extra: &[String]) -> Child {
 
 /// Starts one server; `cli_flags` are what redis-cli needs to reach it.
 fn spawn_server_as(cli_flags: &[String], dir: &Path, port: u16, extra: &[String]) -> Child {
-    let child = Command::new("redis-server")
+    let log_path = dir.join(format!("redis-{port}.log"));
+    let log = std::fs::File::create(&log_path).expect("create the redis-server log");
+    let mut child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
         .arg("--dir")
         .arg(dir)
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(log.try_clone().expect("the log file"))
+        .stderr(log)
         .spawn()
         .expect("spawn redis-server");
+    // A server that exits (its port taken meanwhile) says why at once; one that is only
+    // slow to start, on a machine busy with builds, gets 30 s.
     wait_for(
         &format!("redis-server on {port}"),
-        Duration::from_secs(10),
-        || cli_as(cli_flags, port, &["PING"]).filter(|r| r.contains("PONG")),
+        Duration::from_secs(30),
+        || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("redis-server on {port} exited ({status}): {log}");
+            }
+            cli_as(cli_flags, port, &["PING"]).filter(|r| r.contains("PONG"))
+        },
     );
     child
 }
