@@ -187,6 +187,10 @@ pub struct SyncBooks {
     pub alone_tat_ns: Option<u64>,
     /// Units handed back after Redis was told of them, for the next report.
     pub refund: u64,
+    /// Refunds in a report Redis has not answered yet. Until it has, its count still holds
+    /// them, so what is left counts them back (a refused all-or-nothing request would
+    /// otherwise show one less left until the next sync).
+    pub refund_sent: u64,
     /// The limit (buckets: the burst) the policy was last raised to under this lease. A
     /// sync that answers for a smaller one (planned before the change, or by a round that
     /// began under the old policy) cannot mark the key spent under the new numbers.
@@ -224,6 +228,7 @@ impl Lease {
                 answered_ns: 0,
                 alone_tat_ns: None,
                 refund: 0,
+                refund_sent: 0,
                 raised_to: 0,
             }),
         }
@@ -272,12 +277,28 @@ impl Lease {
         }
     }
 
+    /// A sync's own report is on its way: its refunds are in flight until Redis answers.
+    fn sending(&mut self, report: &Report) {
+        self.sync.refund_sent += report.refund;
+    }
+
+    /// Redis answered (or never got) a report: its refunds are no longer in flight.
+    fn refund_landed(&mut self, report: &Report) {
+        self.sync.refund_sent = self.sync.refund_sent.saturating_sub(report.refund);
+    }
+
+    /// Units Redis's last count holds that this node has handed back since.
+    fn refunds_pending(&self) -> u64 {
+        self.sync.refund + self.sync.refund_sent
+    }
+
     /// Puts back what a report took out, when Redis never got it.
     fn restore_report(&mut self, report: &Report) {
         self.unreported += report.delta;
         self.unreported_provisional += report.provisional;
         self.reserved += report.unreserve();
         self.granted += report.released;
+        self.refund_landed(report);
         self.sync.refund += report.refund;
     }
 
@@ -365,6 +386,8 @@ impl Lease {
 
     #[cold]
     fn roll_into(&mut self, window: u64) {
+        // Refunds in flight were for the window that ends: the new one's count is apart.
+        self.sync.refund_sent = 0;
         let report = self.take_report(true);
         if !report.is_empty() {
             self.sync.stale.push((self.window, report));
@@ -441,7 +464,8 @@ impl Lease {
             self.count(cost, backed);
         }
         let remaining = if self.synced {
-            effective.saturating_sub(self.known_total) + self.held()
+            let counted = self.known_total.saturating_sub(self.refunds_pending());
+            effective.saturating_sub(counted) + self.held()
         } else {
             effective.saturating_sub(self.used)
         };
@@ -596,7 +620,7 @@ impl Lease {
             self.count(cost, backed);
         }
         let remaining = if self.synced {
-            self.known_total + self.held()
+            self.known_total + self.refunds_pending() + self.held()
         } else {
             burst.saturating_sub(self.used)
         };
@@ -735,6 +759,7 @@ impl Lease {
         };
         let release = quiet && self.reserved > 0;
         let report = self.take_report(release);
+        self.sending(&report);
         if release {
             // What this node handed back is room again.
             self.exhausted = false;
@@ -774,6 +799,7 @@ impl Lease {
     #[must_use]
     pub fn apply_window(&mut self, plan: &WindowPlan, answer: &WindowAnswer) -> bool {
         let outdated = plan.limit < self.sync.raised_to;
+        self.refund_landed(&plan.report);
         if self.window == plan.window {
             self.take_grant(answer.grant);
             self.known_total = answer.total;
@@ -846,6 +872,7 @@ impl Lease {
             self.low_water().saturating_sub(self.held()).min(fair)
         };
         let mut report = self.take_report(quiet && self.reserved > 0);
+        self.sending(&report);
         // A bucket is one lease: what was handed back apart goes with this report.
         for (_, handed_back) in std::mem::take(&mut self.sync.stale) {
             report.absorb(&handed_back);
@@ -867,6 +894,7 @@ impl Lease {
     #[must_use]
     pub fn apply_bucket(&mut self, plan: &BucketPlan, answer: &BucketAnswer, now_ns: u64) -> bool {
         let outdated = plan.burst < self.sync.raised_to;
+        self.refund_landed(&plan.report);
         self.take_grant(answer.grant);
         self.known_total = answer.tokens;
         self.known_prev = answer.ms_per_token;

@@ -1196,3 +1196,40 @@ fn quota_held_elsewhere_is_not_spent_once_a_debt_fills_the_window() {
         "once b hears the window is overdrawn, what it holds adds nothing to the overdraft"
     );
 }
+
+#[test]
+fn a_refund_after_its_report_still_counts_as_left() {
+    // An all-or-nothing request admitted here, reported by a sync, then handed back (its
+    // other policy refused): Redis's count holds the unit until the next report, and what
+    // is left must not show it spent meanwhile, nor once the refund is in flight.
+    let (limit, nodes, now) = (20, 1, 10 * W);
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 0);
+    let admitted = (0..10)
+        .filter(|_| request(&mut lease, &mut redis, 0, limit, now, nodes))
+        .count();
+    assert_eq!(admitted, 10);
+    sync(&mut lease, &mut redis, 0, limit, now, nodes);
+    let left = |lease: &mut Lease| {
+        let v = lease.admit_window(1, limit, now, ep(now), false, nodes, SYNC);
+        assert!(v.allowed, "{lease:?}");
+        lease.refund(Some(ep(now).id), 1, true);
+        v.remaining
+    };
+    assert_eq!(left(&mut lease), 9, "10 spent, and this one");
+    // Reported, then handed back: the refund waits for the next report.
+    let v = lease.admit_window(1, limit, now, ep(now), false, nodes, SYNC);
+    assert!(v.allowed);
+    sync(&mut lease, &mut redis, 0, limit, now, nodes);
+    lease.refund(Some(ep(now).id), 1, true);
+    assert_eq!(left(&mut lease), 9, "the refund pending: still 10 spent");
+    // In flight: planned, not answered yet.
+    let plan = lease
+        .plan_window(limit, now, ep(now), false, nodes, SYNC)
+        .expect("the refund is reported");
+    assert_eq!(plan.report.refund, 1);
+    assert_eq!(left(&mut lease), 9, "the refund in flight: still 10 spent");
+    let answer = redis.answer(0, &plan, limit, now);
+    let _ = lease.apply_window(&plan, &answer);
+    assert_eq!(left(&mut lease), 9, "the refund landed: still 10 spent");
+}
