@@ -5,6 +5,7 @@
 
 mod common;
 use common::usage_backend::UsageBackend;
+use common::ws::EchoServer;
 use common::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,6 +21,11 @@ const LIMIT: u64 = 6;
 /// own share (`on_redis_error: open`), which is a Redis-failure test's business, not this
 /// one's. `sync_interval` stays at its 50 ms default, so reservations live 2 s.
 fn config(redis: &Redis, backend: &UsageBackend, sync: &str) -> String {
+    config_with(redis, backend, sync, "")
+}
+
+/// `config` with `extra` lines in the policy.
+fn config_with(redis: &Redis, backend: &UsageBackend, sync: &str, extra: &str) -> String {
     format!(
         "redis:
   url: {}
@@ -34,7 +40,7 @@ limits:
     limit: {LIMIT}
     scope: global
     sync: {sync}
-routes:
+{extra}routes:
   - prefix: /llm
     upstream: llm
     limits: [in_flight]
@@ -211,5 +217,142 @@ fn a_killed_nodes_slots_come_back_within_five_seconds() {
         stop.store(true, Ordering::Relaxed);
         drop((holders, comers));
         drop(nodes);
+    }
+}
+
+#[test]
+fn without_redis_each_node_holds_its_share_or_refuses_as_the_policy_says() {
+    for (sync, on_redis_error) in [("async", "open"), ("atomic", "closed")] {
+        let mut redis = Redis::start();
+        let backend = UsageBackend::start();
+        let nodes = fleet(&config_with(
+            &redis,
+            &backend,
+            sync,
+            &format!("    on_redis_error: {on_redis_error}\n"),
+        ));
+        redis.kill();
+        wait_for(
+            &format!("{sync}: every node seeing Redis gone"),
+            Duration::from_secs(10),
+            || {
+                nodes
+                    .iter()
+                    .all(|n| n.metric("tollgate_redis_up") == Some(0.0))
+                    .then_some(())
+            },
+        );
+        if on_redis_error == "closed" {
+            let r = get_with(&agent(), &nodes[0].url("/llm/slow/1"), &[]);
+            assert_eq!(r.status, 503, "{sync}: closed without Redis");
+            continue;
+        }
+        // Open: node 0 admits its share of 6 among the 3 live nodes it last heard of, 2,
+        // counting both requests it already has in flight (held 3 s, far longer than the
+        // checks below take).
+        let stop = Arc::new(AtomicBool::new(false));
+        let holders: Vec<JoinHandle<bool>> = (0..2)
+            .map(|_| client_until_admitted(nodes[0].url("/llm/slow/3000"), stop.clone()))
+            .collect();
+        wait_for(
+            &format!("{sync}: node 0 admitting its share"),
+            Duration::from_secs(5),
+            || (backend.in_flight() == 2).then_some(()),
+        );
+        let r = get_with(&agent(), &nodes[0].url("/llm/slow/1"), &[]);
+        assert_eq!(
+            r.status, 429,
+            "{sync}: a third request is past node 0's share of 2"
+        );
+        assert_eq!(
+            nodes[0].metric(
+                "tollgate_ratelimit_decisions_total{policy=\"in_flight\",result=\"failed_open\"}"
+            ),
+            Some(2.0),
+            "{sync}: both were admitted on the node's share"
+        );
+        stop.store(true, Ordering::Relaxed);
+        drop(holders);
+    }
+}
+
+/// A WebSocket through `node` to `path`, or the status that refused the upgrade.
+fn ws_connect(
+    node: &Tollgate,
+    path: &str,
+) -> Result<tungstenite::WebSocket<std::net::TcpStream>, u16> {
+    let stream = std::net::TcpStream::connect(node.proxy).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    match tungstenite::client(format!("ws://{}{path}", node.proxy), stream) {
+        Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("WebSocket handshake failed: {e}"),
+    }
+}
+
+#[test]
+fn open_websockets_hold_fleet_wide_slots_for_their_whole_life() {
+    for sync in ["async", "atomic"] {
+        let redis = Redis::start();
+        let echo = EchoServer::start();
+        let nodes = fleet(&format!(
+            "redis:
+  url: {}
+  timeout: 500ms
+upstreams:
+  echo:
+    backends: [{}]
+limits:
+  sockets:
+    key: client_ip
+    algorithm: concurrency
+    limit: 2
+    scope: global
+    sync: {sync}
+routes:
+  - prefix: /ws
+    upstream: echo
+    limits: [sockets]
+",
+            redis.url(),
+            echo.addr
+        ));
+        let first = ws_connect(&nodes[0], "/ws/echo").expect("first socket");
+        let mut second = ws_connect(&nodes[1], "/ws/echo").expect("second socket");
+        // Idle for longer than a sync and a renewal: the open sockets still hold their
+        // slots, on whichever node they came through.
+        std::thread::sleep(Duration::from_millis(800));
+        for node in &nodes {
+            assert_eq!(
+                ws_connect(node, "/ws/echo").err(),
+                Some(429),
+                "{sync}: two sockets are open fleet-wide"
+            );
+        }
+        assert_eq!(
+            echo.open_now(),
+            2,
+            "{sync}: the refused upgrades never reached the backend"
+        );
+        // Closing one frees its slot for any node.
+        drop(first);
+        let third = wait_for(
+            &format!("{sync}: a slot freed by a closed socket"),
+            Duration::from_secs(5),
+            || ws_connect(&nodes[2], "/ws/echo").ok(),
+        );
+        second
+            .send(tungstenite::Message::text("ping"))
+            .expect("send");
+        assert_eq!(
+            second.read().expect("read"),
+            tungstenite::Message::text("ping"),
+            "{sync}: the socket that held its slot still works"
+        );
+        drop((second, third));
     }
 }

@@ -300,10 +300,12 @@ impl Policy {
                 match self.leased_slots(limiter, hash, facts, cost, max, link) {
                     Some((v, held, Some(room))) => match pending {
                         Pending::Wait => return None,
+                        // Slots may still come back from other nodes: wait for them
+                        // while `redis.timeout` allows.
                         Pending::Refuse if room => return None,
-                        Pending::Refuse => ((v, Receipt::Nothing), false),
-                        Pending::Last if !room => ((v, Receipt::Nothing), false),
-                        Pending::Degrade | Pending::Last => match self.on_redis_error {
+                        // Redis answered and no slot came in time: the fleet is full.
+                        Pending::Refuse | Pending::Last => ((v, Receipt::Nothing), false),
+                        Pending::Degrade => match self.on_redis_error {
                             OnRedisError::Closed => return Some(self.unavailable(limiter)),
                             OnRedisError::Open => {
                                 drop(held);

@@ -226,34 +226,40 @@ return {0, math.max(0, limit - n), wait}
 "#;
 
 /// Concurrency slots leased to nodes (async), kept as a hash with one field per node:
-/// `r:<node>` = `slots:expires_ms`, the slots that node holds (in use or spare), and
-/// `w:<node>` = `slots:expires_ms`, slots it asked for and could not get. A node states
+/// `r:<node>` = `slots:expires_ms:spare`, the slots that node holds (in use or spare) and
+/// how many of them it did not use at its last word, and `w:<node>` = `slots:expires_ms`,
+/// slots it asked for and could not get. A node states
 /// what it keeps (`held`, never more than it held before) and asks for `want` more; the
 /// script grants only what fits under the limit beside every other node's live
 /// reservation, so the fleet never holds more than the limit. A node that stops renewing
 /// (it crashed) loses its reservation when it expires, on the Redis clock.
 ///
 /// KEYS[1] the key's hash
-/// ARGV: held, want, limit, node id, ttl_ms (of this node's fields)
-/// Returns {slots the fleet holds after the script, granted, slots other nodes wait for}.
+/// ARGV: held, want, limit, node id, ttl_ms (of this node's fields), spare (of `held`)
+/// Returns {slots the fleet holds after the script, granted, slots other nodes wait for,
+/// slots other nodes hold spare}.
 pub const SLOTS: &str = r#"
 local held = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
 local me = ARGV[4]
 local ttl = tonumber(ARGV[5])
+local spare = tonumber(ARGV[6])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local fields = redis.call('HGETALL', KEYS[1])
-local others, waiting, expired = 0, 0, {}
+local others, waiting, idle, expired = 0, 0, 0, {}
 for i = 1, #fields, 2 do
   local name = fields[i]
   local kind = string.sub(name, 1, 2)
   if string.sub(name, 3) ~= me then
-    local amount, expires = string.match(fields[i + 1], '^(%d+):(%d+)$')
+    local amount, expires, unused = string.match(fields[i + 1], '^(%d+):(%d+):?(%d*)$')
     if amount and tonumber(expires) > now then
       if kind == 'r:' then
         others = others + tonumber(amount)
+        if unused ~= '' then
+          idle = idle + tonumber(unused)
+        end
       else
         waiting = waiting + tonumber(amount)
       end
@@ -272,7 +278,7 @@ if room > 0 then
 end
 local mine = held + grant
 if mine > 0 then
-  redis.call('HSET', KEYS[1], 'r:' .. me, string.format('%d:%d', mine, now + ttl))
+  redis.call('HSET', KEYS[1], 'r:' .. me, string.format('%d:%d:%d', mine, now + ttl, spare + grant))
 else
   redis.call('HDEL', KEYS[1], 'r:' .. me)
 end
@@ -282,7 +288,7 @@ else
   redis.call('HDEL', KEYS[1], 'w:' .. me)
 end
 redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
-return {others + mine, grant, waiting}
+return {others + mine, grant, waiting, idle}
 "#;
 
 /// A concurrency slot acquired per request (atomic): a sorted set of the slots in use,

@@ -66,7 +66,8 @@ pub struct SlotLease {
     pub idle_syncs: u32,
     /// Async: whether Redis has answered for this key.
     pub synced: bool,
-    /// Async: Redis granted less than asked: the fleet's slots are all out.
+    /// Async: Redis granted less than asked and no node holds spare slots: the fleet's
+    /// slots are all in use.
     pub exhausted: bool,
     /// Async: whether a grant can still come (Redis's last answer left slots nobody held).
     pub room: bool,
@@ -88,6 +89,8 @@ pub struct SlotPlan {
     pub held: u64,
     /// Slots more it asks for.
     pub want: u64,
+    /// Of `held`, slots not in use.
+    pub spare: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +100,9 @@ pub struct SlotAnswer {
     pub grant: u64,
     /// Slots other nodes asked for and could not get.
     pub waiting: u64,
+    /// Slots other nodes hold and did not use at their last word: they come back to the
+    /// fleet when those nodes hear that others wait.
+    pub spare: u64,
 }
 
 /// A node's share of a concurrency limit when it decides alone: rounded up, at least 1.
@@ -206,7 +212,10 @@ impl SlotLease {
         self.peak = self.active;
         self.short = 0;
         let renew = self.held > 0 && now_ms >= self.renew_at_ms;
-        if want == 0 && !released && !renew {
+        // A node holding spare slots says so every sync and hears whether others wait,
+        // so that those slots move to where they are wanted within a few syncs.
+        let spare = keeps - self.active;
+        if want == 0 && !released && !renew && spare == 0 {
             return None;
         }
         self.renew_at_ms = now_ms + ttl_ms / 4;
@@ -214,6 +223,7 @@ impl SlotLease {
             limit,
             held: keeps,
             want,
+            spare,
         })
     }
 
@@ -223,9 +233,11 @@ impl SlotLease {
         self.known_total = answer.total;
         self.others_waiting = answer.waiting;
         self.synced = true;
-        self.room = answer.total < plan.limit;
+        // Slots can still come: unheld ones, or others' spare ones.
+        self.room = answer.total < plan.limit || answer.spare > 0;
         if plan.want > 0 {
-            self.exhausted = answer.grant < plan.want;
+            // Spare slots elsewhere come back once their nodes hear that this one waits.
+            self.exhausted = answer.grant < plan.want && answer.spare == 0;
         }
         if answer.waiting == 0 {
             self.cap = u64::MAX;

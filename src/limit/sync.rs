@@ -719,7 +719,8 @@ async fn run_chunk(
                         .arg(plan.want)
                         .arg(plan.limit)
                         .arg(link.node_id())
-                        .arg(ttl),
+                        .arg(ttl)
+                        .arg(plan.spare),
                 );
             }
             Slot::Renew { key, members, .. } => {
@@ -819,6 +820,7 @@ fn settle(chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<Answer>>) {
                     total: field(&a, 0),
                     grant: field(&a, 1),
                     waiting: field(&a, 2),
+                    spare: field(&a, 3),
                 };
                 if let Some(table) = &limiter.slots {
                     table.get(hash, |lease| lease.apply(&plan, &answer));

@@ -8,6 +8,7 @@ struct FakeRedis {
     /// node → (slots, expires)
     held: HashMap<usize, (u64, u64)>,
     waiting: HashMap<usize, (u64, u64)>,
+    spare: HashMap<usize, (u64, u64)>,
 }
 
 impl FakeRedis {
@@ -21,6 +22,7 @@ impl FakeRedis {
     fn run(&mut self, node: usize, plan: &SlotPlan, ttl: u64) -> SlotAnswer {
         let others = Self::live(&self.held, self.now, node);
         let waiting = Self::live(&self.waiting, self.now, node);
+        let spare = Self::live(&self.spare, self.now, node);
         let room = plan.limit as i64 - others as i64 - plan.held as i64;
         let grant = if room > 0 {
             plan.want.min(room as u64)
@@ -29,6 +31,8 @@ impl FakeRedis {
         };
         let mine = plan.held + grant;
         self.held.insert(node, (mine, self.now + ttl));
+        self.spare
+            .insert(node, (plan.spare + grant, self.now + ttl));
         if plan.want > grant {
             self.waiting
                 .insert(node, (plan.want - grant, self.now + ttl));
@@ -39,6 +43,7 @@ impl FakeRedis {
             total: others + mine,
             grant,
             waiting,
+            spare,
         }
     }
 
@@ -244,4 +249,34 @@ fn atomic_members_are_renewed_a_quarter_of_their_expiry_apart_and_idle_entries_g
         assert_eq!(a.renewal(10_000 + u64::from(i), TTL), None);
     }
     assert!(a.is_idle());
+}
+
+#[test]
+fn a_spare_slot_moves_to_a_node_that_waits_within_a_few_syncs() {
+    let mut redis = FakeRedis::default();
+    let (mut a, mut b) = (SlotLease::new("k".into()), SlotLease::new("k".into()));
+    // Node a asked for 2 (its first request counted twice while it waited), uses 1.
+    let _ = a.admit(1, 2);
+    let _ = a.admit(1, 2);
+    sync(&mut redis, 0, &mut a, 2, 3);
+    assert!(a.admit(1, 2).0.allowed);
+    assert_eq!((a.held, a.active), (2, 1));
+    demand(&mut b, 1, 2);
+    sync(&mut redis, 1, &mut b, 2, 3);
+    let (v, _, pending) = b.admit(1, 2);
+    assert!(!v.allowed);
+    assert_eq!(
+        pending,
+        Some(true),
+        "node b waits: node a holds a spare slot"
+    );
+    let mut syncs = 0;
+    while !b.admit(1, 2).0.allowed {
+        syncs += 1;
+        assert!(syncs <= 4, "the spare slot should move within a few syncs");
+        redis.now += SYNC;
+        sync(&mut redis, 0, &mut a, 2, 3);
+        sync(&mut redis, 1, &mut b, 2, 3);
+    }
+    assert_eq!(a.held + b.held, 2);
 }
