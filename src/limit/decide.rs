@@ -14,6 +14,9 @@ use crate::config::{CostSpec, Mode, OnRedisError, Scope, SyncMode};
 /// may still have quota (its grant is on its way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
+    /// A request's first decision ([`Policy::decide_now`]): as `Wait`, and what it asks
+    /// for counts toward the key's demand (its retries do not).
+    First,
     /// Let the caller wait for the next sync round.
     Wait,
     /// Redis answered for the key and left it dry: refuse, unless that answer left quota
@@ -237,7 +240,7 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Option<Check> {
-        self.decide(limiter, facts, cost, link, Pending::Wait)
+        self.decide(limiter, facts, cost, link, Pending::First)
     }
 
     #[inline]
@@ -297,9 +300,10 @@ impl Policy {
                 }
             }
             (Params::Concurrency { max }, Scope::Global, Some(link)) => {
-                match self.leased_slots(limiter, hash, facts, cost, max, link) {
+                let first = pending == Pending::First;
+                match self.leased_slots(limiter, hash, facts, cost, max, link, first) {
                     Some((v, held, Some(room))) => match pending {
-                        Pending::Wait => return None,
+                        Pending::First | Pending::Wait => return None,
                         // Slots may still come back from other nodes: wait for them
                         // while `redis.timeout` allows.
                         Pending::Refuse if room => return None,
@@ -338,7 +342,7 @@ impl Policy {
             },
             (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
                 Some((decided, Some(room))) => match pending {
-                    Pending::Wait => return None,
+                    Pending::First | Pending::Wait => return None,
                     Pending::Refuse if room => return None,
                     Pending::Refuse => (decided, false),
                     Pending::Last if !room => (decided, false),
@@ -563,7 +567,9 @@ impl Policy {
     }
 
     /// A global async concurrency decision from the slots this node holds for the key;
-    /// `None` when the key table is full.
+    /// `None` when the key table is full. `first`: the request's first try, whose slots
+    /// count toward the key's demand if it has to wait.
+    #[allow(clippy::too_many_arguments)]
     fn leased_slots(
         &self,
         limiter: &Limiter,
@@ -572,10 +578,12 @@ impl Policy {
         cost: u64,
         max: u64,
         link: &RedisLink,
+        first: bool,
     ) -> Option<(Verdict, Option<Held>, Option<bool>)> {
         let table = limiter.slots.as_ref()?;
         let make = || SlotLease::new(key::text(&self.key, facts).into());
-        let (verdict, urgent, pending) = table.with(hash, make, |l| l.admit(cost, max))?;
+        let (verdict, urgent, pending) =
+            table.with(hash, make, |l| l.admit_counted(cost, max, first))?;
         if urgent {
             link.mark_urgent(limiter.id, hash);
         }

@@ -137,13 +137,26 @@ impl SlotLease {
     /// verdict, whether the sync task must be woken for the key, and, when the refusal is
     /// only a grant on its way, whether Redis last said there are slots to grant.
     pub fn admit(&mut self, cost: u64, limit: u64) -> (Verdict, bool, Option<bool>) {
+        self.admit_counted(cost, limit, true)
+    }
+
+    /// [`SlotLease::admit`]; `first`: a request's first try, rather than a retry of one
+    /// waiting for a grant, whose slots are already counted in the demand.
+    pub fn admit_counted(
+        &mut self,
+        cost: u64,
+        limit: u64,
+        first: bool,
+    ) -> (Verdict, bool, Option<bool>) {
         let fits_held = self.active + cost <= self.held;
         let allowed = fits_held && self.active + cost <= self.cap;
         if allowed {
             self.active += cost;
             self.peak = self.peak.max(self.active);
         } else {
-            self.short += cost;
+            if first {
+                self.short += cost;
+            }
             // Held back by the fair share, nothing is coming: refuse now.
             self.urgent |= !self.exhausted && !fits_held;
         }

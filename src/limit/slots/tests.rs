@@ -255,7 +255,7 @@ fn atomic_members_are_renewed_a_quarter_of_their_expiry_apart_and_idle_entries_g
 fn a_spare_slot_moves_to_a_node_that_waits_within_a_few_syncs() {
     let mut redis = FakeRedis::default();
     let (mut a, mut b) = (SlotLease::new("k".into()), SlotLease::new("k".into()));
-    // Node a asked for 2 (its first request counted twice while it waited), uses 1.
+    // Node a asked for 2 (two requests came while it waited for its grant), uses 1.
     let _ = a.admit(1, 2);
     let _ = a.admit(1, 2);
     sync(&mut redis, 0, &mut a, 2, 3);
