@@ -13,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const LIMIT: u64 = 6;
+const ADMIN_TOKEN: &str = "fleet-concurrency-admin-token-0123";
 
 /// One policy, `in_flight`, of `LIMIT` requests in flight per client address fleet-wide.
 ///
@@ -300,7 +301,10 @@ fn open_websockets_hold_fleet_wide_slots_for_their_whole_life() {
         let redis = Redis::start();
         let echo = EchoServer::start();
         let nodes = fleet(&format!(
-            "redis:
+            "admin:
+  listen: {{admin_listen}}
+  token: {ADMIN_TOKEN}
+redis:
   url: {}
   timeout: 500ms
 upstreams:
@@ -338,6 +342,16 @@ routes:
             2,
             "{sync}: the refused upgrades never reached the backend"
         );
+        // A node with no socket of its own sees the fleet's two in the admin API.
+        let usage = get_with(
+            &agent(),
+            &nodes[2].admin_url("/admin/limits/sockets/127.0.0.1"),
+            &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        )
+        .json();
+        assert_eq!(usage["used"], 2, "{sync}: {usage}");
+        assert_eq!(usage["remaining"], 0, "{sync}: {usage}");
+        assert_eq!(usage["source"], "redis", "{sync}: {usage}");
         // Closing one frees its slot for any node.
         drop(first);
         let third = wait_for(
