@@ -289,6 +289,13 @@ fn ws_connect(
     match tungstenite::client(format!("ws://{}{path}", node.proxy), stream) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            eprintln!(
+                "refused: {:?} {:?}",
+                resp.headers(),
+                resp.body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).to_string())
+            );
             Err(resp.status().as_u16())
         }
         Err(e) => panic!("WebSocket handshake failed: {e}"),
@@ -325,8 +332,10 @@ routes:
             redis.url(),
             echo.addr
         ));
-        let first = ws_connect(&nodes[0], "/ws/echo").expect("first socket");
-        let mut second = ws_connect(&nodes[1], "/ws/echo").expect("second socket");
+        let first = ws_connect(&nodes[0], "/ws/echo")
+            .unwrap_or_else(|s| panic!("{sync}: first socket: {s}\n{}", nodes[0].logs()));
+        let mut second = ws_connect(&nodes[1], "/ws/echo")
+            .unwrap_or_else(|s| panic!("{sync}: second socket: {s}\n{}", nodes[1].logs()));
         // Idle for longer than a sync and a renewal: the open sockets still hold their
         // slots, on whichever node they came through.
         std::thread::sleep(Duration::from_millis(800));

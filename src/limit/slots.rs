@@ -156,6 +156,9 @@ impl SlotLease {
         } else {
             if first {
                 self.short += cost;
+            } else {
+                // A request still waiting for its grant: still wanted, counted once.
+                self.short = self.short.max(cost);
             }
             // Held back by the fair share, nothing is coming: refuse now.
             self.urgent |= !self.exhausted && !fits_held;

@@ -280,3 +280,22 @@ fn a_spare_slot_moves_to_a_node_that_waits_within_a_few_syncs() {
     }
     assert_eq!(a.held + b.held, 2);
 }
+
+#[test]
+fn a_grant_is_kept_for_the_request_still_waiting_for_it() {
+    let mut redis = FakeRedis::default();
+    let mut a = SlotLease::new("k".into());
+    let (_, _, pending) = a.admit_counted(1, 2, true);
+    assert_eq!(pending, Some(true), "the request waits for a grant");
+    let plan = a.plan(2, 3, redis.now, TTL).expect("asks for a slot");
+    // The request tries again while the round is under way, and wakes the sync task.
+    let (v, urgent, _) = a.admit_counted(1, 2, false);
+    assert!(!v.allowed && urgent);
+    let answer = redis.run(0, &plan, TTL);
+    a.apply(&plan, &answer);
+    assert_eq!(a.held, 1);
+    // The early round its retry asked for must not hand the slot back.
+    sync(&mut redis, 0, &mut a, 2, 3);
+    assert_eq!(a.held, 1, "the slot waits for its request");
+    assert!(a.admit_counted(1, 2, false).0.allowed);
+}
