@@ -289,13 +289,6 @@ fn ws_connect(
     match tungstenite::client(format!("ws://{}{path}", node.proxy), stream) {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            eprintln!(
-                "refused: {:?} {:?}",
-                resp.headers(),
-                resp.body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).to_string())
-            );
             Err(resp.status().as_u16())
         }
         Err(e) => panic!("WebSocket handshake failed: {e}"),
