@@ -566,3 +566,48 @@ fn named_admin_tokens_are_checked_with_their_paths() {
         "{stderr}"
     );
 }
+
+#[test]
+fn fleet_wide_concurrency_is_accepted_and_what_makes_no_sense_is_located() {
+    let config = |redis: bool, extra: &str| {
+        format!(
+            "{}upstreams:\n  a:\n    backends: [127.0.0.1:1]\nlimits:\n  c:\n    key: client_ip\n    algorithm: concurrency\n    limit: 6\n    scope: global\n{extra}routes:\n  - prefix: /a\n    upstream: a\n    limits: [c]\n",
+            if redis { "redis:\n  url: redis://127.0.0.1:6379\n" } else { "" }
+        )
+    };
+    for sync in ["async", "atomic"] {
+        let (code, stdout, stderr) = check(&config(true, &format!("    sync: {sync}\n")));
+        assert_eq!(code, 0, "{sync}: {stderr}");
+        assert!(stdout.contains("6 in flight"), "{stdout}");
+    }
+    // Each error names the file, line and column, and the key.
+    for (redis, extra, expected) in [
+        (
+            false,
+            "",
+            "FILE:9:12: limits.c.scope: a global limit needs a `redis` section",
+        ),
+        (
+            true,
+            "    on_limit: delay\n",
+            "FILE:12:15: limits.c.on_limit: a concurrency limit cannot tell when a slot frees up",
+        ),
+        (
+            true,
+            "    cost: response_json:usage.total_tokens\n",
+            "FILE:12:11: limits.c.cost:",
+        ),
+        (
+            true,
+            "    count_status: [200]\n",
+            "FILE:12:19: limits.c.count_status: a concurrency limit counts requests in flight",
+        ),
+    ] {
+        let (code, _, stderr) = check(&config(redis, extra));
+        assert_eq!(code, 2, "{extra}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "expected `{expected}` in:\n{stderr}"
+        );
+    }
+}

@@ -840,12 +840,6 @@ fn check_limits(config: &Config, report: &mut Report) {
                     "a global limit needs a `redis` section; add one or use scope: local",
                 );
             }
-            if algorithm == Algorithm::Concurrency {
-                report.error(
-                    format!("{base}.scope"),
-                    "concurrency limits are per node (a fleet-wide in-flight count would outlive crashed nodes); use scope: local",
-                );
-            }
             if algorithm == Algorithm::SlidingLog && limit.sync == SyncMode::Async {
                 report.error(format!("{base}.sync"), "sliding_log is exact and is kept in Redis; use sync: atomic (or sliding_window)");
             }

@@ -7,13 +7,16 @@ use super::link::{unix_ms, unix_ns, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::receipt::{ExactReceipt, Receipt};
 use super::scripts;
+use super::slots::{self, Held, SlotLease};
 use crate::config::{CostSpec, Mode, OnRedisError, Scope, SyncMode};
-use pingora_limits::inflight::Guard;
 
 /// What to do with a global async request whose lease cannot cover it yet while the fleet
 /// may still have quota (its grant is on its way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
+    /// A request's first decision ([`Policy::decide_now`]): as `Wait`, and what it asks
+    /// for counts toward the key's demand (its retries do not).
+    First,
     /// Let the caller wait for the next sync round.
     Wait,
     /// Redis answered for the key and left it dry: refuse, unless that answer left quota
@@ -71,7 +74,7 @@ pub struct Check {
     pub verdict: Verdict,
     pub outcome: Outcome,
     /// Held for the request's lifetime by concurrency limits.
-    pub guard: Option<Guard>,
+    pub guard: Option<Held>,
     /// What an admission took, to hand back if the request ends up refused or uncounted.
     pub receipt: Receipt,
 }
@@ -79,7 +82,7 @@ pub struct Check {
 impl Check {
     /// A refused request took nothing, so it keeps no receipt to hand back.
     #[inline]
-    fn new(verdict: Verdict, outcome: Outcome, guard: Option<Guard>, receipt: Receipt) -> Check {
+    fn new(verdict: Verdict, outcome: Outcome, guard: Option<Held>, receipt: Receipt) -> Check {
         let receipt = if verdict.allowed {
             receipt
         } else {
@@ -197,6 +200,9 @@ impl Policy {
                 next_round().await;
             }
         }
+        if let Params::Concurrency { max } = limiter.params {
+            return self.atomic_slots(limiter, facts, cost, max, link).await;
+        }
         match self.atomic(limiter, facts, cost, link).await {
             Ok(decided) => {
                 let check = self.finish(decided, false, None);
@@ -234,7 +240,7 @@ impl Policy {
         cost: u64,
         link: Option<&RedisLink>,
     ) -> Option<Check> {
-        self.decide(limiter, facts, cost, link, Pending::Wait)
+        self.decide(limiter, facts, cost, link, Pending::First)
     }
 
     #[inline]
@@ -270,26 +276,62 @@ impl Policy {
             })
         };
         if let (Scope::Global, Some(link), SyncMode::Atomic) = (self.scope, link, self.sync) {
-            if !matches!(limiter.params, Params::Concurrency { .. }) && reachable(link) {
+            if reachable(link) {
                 return None;
             }
         }
         let mut guard = None;
         let (decided, failed_open) = match (limiter.params, self.scope, link) {
-            (Params::Concurrency { max }, ..) => {
-                let inflight = limiter.inflight.as_ref();
-                let v = match inflight.map(|i| i.incr(hash, cost as isize)) {
-                    Some((g, count)) => {
-                        let v = algorithm::concurrency(count.max(0) as u64, max);
-                        if v.allowed {
-                            guard = Some(g);
-                        }
-                        v
-                    }
-                    None => algorithm::concurrency(0, max),
-                };
-                // The slot is released with the guard: nothing to hand back.
+            // Slots are released with the guard: nothing to hand back.
+            (Params::Concurrency { max }, Scope::Local, _)
+            | (Params::Concurrency { max }, Scope::Global, None) => {
+                let (v, held) = slots_alone(limiter, hash, cost, max);
+                guard = held;
                 ((v, Receipt::Nothing), false)
+            }
+            (Params::Concurrency { max }, Scope::Global, Some(link)) if !reachable(link) => {
+                match self.on_redis_error {
+                    OnRedisError::Closed => return Some(self.unavailable(limiter)),
+                    OnRedisError::Open => {
+                        let (v, held) = self.slots_without_redis(limiter, hash, cost, max, link);
+                        guard = held;
+                        ((v, Receipt::Nothing), true)
+                    }
+                }
+            }
+            (Params::Concurrency { max }, Scope::Global, Some(link)) => {
+                let first = pending == Pending::First;
+                match self.leased_slots(limiter, hash, facts, cost, max, link, first) {
+                    Some((v, held, Some(room))) => match pending {
+                        Pending::First | Pending::Wait => return None,
+                        // Slots may still come back from other nodes: wait for them
+                        // while `redis.timeout` allows.
+                        Pending::Refuse if room => return None,
+                        // Redis answered and no slot came in time: the fleet is full.
+                        Pending::Refuse | Pending::Last => ((v, Receipt::Nothing), false),
+                        Pending::Degrade => match self.on_redis_error {
+                            OnRedisError::Closed => return Some(self.unavailable(limiter)),
+                            OnRedisError::Open => {
+                                drop(held);
+                                let (v, held) =
+                                    self.slots_without_redis(limiter, hash, cost, max, link);
+                                guard = held;
+                                ((v, Receipt::Nothing), true)
+                            }
+                        },
+                    },
+                    Some((v, held, None)) => {
+                        guard = held;
+                        ((v, Receipt::Nothing), false)
+                    }
+                    None => {
+                        self.counters.untracked.inc();
+                        let share = crate::limit::slots::fair_share(max, link.nodes());
+                        let (v, held) = slots_alone(limiter, hash, cost, share);
+                        guard = held;
+                        ((v, Receipt::Nothing), false)
+                    }
+                }
             }
             (_, Scope::Local, _) | (_, Scope::Global, None) => {
                 (self.local(limiter, hash, cost, 1), false)
@@ -300,7 +342,7 @@ impl Policy {
             },
             (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
                 Some((decided, Some(room))) => match pending {
-                    Pending::Wait => return None,
+                    Pending::First | Pending::Wait => return None,
                     Pending::Refuse if room => return None,
                     Pending::Refuse => (decided, false),
                     Pending::Last if !room => (decided, false),
@@ -332,7 +374,7 @@ impl Policy {
         &self,
         (verdict, receipt): (Verdict, Receipt),
         failed_open: bool,
-        guard: Option<Guard>,
+        guard: Option<Held>,
     ) -> Check {
         let outcome = self.settle(&verdict, failed_open);
         Check::new(verdict, outcome, guard, receipt)
@@ -522,6 +564,172 @@ impl Policy {
             link.mark_urgent(limiter.id, hash);
         }
         Some((decided, pending))
+    }
+
+    /// A global async concurrency decision from the slots this node holds for the key;
+    /// `None` when the key table is full. `first`: the request's first try, whose slots
+    /// count toward the key's demand if it has to wait.
+    #[allow(clippy::too_many_arguments)]
+    fn leased_slots(
+        &self,
+        limiter: &Limiter,
+        hash: u64,
+        facts: &RequestFacts<'_>,
+        cost: u64,
+        max: u64,
+        link: &RedisLink,
+        first: bool,
+    ) -> Option<(Verdict, Option<Held>, Option<bool>)> {
+        let table = limiter.slots.as_ref()?;
+        let make = || SlotLease::new(key::text(&self.key, facts).into());
+        let (verdict, urgent, pending) =
+            table.with(hash, make, |l| l.admit_counted(cost, max, first))?;
+        if urgent {
+            link.mark_urgent(limiter.id, hash);
+        }
+        let held = verdict.allowed.then(|| {
+            let local = limiter
+                .inflight
+                .as_ref()
+                .map(|i| i.incr(hash, cost as isize).0);
+            Held::leased(local, table.clone(), hash, cost)
+        });
+        Some((verdict, held, pending))
+    }
+
+    /// A global concurrency decision while Redis cannot answer (`on_redis_error: open`):
+    /// this node's share of the limit among the live nodes, counting everything it has
+    /// in flight. In async mode the slots are claimed at the next sync, so that the
+    /// fleet's count covers them until they end.
+    #[cold]
+    fn slots_without_redis(
+        &self,
+        limiter: &Limiter,
+        hash: u64,
+        cost: u64,
+        max: u64,
+        link: &RedisLink,
+    ) -> (Verdict, Option<Held>) {
+        let share = slots::fair_share(max, link.nodes());
+        let (mut verdict, held) = slots_alone(limiter, hash, cost, share);
+        verdict.limit = max;
+        if let (Some(_), Some(table), SyncMode::Async) = (&held, &limiter.slots, self.sync) {
+            if table.get(hash, |l| l.admitted_alone(cost)).is_some() {
+                let local = held.and_then(Held::into_local);
+                return (
+                    verdict,
+                    Some(Held::leased(local, table.clone(), hash, cost)),
+                );
+            }
+        }
+        (verdict, held)
+    }
+
+    /// `sync: atomic` concurrency: one script per acquire; the release follows the
+    /// request's end (see [`slots`]).
+    async fn atomic_slots(
+        &self,
+        limiter: &Limiter,
+        facts: &RequestFacts<'_>,
+        cost: u64,
+        max: u64,
+        link: &RedisLink,
+    ) -> Check {
+        match self.acquire(limiter, facts, cost, max, link).await {
+            Ok((verdict, held)) => self.finish((verdict, Receipt::Nothing), false, held),
+            Err(e) => {
+                let text = key::text(&self.key, facts);
+                link.key_failed(
+                    "atomic",
+                    &self.redis_key(&link.config.key_prefix, &text, slots::MEMBERS_SUFFIX),
+                    &e,
+                );
+                match self.on_redis_error {
+                    OnRedisError::Closed => self.unavailable(limiter),
+                    OnRedisError::Open => {
+                        let hash = key::hash(limiter.id, &self.key, facts);
+                        let (verdict, held) =
+                            self.slots_without_redis(limiter, hash, cost, max, link);
+                        self.finish((verdict, Receipt::Nothing), true, held)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn acquire(
+        &self,
+        limiter: &Limiter,
+        facts: &RequestFacts<'_>,
+        cost: u64,
+        max: u64,
+        link: &RedisLink,
+    ) -> Result<(Verdict, Option<Held>), AtomicError> {
+        let mut connection = link.connection().ok_or(AtomicError::NotConnected)?;
+        let table = limiter.slots.clone().ok_or(AtomicError::NotConnected)?;
+        let text = key::text(&self.key, facts);
+        let hash = key::hash(limiter.id, &self.key, facts);
+        let redis_key = self.redis_key(&link.config.key_prefix, &text, slots::MEMBERS_SUFFIX);
+        let member: Box<str> = link.unique_member().into();
+        let ttl = lease::reservation_ttl_ms(link.config.sync_interval.as_millis() as u64);
+        let answer = bounded(
+            link.config.timeout,
+            scripts::SLOT_ACQUIRE_SCRIPT
+                .key(&redis_key)
+                .arg(max)
+                .arg(cost)
+                .arg(&*member)
+                .arg(ttl)
+                .invoke_async::<(u64, u64)>(&mut connection),
+        )
+        .await;
+        let slot = slots::AtomicSlot {
+            table: table.clone(),
+            hash,
+            member: member.clone(),
+            cost,
+            redis_key,
+            connection,
+            // Off the request path: a release may take longer than an acquire may.
+            timeout: (link.config.timeout * 4).max(std::time::Duration::from_millis(500)),
+            errors: link.metrics().redis_errors.with_label_values(&["release"]),
+        };
+        let (admitted, in_flight) = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The script may still run after the deadline: undo it, in order.
+                slots::release(slot);
+                return Err(e);
+            }
+        };
+        if admitted == 0 {
+            let mut verdict = algorithm::concurrency(max + 1, max);
+            verdict.remaining = max.saturating_sub(in_flight);
+            return Ok((verdict, None));
+        }
+        let make = || SlotLease::new(text.as_str().into());
+        let tracked = table
+            .with(hash, make, |l| l.members.push((member, cost)))
+            .is_some();
+        if !tracked {
+            // A slot this node could not renew would lapse while still in use.
+            slots::release(slot);
+            self.counters.untracked.inc();
+            return Ok(slots_alone(
+                limiter,
+                hash,
+                cost,
+                slots::fair_share(max, link.nodes()),
+            ));
+        }
+        let local = limiter
+            .inflight
+            .as_ref()
+            .map(|i| i.incr(hash, cost as isize).0);
+        Ok((
+            algorithm::concurrency(in_flight, max),
+            Some(Held::atomic(local, slot)),
+        ))
     }
 
     /// One request against this node's lease for its key: the verdict, whether the sync
@@ -719,6 +927,21 @@ impl Policy {
             }
             Params::Concurrency { max } => Ok((algorithm::concurrency(0, max), Receipt::Nothing)),
         }
+    }
+}
+
+/// Slots on this node alone: its in-flight estimator against `max`.
+fn slots_alone(limiter: &Limiter, hash: u64, cost: u64, max: u64) -> (Verdict, Option<Held>) {
+    match limiter
+        .inflight
+        .as_ref()
+        .map(|i| i.incr(hash, cost as isize))
+    {
+        Some((guard, count)) => {
+            let verdict = algorithm::concurrency(count.max(0) as u64, max);
+            (verdict, verdict.allowed.then(|| Held::local(Some(guard))))
+        }
+        None => (algorithm::concurrency(0, max), None),
     }
 }
 

@@ -91,9 +91,7 @@ fn sync_name(p: &Policy) -> &'static str {
 
 impl Policy {
     fn uses_redis(&self, link: Option<&RedisLink>) -> bool {
-        self.scope == Scope::Global
-            && !matches!(self.base.params, Params::Concurrency { .. })
-            && link.is_some_and(|l| l.is_up())
+        self.scope == Scope::Global && link.is_some_and(|l| l.is_up())
     }
 
     /// One key's usage now.
@@ -285,13 +283,67 @@ impl Policy {
                     let (_guard, count) = inflight.incr(hash, 0);
                     usage.used = count.max(0) as u64;
                 }
-                usage.remaining = max.saturating_sub(usage.used);
+                if let Some(link) = remote {
+                    // Fleet-wide: the slots in use on every node (`used`), and those other
+                    // nodes hold spare (`reserved`).
+                    let (used, spare) = self.fleet_slots(limiter, link, key_text, hash).await?;
+                    usage.used = used;
+                    usage.reserved = spare;
+                }
+                usage.remaining = max.saturating_sub(usage.used + usage.reserved);
             }
         }
         if remote.is_some() {
             usage.source = "redis";
         }
         Ok(usage)
+    }
+
+    /// A global concurrency key's slots in Redis: (in use fleet-wide, spare on other nodes).
+    /// Async: every other node's live holding as of its last sync, and this node's own
+    /// now. Atomic: the live members, one per slot in use.
+    async fn fleet_slots(
+        &self,
+        limiter: &Limiter,
+        link: &RedisLink,
+        key_text: &str,
+        hash: u64,
+    ) -> Result<(u64, u64), InspectError> {
+        let prefix = &link.config.key_prefix;
+        let now = unix_ms();
+        if self.sync == SyncMode::Atomic {
+            let mut count = redis::cmd("ZCOUNT");
+            count
+                .arg(self.redis_key(prefix, key_text, super::slots::MEMBERS_SUFFIX))
+                .arg(format!("({now}"))
+                .arg("+inf");
+            return Ok((query::<u64, _>(link, &count).await?, 0));
+        }
+        let mut all = redis::cmd("HGETALL");
+        all.arg(self.redis_key(prefix, key_text, super::slots::LEASES_SUFFIX));
+        let fields: Vec<(String, String)> = query(link, &all).await?;
+        let mine = link.reservation_field();
+        let (mut used, mut spare) = limiter
+            .slots
+            .as_ref()
+            .and_then(|t| t.get(hash, |l| (l.active, l.held.saturating_sub(l.active))))
+            .unwrap_or((0, 0));
+        for (name, value) in fields {
+            if !name.starts_with("r:") || name == mine {
+                continue;
+            }
+            let mut parts = value.split(':').map(|p| p.parse::<u64>().unwrap_or(0));
+            let (held, expires, unused) = (
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+                parts.next().unwrap_or(0),
+            );
+            if expires > now {
+                used += held.saturating_sub(unused);
+                spare += unused.min(held);
+            }
+        }
+        Ok((used, spare))
     }
 
     /// Resets one key: fleet-wide for global policies (the Redis state is deleted and every

@@ -17,6 +17,7 @@ pub mod receipt;
 pub mod scripts;
 pub mod settle;
 pub mod sketch;
+pub mod slots;
 pub mod sync;
 pub mod table;
 

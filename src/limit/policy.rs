@@ -6,6 +6,7 @@ use super::calendar::{Calendar, Periods};
 use super::headers::FieldTemplate;
 use super::lease::Lease;
 use super::sketch::{TatSketch, WindowSketch};
+use super::slots::SlotLease;
 use super::table::KeyTable;
 use crate::config::{
     Algorithm, CostSpec, KeyPart, LimitConfig, Mode, OnRedisError, Scope, SyncMode,
@@ -137,6 +138,8 @@ pub struct Limiter {
     pub inflight: Option<Arc<Inflight>>,
     pub logs: Option<Arc<KeyTable<SlidingLog>>>,
     pub leases: Arc<KeyTable<Lease>>,
+    /// Global concurrency limits: this node's slots per key.
+    pub slots: Option<Arc<KeyTable<SlotLease>>>,
     /// Keys blocked until a time (Unix ms), for policies with `block_for`.
     pub blocks: Option<Arc<KeyTable<u64>>>,
     /// The response fields' fixed parts, built once.
@@ -184,7 +187,10 @@ impl Limiter {
             } => Some(Periods::new(c)),
             _ => None,
         };
+        let slots = (global && matches!(params, Params::Concurrency { .. }))
+            .then(|| Arc::new(KeyTable::new(max_keys)));
         Limiter {
+            slots,
             periods,
             fields: FieldTemplate::new(policy, &params),
             tier,
@@ -221,6 +227,10 @@ impl Limiter {
         }
         old.leases.set_capacity(self.leases.capacity());
         self.leases = old.leases.clone();
+        if let (Some(_), Some(slots)) = (&self.slots, &old.slots) {
+            slots.set_capacity(max_keys);
+            self.slots = Some(slots.clone());
+        }
         let shrank = self.params.quota() < old.params.quota()
             || matches!((self.params, old.params), (Params::Bucket(new), Params::Bucket(was))
                 if new.interval_ns() > was.interval_ns());
@@ -588,6 +598,12 @@ impl Policy {
         self.scope == Scope::Global
             && self.sync == SyncMode::Async
             && self.algorithm != Algorithm::Concurrency
+    }
+
+    /// Whether this policy holds concurrency slots fleet-wide (kept in Redis, renewed by
+    /// the sync task).
+    pub fn holds_fleet_slots(&self) -> bool {
+        self.scope == Scope::Global && self.algorithm == Algorithm::Concurrency
     }
 
     /// The Redis key of one key's state, with the policy and key in a hash tag so every

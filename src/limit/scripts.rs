@@ -225,15 +225,136 @@ end
 return {0, math.max(0, limit - n), wait}
 "#;
 
+/// Concurrency slots leased to nodes (async), kept as a hash with one field per node:
+/// `r:<node>` = `slots:expires_ms:spare`, the slots that node holds (in use or spare) and
+/// how many of them it did not use at its last word, and `w:<node>` = `slots:expires_ms`,
+/// slots it asked for and could not get. A node states
+/// what it keeps (`held`, never more than it held before) and asks for `want` more; the
+/// script grants only what fits under the limit beside every other node's live
+/// reservation, so the fleet never holds more than the limit. A node that stops renewing
+/// (it crashed) loses its reservation when it expires, on the Redis clock.
+///
+/// KEYS[1] the key's hash
+/// ARGV: held, want, limit, node id, ttl_ms (of this node's fields), spare (of `held`)
+/// Returns {slots the fleet holds after the script, granted, slots other nodes wait for,
+/// slots other nodes hold spare}.
+pub const SLOTS: &str = r#"
+local held = tonumber(ARGV[1])
+local want = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local me = ARGV[4]
+local ttl = tonumber(ARGV[5])
+local spare = tonumber(ARGV[6])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local fields = redis.call('HGETALL', KEYS[1])
+local others, waiting, idle, expired = 0, 0, 0, {}
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  local kind = string.sub(name, 1, 2)
+  if string.sub(name, 3) ~= me then
+    local amount, expires, unused = string.match(fields[i + 1], '^(%d+):(%d+):?(%d*)$')
+    if amount and tonumber(expires) > now then
+      if kind == 'r:' then
+        others = others + tonumber(amount)
+        if unused ~= '' then
+          idle = idle + tonumber(unused)
+        end
+      else
+        waiting = waiting + tonumber(amount)
+      end
+    else
+      expired[#expired + 1] = name
+    end
+  end
+end
+if #expired > 0 then
+  redis.call('HDEL', KEYS[1], unpack(expired))
+end
+local room = limit - others - held
+local grant = 0
+if room > 0 then
+  grant = math.min(want, room)
+end
+local mine = held + grant
+if mine > 0 then
+  redis.call('HSET', KEYS[1], 'r:' .. me, string.format('%d:%d:%d', mine, now + ttl, spare + grant))
+else
+  redis.call('HDEL', KEYS[1], 'r:' .. me)
+end
+if want > grant then
+  redis.call('HSET', KEYS[1], 'w:' .. me, string.format('%d:%d', want - grant, now + ttl))
+else
+  redis.call('HDEL', KEYS[1], 'w:' .. me)
+end
+redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
+return {others + mine, grant, waiting, idle}
+"#;
+
+/// A concurrency slot acquired per request (atomic): a sorted set of the slots in use,
+/// one member per slot, scored by when it expires on the Redis clock. Expired members
+/// (their node stopped renewing them: it crashed) are dropped first; the request's
+/// members are added only if they all fit under the limit.
+///
+/// KEYS[1] the key's sorted set
+/// ARGV: limit, cost, member prefix (unique per node and request), ttl_ms
+/// Returns {admitted (0/1), slots in use after}.
+pub const SLOT_ACQUIRE: &str = r#"
+local limit = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n + cost > limit then
+  return {0, n}
+end
+for i = 1, cost do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[3] .. ':' .. i)
+end
+redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
+return {1, n + cost}
+"#;
+
+/// Renews the slots one node's requests still hold (atomic). Members already gone (their
+/// request ended, or they expired) stay gone.
+///
+/// KEYS[1] the key's sorted set
+/// ARGV: ttl_ms, then the members
+/// Returns {members renewed}.
+pub const SLOT_RENEW: &str = r#"
+local ttl = tonumber(ARGV[1])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[i])
+end
+if renewed > 0 then
+  redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
+end
+return {renewed}
+"#;
+
 pub static WINDOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WINDOW));
 pub static BUCKET_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(BUCKET));
 pub static LOG_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(LOG));
 
+pub static SLOTS_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SLOTS));
+pub static SLOT_ACQUIRE_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(SLOT_ACQUIRE));
+pub static SLOT_RENEW_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(SLOT_RENEW));
+
 /// Every script, for loading them after a NOSCRIPT answer.
-pub fn all() -> [(&'static str, &'static redis::Script); 3] {
+pub fn all() -> [(&'static str, &'static redis::Script); 6] {
     [
         (WINDOW, &WINDOW_SCRIPT),
         (BUCKET, &BUCKET_SCRIPT),
         (LOG, &LOG_SCRIPT),
+        (SLOTS, &SLOTS_SCRIPT),
+        (SLOT_ACQUIRE, &SLOT_ACQUIRE_SCRIPT),
+        (SLOT_RENEW, &SLOT_RENEW_SCRIPT),
     ]
 }

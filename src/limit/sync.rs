@@ -6,6 +6,7 @@ use super::lease::{self, BucketAnswer, BucketPlan, Lease, Prefetch, WindowAnswer
 use super::link::{unix_ms, RedisLink};
 use super::policy::{self, Limiter, Params, Policy};
 use super::scripts;
+use super::slots::{self, SlotAnswer, SlotLease, SlotPlan};
 use crate::gateway::SharedGateway;
 use crate::redis_store::{Answer, Connection};
 use async_trait::async_trait;
@@ -100,7 +101,11 @@ impl BackgroundService for LimitSync {
                 for policy in gateway.policies.values() {
                     let keys: usize = policy
                         .limiters()
-                        .map(|l| l.leases.len() + l.logs.as_ref().map_or(0, |t| t.len()))
+                        .map(|l| {
+                            l.leases.len()
+                                + l.logs.as_ref().map_or(0, |t| t.len())
+                                + l.slots.as_ref().map_or(0, |t| t.len())
+                        })
                         .sum();
                     policy.counters.active_keys.set(keys as i64);
                 }
@@ -136,6 +141,13 @@ impl BackgroundService for LimitSync {
                             let window = limiter.window_at(now).id;
                             limiter.leases.for_each(|_, lease| lease.release(window));
                         }
+                    }
+                }
+                // Spare slots go back; those in use expire if this node's requests
+                // outlive it.
+                for policy in gateway.policies.values().filter(|p| p.holds_fleet_slots()) {
+                    for table in policy.limiters().filter_map(|l| l.slots.as_ref()) {
+                        table.for_each(|_, lease| lease.release_spare());
                     }
                 }
                 self.sync_once(link, connection, &gateway.policies, Round::Final)
@@ -232,6 +244,20 @@ enum Slot<'a> {
         key: Arc<str>,
         plan: BucketPlan,
     },
+    /// A concurrency lease (async).
+    Slots {
+        limiter: &'a Limiter,
+        hash: u64,
+        key: Arc<str>,
+        plan: SlotPlan,
+    },
+    /// The members of this node's requests in flight under an atomic concurrency limit.
+    Renew {
+        limiter: &'a Limiter,
+        hash: u64,
+        key: Arc<str>,
+        members: Vec<String>,
+    },
 }
 
 /// What a sync round covers.
@@ -290,9 +316,10 @@ async fn lease_round(
     let sync_ms = link.config.sync_interval.as_millis() as u64;
     let leased: Vec<&Policy> = policies
         .values()
-        .filter(|p| p.is_leased())
+        .filter(|p| p.is_leased() || p.holds_fleet_slots())
         .map(|p| &**p)
         .collect();
+    let ttl = lease::reservation_ttl_ms(sync_ms);
     let mut batch = Batch::new(link, &mut connection, now, deadline);
     if round == Round::Urgent {
         // Only the keys that asked, so a flood of new keys does not make every early
@@ -303,13 +330,20 @@ async fn lease_round(
                 .flat_map(|p| p.limiters().map(move |l| (*p, l)))
                 .find(|(_, l)| l.id == limiter_id);
             if let Some((policy, limiter)) = found {
-                if let Some(slot) = limiter
-                    .leases
-                    .get(hash, |lease| {
-                        plan(limiter, hash, lease, now, nodes, sync_ms)
-                    })
-                    .flatten()
-                {
+                let slot = match &limiter.slots {
+                    Some(table) => table
+                        .get(hash, |lease| {
+                            plan_slots(policy, limiter, hash, lease, now, nodes, ttl)
+                        })
+                        .flatten(),
+                    None => limiter
+                        .leases
+                        .get(hash, |lease| {
+                            plan(limiter, hash, lease, now, nodes, sync_ms)
+                        })
+                        .flatten(),
+                };
+                if let Some(slot) = slot {
                     batch.push(slot, policy).await;
                 }
             }
@@ -320,6 +354,15 @@ async fn lease_round(
             for policy in &leased {
                 for limiter in policy.limiters() {
                     let mut slots = Vec::new();
+                    if let Some(table) = &limiter.slots {
+                        table.for_each_in_shard(shard, |hash, lease| {
+                            if let Some(slot) =
+                                plan_slots(policy, limiter, hash, lease, now, nodes, ttl)
+                            {
+                                slots.push(slot);
+                            }
+                        });
+                    }
                     limiter.leases.for_each_in_shard(shard, |hash, lease| {
                         if let Some(slot) = plan(limiter, hash, lease, now, nodes, sync_ms) {
                             slots.push(slot);
@@ -466,6 +509,9 @@ fn evict(policies: &std::collections::BTreeMap<String, Arc<Policy>>, now: u64) {
             if !policy.is_leased() {
                 evict_exact(limiter, now);
             }
+            if let Some(table) = &limiter.slots {
+                table.retain(|_, lease| !lease.is_idle());
+            }
             match limiter.params {
                 Params::Window { .. } if policy.is_leased() => {
                     let window = Some(limiter.window_at(now).id);
@@ -540,6 +586,39 @@ fn plan<'a>(
     }
 }
 
+/// One key's concurrency slots for this round: a lease to top up, renew or hand back
+/// (async), or the members of requests in flight to renew (atomic).
+fn plan_slots<'a>(
+    policy: &Policy,
+    limiter: &'a Limiter,
+    hash: u64,
+    lease: &mut SlotLease,
+    now: u64,
+    nodes: u64,
+    ttl: u64,
+) -> Option<Slot<'a>> {
+    let Params::Concurrency { max } = limiter.params else {
+        return None;
+    };
+    let key = lease.key.clone();
+    match policy.sync {
+        crate::config::SyncMode::Async => {
+            lease.plan(max, nodes, now, ttl).map(|plan| Slot::Slots {
+                limiter,
+                hash,
+                key,
+                plan,
+            })
+        }
+        crate::config::SyncMode::Atomic => lease.renewal(now, ttl).map(|members| Slot::Renew {
+            limiter,
+            hash,
+            key,
+            members,
+        }),
+    }
+}
+
 /// Runs a chunk's plans, split per master on a cluster; the answers of each plan's
 /// commands, in the chunk's order.
 async fn run_chunk(
@@ -552,6 +631,7 @@ async fn run_chunk(
     let deadline = deadline + PER_PLAN * chunk.len() as u32;
     let prefix = &link.config.key_prefix;
     let field = link.reservation_field();
+    let ttl = lease::reservation_ttl_ms(link.config.sync_interval.as_millis() as u64);
     let mut pipe = redis::pipe();
     let mut sizes = Vec::with_capacity(chunk.len());
     for (slot, policy) in chunk {
@@ -575,7 +655,6 @@ async fn run_chunk(
                 };
                 let window_ms = span.len_ms();
                 let keep = limiter.window_keep_ms(span, now);
-                let ttl = lease::reservation_ttl_ms(link.config.sync_interval.as_millis() as u64);
                 let mut add = |current: u64, delta: i64, held: u64, want: u64, elapsed: u64| {
                     pipe.invoke_script(
                         scripts::WINDOW_SCRIPT
@@ -630,6 +709,26 @@ async fn run_chunk(
                         .arg(lease::reservation_ttl_ms(
                             link.config.sync_interval.as_millis() as u64,
                         )),
+                );
+            }
+            Slot::Slots { key, plan, .. } => {
+                pipe.invoke_script(
+                    scripts::SLOTS_SCRIPT
+                        .key(policy.redis_key(prefix, key, slots::LEASES_SUFFIX))
+                        .arg(plan.held)
+                        .arg(plan.want)
+                        .arg(plan.limit)
+                        .arg(link.node_id())
+                        .arg(ttl)
+                        .arg(plan.spare),
+                );
+            }
+            Slot::Renew { key, members, .. } => {
+                pipe.invoke_script(
+                    scripts::SLOT_RENEW_SCRIPT
+                        .key(policy.redis_key(prefix, key, slots::MEMBERS_SUFFIX))
+                        .arg(ttl)
+                        .arg(members),
                 );
             }
         }
@@ -716,6 +815,24 @@ fn settle(link: &RedisLink, chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<An
                     link.mark_urgent(limiter.id, hash);
                 }
             }
+            Slot::Slots {
+                limiter,
+                hash,
+                plan,
+                ..
+            } => {
+                let a = next();
+                let answer = SlotAnswer {
+                    total: field(&a, 0),
+                    grant: field(&a, 1),
+                    waiting: field(&a, 2),
+                    spare: field(&a, 3),
+                };
+                if let Some(table) = &limiter.slots {
+                    table.get(hash, |lease| lease.apply(&plan, &answer));
+                }
+            }
+            Slot::Renew { .. } => {}
         }
     }
 }
@@ -738,6 +855,11 @@ fn restore(slot: Slot<'_>) {
                 ..
             } => {
                 limiter.leases.get(hash, |lease| lease.restore_bucket(plan));
+            }
+            Slot::Slots { limiter, hash, .. } | Slot::Renew { limiter, hash, .. } => {
+                if let Some(table) = &limiter.slots {
+                    table.get(hash, SlotLease::restore);
+                }
             }
         }
     }

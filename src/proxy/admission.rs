@@ -13,16 +13,16 @@ use crate::limit::headers::{self, Fields};
 use crate::limit::meter::Meter;
 use crate::limit::receipt::{hand_back, Taken};
 use crate::limit::settle::Unusable;
+use crate::limit::slots::Held;
 use crate::limit::{Check, Outcome, Receipt, RequestFacts};
 use http::HeaderValue;
-use pingora_limits::inflight::Guard;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub enum Admission {
     Pass {
         headers: Fields,
-        guards: Vec<Guard>,
+        guards: Vec<Held>,
         summary: Option<Summary>,
         /// Admissions by policies that count only some responses (`count_status`) or
         /// whose cost comes from the response, by index into the route's limits:

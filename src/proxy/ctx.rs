@@ -2,8 +2,8 @@
 
 use crate::gateway::{Gateway, Route};
 use crate::lifecycle::InFlightGuard;
+use crate::limit::slots::Held;
 use http::HeaderValue;
-use pingora_limits::inflight::Guard;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,7 +58,7 @@ pub struct RequestCtx {
     /// The `Strict-Transport-Security` value of the request's listener.
     pub hsts: Option<HeaderValue>,
     /// Concurrency slots, released when the request ends.
-    pub _guards: Vec<Guard>,
+    pub _guards: Vec<Held>,
     /// Admissions that count only if the response has one of the policy's `count_status`.
     pub uncounted: Vec<(usize, crate::limit::Receipt)>,
     /// Reads the cost the response reports, for policies whose cost comes from it.
