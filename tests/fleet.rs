@@ -49,17 +49,8 @@ routes:
         redis.url(),
         stub.address()
     );
-    let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::spawn(&config)).collect();
-    for node in &nodes {
-        node.wait_ready();
-    }
     // Every node must see the others before the measurement starts.
-    wait_for("three live nodes", Duration::from_secs(5), || {
-        nodes
-            .iter()
-            .all(|n| n.metric("tollgate_redis_nodes") == Some(3.0))
-            .then_some(())
-    });
+    let nodes = Tollgate::fleet(&config, 3);
     (redis, stub, nodes)
 }
 

@@ -52,18 +52,7 @@ limits:
 }
 
 fn fleet(config: &str) -> Vec<Tollgate> {
-    let nodes: Vec<Tollgate> = (0..3).map(|_| Tollgate::spawn(config)).collect();
-    for node in &nodes {
-        node.wait_ready();
-        node.wait_redis_up(Duration::from_secs(10));
-    }
-    wait_for("three live nodes", Duration::from_secs(10), || {
-        nodes
-            .iter()
-            .all(|n| n.metric("tollgate_redis_nodes") == Some(3.0))
-            .then_some(())
-    });
-    nodes
+    Tollgate::fleet(config, 3)
 }
 
 /// An agent that outwaits the longest request here (the harness's gives up at 10 s).

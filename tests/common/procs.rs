@@ -215,6 +215,23 @@ impl Tollgate {
             .expect("spawn tollgate")
     }
 
+    /// Starts `n` nodes on one config and waits until each is ready, reaches Redis and
+    /// counts all `n` live (a share computed before that would be of a smaller fleet).
+    pub fn fleet(body: &str, n: usize) -> Vec<Tollgate> {
+        let nodes: Vec<Tollgate> = (0..n).map(|_| Tollgate::spawn(body)).collect();
+        for node in &nodes {
+            node.wait_ready();
+            node.wait_redis_up(Duration::from_secs(10));
+        }
+        wait_for(&format!("{n} live nodes"), Duration::from_secs(10), || {
+            nodes
+                .iter()
+                .all(|node| node.metric("tollgate_redis_nodes") == Some(n as f64))
+                .then_some(())
+        });
+        nodes
+    }
+
     pub fn wait_ready(&self) {
         assert!(
             self.wait_ready_or_exit(),

@@ -123,10 +123,9 @@ fn serve(stream: TcpStream, shared: &Shared) {
             .nth(1)
             .unwrap_or("/")
             .to_string();
-        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        let ok = answer(&mut out, &path, shared).is_ok();
-        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut counted = InFlight::enter(shared);
+        let ok = answer(&mut out, &path, shared, &mut counted).is_ok();
+        counted.leave();
         shared.served.fetch_add(1, Ordering::SeqCst);
         if !ok {
             return;
@@ -134,7 +133,35 @@ fn serve(stream: TcpStream, shared: &Shared) {
     }
 }
 
-fn answer(out: &mut TcpStream, path: &str, shared: &Shared) -> std::io::Result<()> {
+/// One request counted in flight, from its arrival until it is left (at most once).
+struct InFlight<'a> {
+    shared: &'a Shared,
+    counted: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight {
+            shared,
+            counted: true,
+        }
+    }
+
+    fn leave(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn answer(
+    out: &mut TcpStream,
+    path: &str,
+    shared: &Shared,
+    counted: &mut InFlight<'_>,
+) -> std::io::Result<()> {
     let mut parts = path.rsplitn(3, '/');
     let arg = parts.next().unwrap_or("");
     let kind = parts.next().unwrap_or("");
@@ -166,6 +193,11 @@ fn answer(out: &mut TcpStream, path: &str, shared: &Shared) -> std::io::Result<(
         }
         "slow" => {
             std::thread::sleep(Duration::from_millis(arg.parse().unwrap_or(100)));
+            // Done before the answer goes out: the proxy frees the request's slot once it
+            // has the answer, and a count left after the write would still hold it while
+            // this thread waits for a core, so the next admitted request would seem one
+            // too many.
+            counted.leave();
             fixed(out, "", "ok")
         }
         "sse" => {
