@@ -184,15 +184,19 @@ pub async fn serve(listener: TcpListener, options: &Options) {
     }
 }
 
-/// Runs a stub on threads of its own, returning once it is listening.
-pub fn spawn(options: Options) -> std::io::Result<std::thread::JoinHandle<()>> {
+/// Runs a stub on threads of its own, returning once it is listening, with the address it
+/// bound: with port 0 the system picks a free one, which is the only race-free way for a
+/// caller to get a port nobody else holds.
+pub fn spawn(options: Options) -> std::io::Result<(std::thread::JoinHandle<()>, SocketAddr)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.threads.max(1))
         .thread_name(format!("stub-{}", options.name))
         .enable_all()
         .build()?;
     let listener = runtime.block_on(TcpListener::bind(options.listen))?;
-    std::thread::Builder::new()
+    let bound = listener.local_addr()?;
+    let handle = std::thread::Builder::new()
         .name(format!("stub-{}", options.name))
-        .spawn(move || runtime.block_on(serve(listener, &options)))
+        .spawn(move || runtime.block_on(serve(listener, &options)))?;
+    Ok((handle, bound))
 }

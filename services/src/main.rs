@@ -11,7 +11,7 @@ struct Args {
     /// The service name reported in every answer (`{"service":"a",...}`).
     #[arg(long, default_value = "a")]
     name: String,
-    /// Address to listen on.
+    /// Address to listen on; with port 0 the system picks one, printed on stdout.
     #[arg(long, default_value = "127.0.0.1:8001")]
     listen: SocketAddr,
     /// Fixed delay before every answer except /health, e.g. 50ms or 2s.
@@ -54,11 +54,9 @@ fn main() -> ExitCode {
         threads: args.threads,
     };
     match stub_service::spawn(options) {
-        Ok(handle) => {
-            eprintln!(
-                "stub-service {} listening on http://{}",
-                args.name, args.listen
-            );
+        Ok((handle, bound)) => {
+            // On stdout, one line, so a caller that asked for port 0 can read the port.
+            println!("stub-service {} listening on http://{bound}", args.name);
             let _ = handle.join();
             ExitCode::SUCCESS
         }

@@ -1,6 +1,7 @@
 //! The stub binary itself: what tollgate's tests and benchmarks rely on it to do.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,35 +15,26 @@ impl Drop for Running {
 }
 
 fn start(args: &[&str]) -> Running {
-    // A port picked free can be taken by another process before the stub binds it; then
-    // the stub exits and something else answers. Ready means our child is alive and
-    // answering, else try another port.
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stub-service"))
-            .args(["--listen", &addr.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if child.try_wait().unwrap().is_some() {
-                break; // it could not bind: another port
-            }
-            if TcpStream::connect(addr).is_ok() && child.try_wait().unwrap().is_none() {
-                return Running(child, addr);
-            }
-            assert!(Instant::now() < deadline, "stub did not start listening");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("stub-service exited at start on five free ports in a row");
+    // Port 0 and the address the stub prints: a port picked free beforehand can be taken
+    // by another test's stub before this one binds it, and then the wrong stub answers.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stub-service"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+        .unwrap_or_else(|| panic!("stub-service printed no address: {line:?}"));
+    Running(child, addr)
 }
 
 fn agent() -> ureq::Agent {

@@ -1,7 +1,8 @@
 //! Real processes under test: stub backends, tollgate instances and redis servers.
 
-use super::{free_port, port_open, wait_for};
+use super::{free_port, wait_for};
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -56,32 +57,47 @@ impl Stub {
     }
 
     pub fn start_with(name: &str, args: &[&str]) -> Stub {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut stub = Stub {
             child: None,
             name: name.to_string(),
-            addr,
+            // Port 0: the stub binds a port the system picks and prints it, so no other
+            // process can take it between choosing and binding.
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             args: args.iter().map(|s| s.to_string()).collect(),
         };
         stub.launch();
         stub
     }
 
+    /// Starts the stub on `self.addr` and waits until it prints the address it listens on.
     fn launch(&mut self) {
-        let child = Command::new(workspace_bin("stub-service"))
+        let mut child = Command::new(workspace_bin("stub-service"))
             .args(["--name", &self.name, "--listen", &self.addr.to_string()])
             .args(&self.args)
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn stub-service");
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            // Printed once bound; an exit (a port taken on restart) ends the read empty.
+            let _ = BufReader::new(stdout).read_line(&mut line);
+        }
+        let bound = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        let Some(bound) = bound else {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!(
+                "stub {} could not listen on {} (exit: {status:?})",
+                self.name, self.addr
+            );
+        };
+        self.addr = bound;
         self.child = Some(child);
-        let addr = self.addr;
-        wait_for(
-            &format!("stub {} on {addr}", self.name),
-            Duration::from_secs(10),
-            || port_open(addr).then_some(()),
-        );
     }
 
     /// `host:port` for a config's backend list.
