@@ -234,9 +234,17 @@ impl Tollgate {
     /// Starts `n` nodes on one config and waits until each is ready, reaches Redis and
     /// counts all `n` live (a share computed before that would be of a smaller fleet).
     pub fn fleet(body: &str, n: usize) -> Vec<Tollgate> {
-        let nodes: Vec<Tollgate> = (0..n).map(|_| Tollgate::spawn(body)).collect();
-        for node in &nodes {
-            node.wait_ready();
+        let mut nodes: Vec<Tollgate> = (0..n).map(|_| Tollgate::spawn(body)).collect();
+        for node in &mut nodes {
+            if !node.wait_ready_or_exit() {
+                let logs = node.logs();
+                assert!(
+                    logs.contains("Address already in use"),
+                    "tollgate exited before it was ready:\n{logs}"
+                );
+                // A port taken between picking and binding: start this one again.
+                *node = Tollgate::start(body);
+            }
             node.wait_redis_up(Duration::from_secs(10));
         }
         wait_for(&format!("{n} live nodes"), Duration::from_secs(10), || {
