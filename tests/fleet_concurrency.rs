@@ -4,6 +4,7 @@
 //! front of a backend that counts the requests it has in flight.
 
 mod common;
+use common::h2load;
 use common::usage_backend::UsageBackend;
 use common::ws::EchoServer;
 use common::*;
@@ -359,5 +360,159 @@ routes:
             "{sync}: the socket that held its slot still works"
         );
         drop((second, third));
+    }
+}
+
+#[test]
+fn http2_streams_hold_fleet_wide_slots_for_their_whole_life() {
+    for sync in ["async", "atomic"] {
+        let redis = Redis::start();
+        let backend = UsageBackend::start();
+        let nodes = fleet(&format!(
+            "listen:
+  - address: {{proxy_listen}}
+    http2: true
+{}",
+            config(&redis, &backend, sync)
+        ));
+        // One prior-knowledge h2c connection a node, 8 streams each, all sent at once and
+        // held 2 s by the backend: 24 streams against 6 slots fleet-wide.
+        let loads: Vec<JoinHandle<(u64, u64, String)>> = nodes
+            .iter()
+            .map(|n| {
+                let url = n.url("/llm/slow/2000");
+                std::thread::spawn(move || h2load::h2load(&url, &["-c1", "-m8", "-n8"]))
+            })
+            .collect();
+        let results: Vec<(u64, u64, String)> = loads
+            .into_iter()
+            .map(|l| l.join().expect("h2load"))
+            .collect();
+        let ok: u64 = results.iter().map(|r| r.0).sum();
+        let limited: u64 = results.iter().map(|r| r.1).sum();
+        let text: String = results.iter().map(|r| r.2.as_str()).collect();
+        assert!(text.contains("Application protocol: h2c"), "{sync}: {text}");
+        assert_eq!(ok + limited, 24, "{sync}: every stream answered\n{text}");
+        let most = backend.max_in_flight();
+        assert!(
+            most <= LIMIT,
+            "{sync}: {most} streams reached the backend at once; the fleet's limit is {LIMIT}\n{text}"
+        );
+        // Some moment has 5 or 6 in flight: a freed slot may wait a sync (50 ms) to move.
+        assert!(
+            most >= LIMIT - 1,
+            "{sync}: at most {most} streams ran at once\n{text}"
+        );
+        assert!(
+            limited > 0,
+            "{sync}: 24 streams on 6 slots were never refused"
+        );
+        // Ended streams gave their slots back: six more streams on one node all pass.
+        wait_for(
+            &format!("{sync}: six streams admitted once the first ones ended"),
+            Duration::from_secs(10),
+            || {
+                let (ok, _, _) =
+                    h2load::h2load(&nodes[1].url("/llm/slow/1"), &["-c1", "-m6", "-n6"]);
+                (ok == LIMIT).then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn slots_admitted_without_redis_are_claimed_when_it_comes_back() {
+    for sync in ["atomic", "async"] {
+        let mut redis = Redis::start();
+        let backend = UsageBackend::start();
+        let nodes = fleet(&format!(
+            "admin:
+  listen: {{admin_listen}}
+  token: {ADMIN_TOKEN}
+{}",
+            // Room for a slow first grant once Redis is back: see below.
+            config(&redis, &backend, sync).replace("timeout: 500ms", "timeout: 2s")
+        ));
+        redis.kill();
+        wait_for(
+            &format!("{sync}: every node seeing Redis gone"),
+            Duration::from_secs(10),
+            || {
+                nodes
+                    .iter()
+                    .all(|n| n.metric("tollgate_redis_up") == Some(0.0))
+                    .then_some(())
+            },
+        );
+        // Node 0 admits two long requests on its share (2 of 6 among 3 nodes).
+        let stop = Arc::new(AtomicBool::new(false));
+        let holders: Vec<JoinHandle<bool>> = (0..2)
+            .map(|_| client_until_admitted(nodes[0].url("/llm/slow/20000"), stop.clone()))
+            .collect();
+        wait_for(
+            &format!("{sync}: node 0 admitting its share"),
+            Duration::from_secs(10),
+            || (backend.in_flight() == 2).then_some(()),
+        );
+        redis.restart();
+        // Once Redis is back, the fleet's count covers the two requests still running.
+        wait_for(
+            &format!("{sync}: the two requests admitted alone counted in Redis"),
+            Duration::from_secs(10),
+            || {
+                let usage = try_get_with(
+                    &agent(),
+                    &nodes[2].admin_url("/admin/limits/in_flight/127.0.0.1"),
+                    &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+                )
+                .ok()?
+                .json();
+                (usage["source"] == "redis" && usage["used"] == 2).then_some(())
+            },
+        );
+        // Eight requests at once through the other nodes: only 4 slots are left. A node
+        // whose Redis answer took longer than `redis.timeout` (a machine stalled for 2 s)
+        // decides on its own share instead, as `on_redis_error: open` says: such an
+        // attempt says nothing about claims, and is made again (the two requests run 20 s).
+        let failed_open = |node: &Tollgate| {
+            node.metric(
+                "tollgate_ratelimit_decisions_total{policy=\"in_flight\",result=\"failed_open\"}",
+            )
+            .unwrap_or(0.0)
+        };
+        let agent = patient_agent();
+        let mut judged = None;
+        for _ in 0..3 {
+            let before: f64 = nodes[1..].iter().map(failed_open).sum();
+            let statuses: Vec<u16> = (0..8)
+                .map(|i| {
+                    let (agent, url) = (agent.clone(), nodes[1 + i % 2].url("/llm/slow/1500"));
+                    std::thread::spawn(move || {
+                        try_get_with(&agent, &url, &[]).map_or(0, |r| r.status)
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().expect("client"))
+                .collect();
+            if nodes[1..].iter().map(failed_open).sum::<f64>() == before {
+                judged = Some(statuses);
+                break;
+            }
+        }
+        let statuses = judged.unwrap_or_else(|| {
+            panic!("{sync}: three attempts in a row decided without Redis (redis.timeout 2 s)")
+        });
+        let ok = statuses.iter().filter(|&&s| s == 200).count();
+        assert!(
+            ok <= 4,
+            "{sync}: {ok} admitted beside the 2 admitted without Redis; 4 slots were left: {statuses:?}"
+        );
+        assert!(
+            ok >= 1,
+            "{sync}: the 4 slots left were not used: {statuses:?}"
+        );
+        stop.store(true, Ordering::Relaxed);
+        drop((holders, nodes));
     }
 }

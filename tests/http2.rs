@@ -3,10 +3,10 @@
 
 mod common;
 use common::certs::Ca;
+use common::h2load::h2load;
 use common::tls::{client_config, TlsConn};
 use common::*;
 use std::io::{Read, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 struct Setup {
@@ -57,30 +57,6 @@ routes:
         stub,
         t,
     }
-}
-
-/// Runs h2load and returns its `status codes:` line's (2xx, 4xx).
-fn h2load(url: &str, args: &[&str]) -> (u64, u64, String) {
-    require_tool(
-        "h2load",
-        "install it with `apt-get install -y nghttp2-client`",
-    );
-    let out = output_within(
-        Command::new("h2load").args(args).arg(url),
-        Duration::from_secs(60),
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("status codes:"))
-        .unwrap_or_else(|| panic!("no status line from h2load:\n{text}"));
-    let count = |class: &str| -> u64 {
-        line.split(',')
-            .find(|p| p.contains(class))
-            .and_then(|p| p.split_whitespace().find_map(|w| w.parse().ok()))
-            .unwrap_or(0)
-    };
-    (count("2xx"), count("4xx"), text)
 }
 
 #[test]

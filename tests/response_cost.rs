@@ -104,6 +104,7 @@ fn a_token_budget_is_spent_by_what_json_responses_report() {
         early_in_the_minute();
         let replies = one_by_one_settled(&nodes, "/llm/json/100", 20, 100.0);
         let n = admitted(&replies);
+        eprintln!("{sync}: {n} admitted");
         if sync == "atomic" {
             // Each settled in Redis before the next: the tenth leaves nothing, so the
             // eleventh finds less than its reserve. (A request sent before the one ahead
@@ -114,13 +115,17 @@ fn a_token_budget_is_spent_by_what_json_responses_report() {
                 "{sync}: 1000 tokens at 100 a response admitted {n} requests, not 10"
             );
         } else {
-            // Async: also the reserve units each node held when the window filled (two
-            // syncs' worth of its demand: at most a few units at this pace), the
-            // documented bound; a node stops spending them once it hears of the debt.
-            // Measured: 13 or 14 (16 requests within a second, 50 ms syncs).
+            // Async: a node admits from what it holds only when that covers a typical
+            // response (100 here), and a debt syncs at once. Once the fleet cannot grant
+            // more, the last 100 tokens may sit split over the three nodes' leases, and
+            // a node whose request finds its reserve there admits it after asking Redis:
+            // if the node that went into debt has not reported it by then (its urgent
+            // sync racing this node's), that is one more request, at most one per other
+            // node. Measured: 10 in 13 runs of 15, 11 in the other two (beside the full suite
+            // and two builds).
             assert!(
-                (10..=17).contains(&n),
-                "{sync}: 1000 tokens at 100 a response admitted {n} requests; the bound is 10, plus one in flight, plus the units the 3 nodes held at the crossing"
+                (10..=12).contains(&n),
+                "{sync}: 1000 tokens at 100 a response admitted {n} requests; the bound is 10, plus one for each other node whose lease held the last tokens while a debt was on its way to Redis"
             );
         }
         assert!(

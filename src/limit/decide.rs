@@ -293,7 +293,8 @@ impl Policy {
                 match self.on_redis_error {
                     OnRedisError::Closed => return Some(self.unavailable(limiter)),
                     OnRedisError::Open => {
-                        let (v, held) = self.slots_without_redis(limiter, hash, cost, max, link);
+                        let (v, held) =
+                            self.slots_without_redis(limiter, facts, hash, cost, max, link);
                         guard = held;
                         ((v, Receipt::Nothing), true)
                     }
@@ -314,7 +315,7 @@ impl Policy {
                             OnRedisError::Open => {
                                 drop(held);
                                 let (v, held) =
-                                    self.slots_without_redis(limiter, hash, cost, max, link);
+                                    self.slots_without_redis(limiter, facts, hash, cost, max, link);
                                 guard = held;
                                 ((v, Receipt::Nothing), true)
                             }
@@ -340,7 +341,9 @@ impl Policy {
                 OnRedisError::Closed => return Some(self.unavailable(limiter)),
                 OnRedisError::Open => (self.local(limiter, hash, cost, link.nodes()), true),
             },
-            (_, Scope::Global, Some(link)) => match self.leased(limiter, hash, facts, cost, link) {
+            (_, Scope::Global, Some(link)) => match self
+                .leased(limiter, hash, facts, cost, pending, link)
+            {
                 Some((decided, Some(room))) => match pending {
                     Pending::First | Pending::Wait => return None,
                     Pending::Refuse if room => return None,
@@ -538,8 +541,17 @@ impl Policy {
         hash: u64,
         facts: &RequestFacts<'_>,
         cost: u64,
+        pending: Pending,
         link: &RedisLink,
     ) -> Option<((Verdict, Receipt), Option<bool>)> {
+        // A cost from the response may settle far above its reserve: until Redis has
+        // answered since the request came, the lease must cover the typical cost.
+        let need = match pending {
+            Pending::First | Pending::Wait if self.cost.from_response() => {
+                limiter.expected_cost.need(cost)
+            }
+            _ => cost,
+        };
         let now = unix_ms();
         let nodes = link.nodes();
         let sync_ms = link.config.sync_interval.as_millis() as u64;
@@ -551,7 +563,8 @@ impl Policy {
             Lease::new(key::text(&self.key, facts).into(), window)
         };
         let admit = |lease: &mut Lease| {
-            let (verdict, urgent, pending) = self.admit(limiter, lease, cost, now, nodes, sync_ms);
+            let (verdict, urgent, pending) =
+                self.admit(limiter, lease, cost, need, now, nodes, sync_ms);
             let windowed = matches!(limiter.params, Params::Window { .. });
             (
                 (verdict, lease_receipt(lease, hash, cost, windowed)),
@@ -599,12 +612,14 @@ impl Policy {
 
     /// A global concurrency decision while Redis cannot answer (`on_redis_error: open`):
     /// this node's share of the limit among the live nodes, counting everything it has
-    /// in flight. In async mode the slots are claimed at the next sync, so that the
-    /// fleet's count covers them until they end.
+    /// in flight. The slots are claimed in Redis at the next sync that reaches it, so that
+    /// the fleet's count covers them until they end (async: in this node's lease; atomic:
+    /// as members, released at the end like any other).
     #[cold]
     fn slots_without_redis(
         &self,
         limiter: &Limiter,
+        facts: &RequestFacts<'_>,
         hash: u64,
         cost: u64,
         max: u64,
@@ -613,13 +628,44 @@ impl Policy {
         let share = slots::fair_share(max, link.nodes());
         let (mut verdict, held) = slots_alone(limiter, hash, cost, share);
         verdict.limit = max;
-        if let (Some(_), Some(table), SyncMode::Async) = (&held, &limiter.slots, self.sync) {
-            if table.get(hash, |l| l.admitted_alone(cost)).is_some() {
-                let local = held.and_then(Held::into_local);
-                return (
-                    verdict,
-                    Some(Held::leased(local, table.clone(), hash, cost)),
-                );
+        let (Some(_), Some(table)) = (&held, &limiter.slots) else {
+            return (verdict, held);
+        };
+        // A key first seen while Redis is away has no entry yet.
+        let text = key::text(&self.key, facts);
+        let make = || SlotLease::new(text.as_str().into());
+        match self.sync {
+            SyncMode::Async => {
+                if table.with(hash, make, |l| l.admitted_alone(cost)).is_some() {
+                    let local = held.and_then(Held::into_local);
+                    return (
+                        verdict,
+                        Some(Held::leased(local, table.clone(), hash, cost)),
+                    );
+                }
+            }
+            SyncMode::Atomic => {
+                // Claimed and, at its end, released by the sync task: Redis may still be
+                // away when the request ends.
+                let member: Box<str> = link.unique_member().into();
+                let tracked = table
+                    .with(hash, make, |l| {
+                        l.admitted_alone_atomic(member.clone(), cost)
+                    })
+                    .is_some();
+                if tracked {
+                    let local = held.and_then(Held::into_local);
+                    return (
+                        verdict,
+                        Some(Held::claimed_later(
+                            local,
+                            table.clone(),
+                            hash,
+                            member,
+                            cost,
+                        )),
+                    );
+                }
             }
         }
         (verdict, held)
@@ -649,7 +695,7 @@ impl Policy {
                     OnRedisError::Open => {
                         let hash = key::hash(limiter.id, &self.key, facts);
                         let (verdict, held) =
-                            self.slots_without_redis(limiter, hash, cost, max, link);
+                            self.slots_without_redis(limiter, facts, hash, cost, max, link);
                         self.finish((verdict, Receipt::Nothing), true, held)
                     }
                 }
@@ -734,13 +780,16 @@ impl Policy {
 
     /// One request against this node's lease for its key: the verdict, whether the sync
     /// task must be woken for the key, and, when the refusal is only a refill in flight,
-    /// whether Redis last said there is quota left to grant.
+    /// whether Redis last said there is quota left to grant. `need`: see
+    /// [`Lease::admit_window_needing`].
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn admit(
         &self,
         limiter: &Limiter,
         lease: &mut Lease,
         cost: u64,
+        need: u64,
         now: u64,
         nodes: u64,
         sync_ms: u64,
@@ -748,7 +797,7 @@ impl Policy {
         let verdict = match limiter.params {
             Params::Window { limit, sliding, .. } => {
                 let span = limiter.window_at(now);
-                lease.admit_window(cost, limit, now, span, sliding, nodes, sync_ms)
+                lease.admit_window_needing(cost, need, limit, now, span, sliding, nodes, sync_ms)
             }
             Params::Bucket(b) => lease.admit_bucket(cost, b.burst, nodes, sync_ms),
             // Logs are atomic-only and concurrency is local-only (validation); decide

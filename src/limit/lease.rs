@@ -341,9 +341,12 @@ impl Lease {
     /// the rest as debt, limit or not: reported like units admitted unbacked (without
     /// using up the unbacked allowance), so a later grant pays it off before anything new
     /// is spent from it, and Redis's count carries it past the limit until then.
-    pub fn surcharge(&mut self, window: Option<u64>, extra: u64) {
+    /// Returns true when a debt was left: the key should sync at once, so that other nodes
+    /// stop spending what they hold as soon as can be.
+    #[must_use]
+    pub fn surcharge(&mut self, window: Option<u64>, extra: u64) -> bool {
         if extra == 0 {
-            return;
+            return false;
         }
         if let Some(w) = window.filter(|w| *w != self.window) {
             if w < self.window {
@@ -354,8 +357,9 @@ impl Lease {
                     ..Report::default()
                 };
                 self.sync.stale.push((w, report));
+                return true;
             }
-            return;
+            return false;
         }
         let backed = self.held().min(extra);
         let debt = extra - backed;
@@ -363,6 +367,7 @@ impl Lease {
         self.unreported += extra;
         self.provisional += debt;
         self.unreported_provisional += debt;
+        debt > 0
     }
 
     /// Takes up a grant. Units admitted unbacked since the request left are paid from it
@@ -446,15 +451,40 @@ impl Lease {
         nodes: u64,
         sync_ms: u64,
     ) -> Verdict {
+        self.admit_window_needing(cost, cost, limit, now_ms, span, sliding, nodes, sync_ms)
+    }
+
+    /// [`Lease::admit_window`] for a request that holds `cost` but may settle at more:
+    /// admitted from this node's quota only if that covers `need` (the policy's typical
+    /// response cost), else only once Redis has answered since the request came (the
+    /// caller then passes `need == cost`). A lease of a few units would otherwise admit a
+    /// whole response's worth of tokens for each of them after the fleet ran out, before
+    /// its next sync told it so. `need` also sizes the demand the lease is refilled for.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn admit_window_needing(
+        &mut self,
+        cost: u64,
+        need: u64,
+        limit: u64,
+        now_ms: u64,
+        span: Span,
+        sliding: bool,
+        nodes: u64,
+        sync_ms: u64,
+    ) -> Verdict {
         self.roll(span.id);
-        self.demand += cost;
+        self.demand += need;
         let effective = self.effective_limit(limit, now_ms, span, sliding);
         // What the fleet spent, as Redis last said, reached the limit: only a debt (a
         // response that cost more than its reserve) gets there while quota is still held,
         // and spending that quota would add to the overdraft.
         let overdrawn = self.synced && self.known_used >= effective;
-        let backed = self.held() >= cost && !overdrawn;
-        let allowed = backed || self.fits_unbacked(cost, limit, effective, nodes);
+        // Once the fleet cannot grant more, what is held is all there is: a request that
+        // finds its reserve there is admitted.
+        let held = self.held();
+        let backed = !overdrawn && (held >= need || (self.exhausted && held >= cost));
+        let allowed = backed || self.fits_unbacked(need, limit, effective, nodes);
         if !backed {
             // Dry: refill now rather than at the next scheduled sync.
             self.urgent |= !self.exhausted;
@@ -462,8 +492,15 @@ impl Lease {
         }
         if allowed {
             self.count(cost, backed);
+            if !backed {
+                // Against the allowance at what it may settle at, not at its reserve.
+                self.provisional_spell += need.saturating_sub(cost);
+            }
         }
-        let remaining = if self.synced {
+        let remaining = if overdrawn {
+            // What this node holds is not spent once the fleet is in debt.
+            0
+        } else if self.synced {
             let counted = self.known_total.saturating_sub(self.refunds_pending());
             effective.saturating_sub(counted) + self.held()
         } else {
@@ -739,6 +776,10 @@ impl Lease {
     ) -> Option<WindowPlan> {
         let window = span.id;
         self.roll(window);
+        // A request waits on this round for Redis's word (a dry lease, or one short of
+        // what a response typically costs): ask, even for nothing, so that the answer
+        // says how far the fleet got.
+        let waiting = self.urgent;
         self.observe_demand();
         let effective = self.effective_limit(limit, now_ms, span, sliding);
         let unreserved = if self.synced {
@@ -776,8 +817,12 @@ impl Lease {
             && self.sync.next.is_none_or(|p| p.window != window + 1))
         .then(|| self.low_water().clamp(1, (limit / nodes.max(1)).max(1)));
         let renew = self.reserved > 0 && now_ms >= self.sync.renew_at_ms;
-        let needed =
-            want > 0 || !report.is_empty() || !stale.is_empty() || prefetch.is_some() || renew;
+        let needed = waiting
+            || want > 0
+            || !report.is_empty()
+            || !stale.is_empty()
+            || prefetch.is_some()
+            || renew;
         if !needed {
             return None;
         }

@@ -5,6 +5,7 @@ use super::algorithm::{Bucket, SlidingLog, Span};
 use super::calendar::{Calendar, Periods};
 use super::headers::FieldTemplate;
 use super::lease::Lease;
+use super::settle::ExpectedCost;
 use super::sketch::{TatSketch, WindowSketch};
 use super::slots::SlotLease;
 use super::table::KeyTable;
@@ -146,6 +147,8 @@ pub struct Limiter {
     pub fields: FieldTemplate,
     /// Calendar windows, with their current period cached.
     pub periods: Option<Periods>,
+    /// Costs from the response: the typical one, which a lease must hold to admit alone.
+    pub expected_cost: Arc<ExpectedCost>,
 }
 
 /// Slack on the lifetime of a calendar period's Redis hash, for nodes whose clocks differ.
@@ -202,6 +205,7 @@ impl Limiter {
             logs,
             leases: Arc::new(KeyTable::new(if global { max_keys } else { 0 })),
             blocks: blocking.then(|| Arc::new(KeyTable::new(max_keys))),
+            expected_cost: Arc::default(),
         }
     }
 
@@ -217,6 +221,7 @@ impl Limiter {
         self.windows.clone_from(&old.windows);
         self.tats.clone_from(&old.tats);
         self.inflight.clone_from(&old.inflight);
+        self.expected_cost.clone_from(&old.expected_cost);
         if let Some(logs) = &old.logs {
             logs.set_capacity(max_keys);
             self.logs = Some(logs.clone());

@@ -171,9 +171,12 @@ impl Policy {
             Receipt::Lease {
                 hash, window, cost, ..
             } => {
-                limiter
+                let debt = limiter
                     .leases
                     .get(hash, |lease| lease.surcharge(window, cost));
+                if let (Some(true), Some(link)) = (debt, link) {
+                    link.mark_urgent(limiter.id, hash);
+                }
             }
             Receipt::Window { hash, window, cost } => {
                 if let Some(windows) = &limiter.windows {

@@ -317,24 +317,37 @@ redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
 return {1, n + cost}
 "#;
 
-/// Renews the slots one node's requests still hold (atomic). Members already gone (their
-/// request ended, or they expired) stay gone.
+/// Renews the slots one node's requests still hold (atomic), claims those it admitted
+/// while Redis could not answer, and removes those of such requests that have ended.
+/// Members already gone (their request ended, or they expired) stay gone; claimed members
+/// are added whether they fit or not: their requests are in flight already, and the
+/// fleet's count must cover them until they end.
 ///
 /// KEYS[1] the key's sorted set
-/// ARGV: ttl_ms, then the members
-/// Returns {members renewed}.
+/// ARGV: ttl_ms, the number of members to claim, the number to remove, the members to
+/// claim, those to remove, then the members to renew
+/// Returns {members renewed or claimed}.
 pub const SLOT_RENEW: &str = r#"
 local ttl = tonumber(ARGV[1])
+local claims = tonumber(ARGV[2])
+local releases = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local renewed = 0
-for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[i])
+local touched = 0
+for i = 4, 3 + claims do
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[i])
+  touched = touched + 1
 end
-if renewed > 0 then
+for i = 4 + claims, 3 + claims + releases do
+  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+for i = 4 + claims + releases, #ARGV do
+  touched = touched + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + ttl, ARGV[i])
+end
+if touched > 0 then
   redis.call('PEXPIRE', KEYS[1], 2 * ttl + 1000)
 end
-return {renewed}
+return {touched}
 "#;
 
 pub static WINDOW_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(WINDOW));

@@ -12,6 +12,44 @@
 //! reported after that: what the requests in flight at the crossing (and those admitted from
 //! quota nodes already held) used beyond their reserves. See [`overdraft_bound`].
 
+/// A policy's typical response cost, smoothed over the responses it settled. In async
+/// mode a node admits a request from the quota it holds only when that covers this much
+/// (see [`crate::limit::lease::Lease::admit_window`]); with less, it asks Redis first, so
+/// that a node whose lease is a few units cannot admit a whole response's worth of tokens
+/// each on the strength of them after the fleet has run out.
+#[derive(Debug, Default)]
+pub struct ExpectedCost(std::sync::atomic::AtomicU64);
+
+impl ExpectedCost {
+    /// The smoothed cost; 0 before any response settled.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Folds one settled cost in, an eighth of the way at a time (the step rounded away
+    /// from zero, so that a steady cost is reached exactly). Racing settlements may lose
+    /// one another's update: a smoothed figure can afford that, and it keeps this off any
+    /// lock.
+    pub fn observe(&self, actual: u64) {
+        let old = self.get();
+        let new = if old == 0 {
+            actual
+        } else if actual >= old {
+            old + (actual - old).div_ceil(8)
+        } else {
+            old - (old - actual).div_ceil(8)
+        };
+        self.0.store(new, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// What a node's lease must hold to admit a request of `cost` on its own.
+    #[inline]
+    pub fn need(&self, cost: u64) -> u64 {
+        cost.max(self.get())
+    }
+}
+
 /// How settling moves the count of an admission that held `reserve`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settlement {
@@ -193,6 +231,26 @@ mod tests {
             Err(Unusable::NotANumber)
         );
         assert_eq!(json_cost(Some(&json!(u64::MAX)), u64::MAX), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn the_expected_cost_follows_settled_costs_and_never_asks_less_than_the_reserve() {
+        let expected = ExpectedCost::default();
+        assert_eq!(expected.need(1), 1, "nothing settled yet: the reserve");
+        expected.observe(100);
+        assert_eq!(expected.get(), 100, "the first cost as it is");
+        for _ in 0..50 {
+            expected.observe(100);
+        }
+        assert_eq!(expected.get(), 100, "a steady cost is reached exactly");
+        expected.observe(900);
+        assert_eq!(expected.get(), 200, "an eighth of the way to a new cost");
+        assert_eq!(expected.need(500), 500, "never below the reserve");
+        for _ in 0..100 {
+            expected.observe(0);
+        }
+        assert_eq!(expected.get(), 0, "a cost that fell away is forgotten");
+        assert_eq!(expected.need(1), 1);
     }
 
     #[test]

@@ -79,6 +79,27 @@ pub struct SlotLease {
     pub renew_at_ms: u64,
     /// Atomic: the members of this node's requests in flight, and how many slots each.
     pub members: Vec<(Box<str>, u64)>,
+    /// Atomic: of `members`, those admitted while Redis could not answer, not yet added
+    /// to its count. The next sync adds them, so that the fleet's count covers them until
+    /// they end.
+    pub unclaimed: Vec<Box<str>>,
+    /// Atomic: slots of requests admitted without Redis that ended after their claim, for
+    /// the next sync to remove.
+    pub unreleased: Vec<String>,
+}
+
+/// Atomic: what one sync sends for a key's members.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Renewal {
+    /// Slots of requests admitted without Redis, to add whether they fit or not: they are
+    /// in flight already.
+    pub claim: Vec<String>,
+    /// Slots already counted, to renew if they are still there.
+    pub renew: Vec<String>,
+    /// The members `claim` came from, marked claimed once Redis has them.
+    pub claimed: Vec<Box<str>>,
+    /// Slots of requests that ended, to remove.
+    pub release: Vec<String>,
 }
 
 /// What to tell Redis of one key's lease at a sync.
@@ -130,6 +151,8 @@ impl SlotLease {
             signalled: false,
             renew_at_ms: 0,
             members: Vec::new(),
+            unclaimed: Vec::new(),
+            unreleased: Vec::new(),
         }
     }
 
@@ -260,9 +283,19 @@ impl SlotLease {
         }
     }
 
-    /// Async: a sync that failed; the next round says it again.
+    /// A sync that failed; the next round says it again. Atomic: members Redis did not
+    /// hear of in time may have expired there, so the next sync claims them all, as it
+    /// claims those admitted without Redis (re-adding one that is still there only
+    /// renews it).
     pub fn restore(&mut self) {
         self.renew_at_ms = 0;
+        self.unclaimed = self.members.iter().map(|(m, _)| m.clone()).collect();
+    }
+
+    /// Atomic: a renewal that failed; its releases go with the next one.
+    pub fn restore_renewal(&mut self, renewal: Renewal) {
+        self.restore();
+        self.unreleased.extend(renewal.release);
     }
 
     /// On shutdown: keep only the slots in use.
@@ -273,24 +306,62 @@ impl SlotLease {
         self.renew_at_ms = 0;
     }
 
-    /// Atomic: the members to renew at this sync, if it is time.
-    pub fn renewal(&mut self, now_ms: u64, ttl_ms: u64) -> Option<Vec<String>> {
-        if self.members.is_empty() {
+    /// Atomic: a request admitted without Redis, whose `cost` slots the next sync claims.
+    pub fn admitted_alone_atomic(&mut self, member: Box<str>, cost: u64) {
+        self.unclaimed.push(member.clone());
+        self.members.push((member, cost));
+    }
+
+    /// Atomic: the end of a request admitted without Redis. Once claimed, its slots are
+    /// removed by the next sync; a claim still to come is simply not made.
+    pub fn ended_alone(&mut self, member: &str, cost: u64) {
+        let claimed = !self.unclaimed.iter().any(|m| &**m == member);
+        self.forget(member);
+        if claimed {
+            self.unreleased.extend(units(member, cost));
+        }
+    }
+
+    /// Atomic: the members to claim, release or renew at this sync: claims and releases
+    /// whenever there are any, renewals when it is time.
+    pub fn renewal(&mut self, now_ms: u64, ttl_ms: u64) -> Option<Renewal> {
+        if self.members.is_empty() && self.unreleased.is_empty() {
             // Counted so that the entry of a key nobody uses any more can go.
             self.idle_syncs = self.idle_syncs.saturating_add(1);
             return None;
         }
         self.idle_syncs = 0;
-        if now_ms < self.renew_at_ms {
+        let due = now_ms >= self.renew_at_ms && !self.members.is_empty();
+        if !due && self.unclaimed.is_empty() && self.unreleased.is_empty() {
             return None;
         }
-        self.renew_at_ms = now_ms + ttl_ms / 4;
-        Some(
-            self.members
-                .iter()
-                .flat_map(|(m, cost)| units(m, *cost))
-                .collect(),
-        )
+        if due {
+            self.renew_at_ms = now_ms + ttl_ms / 4;
+        }
+        let mut renewal = Renewal {
+            claimed: self.unclaimed.clone(),
+            release: std::mem::take(&mut self.unreleased),
+            ..Renewal::default()
+        };
+        for (member, cost) in &self.members {
+            if self.unclaimed.contains(member) {
+                renewal.claim.extend(units(member, *cost));
+            } else if due {
+                renewal.renew.extend(units(member, *cost));
+            }
+        }
+        Some(renewal)
+    }
+
+    /// Atomic: Redis answered a renewal, having added or renewed `touched` slots. Fewer
+    /// than were sent means some were gone: ended meanwhile, or lost with their expiry or
+    /// a Redis restart. The next sync claims every member still in flight again.
+    pub fn renewed(&mut self, renewal: &Renewal, touched: u64) {
+        // Releases are not counted in `touched`: one already gone is gone either way.
+        self.unclaimed.retain(|m| !renewal.claimed.contains(m));
+        if touched < (renewal.claim.len() + renewal.renew.len()) as u64 {
+            self.unclaimed = self.members.iter().map(|(m, _)| m.clone()).collect();
+        }
     }
 
     /// Atomic: a request's member no longer needs renewing.
@@ -298,6 +369,7 @@ impl SlotLease {
         if let Some(i) = self.members.iter().position(|(m, _)| &**m == member) {
             self.members.swap_remove(i);
         }
+        self.unclaimed.retain(|m| &**m != member);
     }
 
     /// Whether nothing is in flight, held or asked for, and the key has been quiet.
@@ -305,6 +377,7 @@ impl SlotLease {
         self.active == 0
             && self.held == 0
             && self.members.is_empty()
+            && self.unreleased.is_empty()
             && self.short == 0
             && self.idle_syncs >= IDLE_SYNCS
     }
@@ -329,6 +402,13 @@ enum Fleet {
         cost: u64,
     },
     Atomic(Box<AtomicSlot>),
+    /// Atomic, admitted without Redis: claimed and released by the sync task.
+    Alone {
+        table: Arc<KeyTable<SlotLease>>,
+        hash: u64,
+        member: Box<str>,
+        cost: u64,
+    },
 }
 
 /// An atomic-mode admission: what its release needs.
@@ -366,6 +446,26 @@ impl Held {
         }
     }
 
+    /// Slots admitted without Redis under an atomic limit, which the next sync that
+    /// reaches Redis claims (see [`SlotLease::admitted_alone_atomic`]).
+    pub fn claimed_later(
+        guard: Option<Guard>,
+        table: Arc<KeyTable<SlotLease>>,
+        hash: u64,
+        member: Box<str>,
+        cost: u64,
+    ) -> Held {
+        Held {
+            _local: guard,
+            fleet: Some(Fleet::Alone {
+                table,
+                hash,
+                member,
+                cost,
+            }),
+        }
+    }
+
     /// Slots counted in Redis by an acquire script (atomic).
     pub fn atomic(guard: Option<Guard>, slot: AtomicSlot) -> Held {
         Held {
@@ -389,6 +489,14 @@ impl Drop for Held {
             None => {}
             Some(Fleet::Leased { table, hash, cost }) => {
                 table.get(hash, |lease| lease.end(cost));
+            }
+            Some(Fleet::Alone {
+                table,
+                hash,
+                member,
+                cost,
+            }) => {
+                table.get(hash, |lease| lease.ended_alone(&member, cost));
             }
             Some(Fleet::Atomic(slot)) => {
                 slot.table

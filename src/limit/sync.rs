@@ -256,7 +256,7 @@ enum Slot<'a> {
         limiter: &'a Limiter,
         hash: u64,
         key: Arc<str>,
-        members: Vec<String>,
+        renewal: slots::Renewal,
     },
 }
 
@@ -610,11 +610,11 @@ fn plan_slots<'a>(
                 plan,
             })
         }
-        crate::config::SyncMode::Atomic => lease.renewal(now, ttl).map(|members| Slot::Renew {
+        crate::config::SyncMode::Atomic => lease.renewal(now, ttl).map(|renewal| Slot::Renew {
             limiter,
             hash,
             key,
-            members,
+            renewal,
         }),
     }
 }
@@ -723,12 +723,16 @@ async fn run_chunk(
                         .arg(plan.spare),
                 );
             }
-            Slot::Renew { key, members, .. } => {
+            Slot::Renew { key, renewal, .. } => {
                 pipe.invoke_script(
                     scripts::SLOT_RENEW_SCRIPT
                         .key(policy.redis_key(prefix, key, slots::MEMBERS_SUFFIX))
                         .arg(ttl)
-                        .arg(members),
+                        .arg(renewal.claim.len())
+                        .arg(renewal.release.len())
+                        .arg(&renewal.claim)
+                        .arg(&renewal.release)
+                        .arg(&renewal.renew),
                 );
             }
         }
@@ -832,7 +836,17 @@ fn settle(link: &RedisLink, chunk: Vec<(Slot<'_>, &Policy)>, answers: Vec<Vec<An
                     table.get(hash, |lease| lease.apply(&plan, &answer));
                 }
             }
-            Slot::Renew { .. } => {}
+            Slot::Renew {
+                limiter,
+                hash,
+                renewal,
+                ..
+            } => {
+                let touched = field(&next(), 0);
+                if let Some(table) = &limiter.slots {
+                    table.get(hash, |lease| lease.renewed(&renewal, touched));
+                }
+            }
         }
     }
 }
@@ -856,9 +870,19 @@ fn restore(slot: Slot<'_>) {
             } => {
                 limiter.leases.get(hash, |lease| lease.restore_bucket(plan));
             }
-            Slot::Slots { limiter, hash, .. } | Slot::Renew { limiter, hash, .. } => {
+            Slot::Slots { limiter, hash, .. } => {
                 if let Some(table) = &limiter.slots {
                     table.get(hash, SlotLease::restore);
+                }
+            }
+            Slot::Renew {
+                limiter,
+                hash,
+                renewal,
+                ..
+            } => {
+                if let Some(table) = &limiter.slots {
+                    table.get(hash, |lease| lease.restore_renewal(renewal));
                 }
             }
         }

@@ -305,7 +305,10 @@ pub async fn settle(
             .map(|m| m.cost(&policy.cost, policy.max_cost))
             .unwrap_or(Err(Unusable::Missing));
         let actual = match reported {
-            Ok(cost) => cost,
+            Ok(cost) => {
+                limiter().expected_cost.observe(cost);
+                cost
+            }
             Err(why) => {
                 counters.unusable(why).inc();
                 unusable_noted(&policy.name, why, status);

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod clock;
 pub mod config_keys;
 pub mod flood;
+pub mod h2load;
 pub mod http;
 pub mod load;
 pub mod nginx;

@@ -995,7 +995,9 @@ fn settle_interleave(seed: u64, limit: u64, nodes: usize, sliding: bool) {
         |held: Held, actual: u64, lease: &mut Lease| match settle::settle(held.reserve, actual) {
             Settlement::Even => {}
             Settlement::Refund(units) => lease.refund(Some(held.window), units, held.backed),
-            Settlement::Surcharge(units) => lease.surcharge(Some(held.window), units),
+            Settlement::Surcharge(units) => {
+                let _ = lease.surcharge(Some(held.window), units);
+            }
         };
     while now < start + 3 * W {
         step += 1;
@@ -1134,7 +1136,7 @@ fn a_surcharge_is_paid_from_what_the_node_holds_then_carried_as_debt() {
     );
     let held = lease.held();
     // The response cost 100 against a reserve of 1.
-    lease.surcharge(Some(10), 99);
+    assert!(lease.surcharge(Some(10), 99), "a debt asks for a sync");
     assert_eq!(lease.held(), 0, "what the node held paid first");
     assert_eq!(lease.provisional, 99 - held, "the rest is debt");
     assert_eq!(
@@ -1181,7 +1183,7 @@ fn quota_held_elsewhere_is_not_spent_once_a_debt_fills_the_window() {
             .allowed
     );
     // a's response cost 20 against its reserve of 1.
-    a.surcharge(Some(10), 19);
+    let _ = a.surcharge(Some(10), 19);
     sync(&mut a, &mut redis, 0, limit, now + 1, nodes);
     // b has not heard yet: it spends what it holds, and reports it at its next sync.
     assert!(
@@ -1232,4 +1234,62 @@ fn a_refund_after_its_report_still_counts_as_left() {
     let answer = redis.answer(0, &plan, limit, now);
     let _ = lease.apply_window(&plan, &answer);
     assert_eq!(left(&mut lease), 9, "the refund landed: still 10 spent");
+}
+
+#[test]
+fn a_lease_short_of_the_typical_response_asks_redis_before_admitting() {
+    // Responses cost about 20 against a reserve of 1. b holds a few units when a's
+    // response overdraws the window: b's first try does not spend them on the strength of
+    // its stale view, and once Redis has answered, b learns of the debt and refuses.
+    let (limit, nodes, need) = (10, 2, 20);
+    let now = 10 * W;
+    let mut redis = Redis::default();
+    let mut a = Lease::new("k".into(), 10);
+    let mut b = Lease::new("k".into(), 10);
+    for lease in [&mut a, &mut b] {
+        let _ = lease.admit_window(1, limit, now, ep(now), false, nodes, SYNC);
+    }
+    sync(&mut a, &mut redis, 0, limit, now, nodes);
+    sync(&mut b, &mut redis, 1, limit, now, nodes);
+    assert!(b.held() >= 1 && b.held() < need, "{b:?}");
+    assert!(
+        a.admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed
+    );
+    let _ = a.surcharge(Some(10), 19);
+    sync(&mut a, &mut redis, 0, limit, now + 1, nodes);
+    let first = b.admit_window_needing(1, need, limit, now + 1, ep(now + 1), false, nodes, SYNC);
+    assert!(
+        !first.allowed,
+        "held {} < the typical cost {need}",
+        b.held()
+    );
+    assert!(b.urgent, "the key asks Redis at once");
+    sync(&mut b, &mut redis, 1, limit, now + 1, nodes);
+    assert!(
+        !b.admit_window(1, limit, now + 2, ep(now + 2), false, nodes, SYNC)
+            .allowed,
+        "the answer told b the window is overdrawn"
+    );
+}
+
+#[test]
+fn a_lease_short_of_the_typical_response_still_admits_a_reserve_the_fleet_has_left() {
+    // One node, 30 left, responses typically 100: Redis grants the 30 and no more, and
+    // a request whose reserve fits is admitted from them.
+    let (limit, nodes, need) = (30, 1, 100);
+    let now = 10 * W;
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 10);
+    let first = lease.admit_window_needing(1, need, limit, now, ep(now), false, nodes, SYNC);
+    assert!(!first.allowed, "no grant yet");
+    sync(&mut lease, &mut redis, 0, limit, now, nodes);
+    sync(&mut lease, &mut redis, 0, limit, now, nodes);
+    assert!(lease.held() < need, "{lease:?}");
+    assert!(
+        lease
+            .admit_window(1, limit, now, ep(now), false, nodes, SYNC)
+            .allowed,
+        "Redis answered since the request came: its reserve is enough ({lease:?})"
+    );
 }

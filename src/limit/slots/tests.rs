@@ -238,7 +238,7 @@ fn atomic_members_are_renewed_a_quarter_of_their_expiry_apart_and_idle_entries_g
     let mut a = SlotLease::new("k".into());
     a.members.push(("n:1".into(), 2));
     assert_eq!(
-        a.renewal(1_000, TTL),
+        a.renewal(1_000, TTL).map(|r| r.renew),
         Some(vec!["n:1:1".to_string(), "n:1:2".to_string()])
     );
     assert_eq!(a.renewal(1_000 + TTL / 4 - 1, TTL), None, "not yet");
@@ -247,6 +247,53 @@ fn atomic_members_are_renewed_a_quarter_of_their_expiry_apart_and_idle_entries_g
     assert!(!a.is_idle(), "idle only after a while");
     for i in 0..IDLE_SYNCS {
         assert_eq!(a.renewal(10_000 + u64::from(i), TTL), None);
+    }
+    assert!(a.is_idle());
+}
+
+#[test]
+fn atomic_slots_admitted_without_redis_are_claimed_at_every_sync_until_redis_has_them() {
+    let mut a = SlotLease::new("k".into());
+    a.members.push(("n:1".into(), 1));
+    assert!(a.renewal(1_000, TTL).is_some(), "the first renewal");
+    a.admitted_alone_atomic("n:2".into(), 2);
+    // Claims do not wait for the renewal to be due; the counted member is not renewed
+    // before its time.
+    let first = a.renewal(1_001, TTL).expect("a claim");
+    assert_eq!(first.claim, vec!["n:2:1".to_string(), "n:2:2".to_string()]);
+    assert!(first.renew.is_empty(), "{first:?}");
+    // Redis did not answer: asked again next sync.
+    let again = a.renewal(1_002, TTL).expect("claimed again");
+    assert_eq!(again.claim, first.claim);
+    a.renewed(&again, 2);
+    assert_eq!(a.renewal(1_003, TTL), None, "claimed, and nothing is due");
+    // Once claimed, it is renewed like the others.
+    let due = a.renewal(1_000 + TTL / 4, TTL).expect("due");
+    assert!(due.claim.is_empty());
+    assert_eq!(due.renew.len(), 3, "{due:?}");
+    // Redis lost one (a restart): every member in flight is claimed at the next sync.
+    a.renewed(&due, 2);
+    let reclaim = a.renewal(1_000 + TTL / 4 + 1, TTL).expect("a claim");
+    assert_eq!(reclaim.claim.len(), 3, "{reclaim:?}");
+    a.renewed(&reclaim, 3);
+    // A request that ends before its claim is not claimed, nor released.
+    a.admitted_alone_atomic("n:3".into(), 1);
+    a.ended_alone("n:3", 1);
+    assert_eq!(a.renewal(1_000 + TTL / 4 + 2, TTL), None);
+    // One that ends after its claim is released by the next sync, again if that fails.
+    a.ended_alone("n:2", 2);
+    let release = a.renewal(1_000 + TTL / 4 + 3, TTL).expect("a release");
+    assert_eq!(
+        release.release,
+        vec!["n:2:1".to_string(), "n:2:2".to_string()]
+    );
+    a.restore_renewal(release.clone());
+    let again = a.renewal(1_000 + TTL / 4 + 4, TTL).expect("released again");
+    assert_eq!(again.release, release.release);
+    a.renewed(&again, 1);
+    a.forget("n:1");
+    for i in 0..IDLE_SYNCS {
+        assert_eq!(a.renewal(20_000 + u64::from(i), TTL), None);
     }
     assert!(a.is_idle());
 }
