@@ -145,7 +145,10 @@ fn streams_server_sent_events_with_usage_in_the_last() {
         .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
         .collect();
     assert_eq!(events.len(), 5, "{text}");
-    assert!(events[..4].iter().all(|e| e.get("usage").is_none()), "{text}");
+    assert!(
+        events[..4].iter().all(|e| e.get("usage").is_none()),
+        "{text}"
+    );
     assert_eq!(events[4]["usage"]["total_tokens"], 42, "{text}");
 
     // Without a usage, the last event is one more delta; the count is bounded.
