@@ -145,6 +145,13 @@ fn the_load_harness_runs_every_target_and_reports_them() {
         "global async, purge (MIMALLOC_PURGE_DELAY=0)",
         "config.yaml as shipped",
         "(refusing)",
+        "usage JSON body, fixed cost 1",
+        "usage JSON body, cost from the response",
+        "SSE stream of 8 events, fixed cost 1",
+        "SSE stream of 8 events, cost from the response",
+        "concurrency, global async",
+        "| cost from a JSON body (tollgate-cost-json / tollgate-cost-fixed) |",
+        "| cost from an SSE stream (tollgate-cost-sse / tollgate-cost-sse-fixed) |",
     ] {
         assert!(
             table.contains(row),

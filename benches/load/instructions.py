@@ -47,6 +47,10 @@ PHASES = [
      ">::upstream_request_filter::{{closure}}"),
     ("response_filter (request id, rate limit fields)", ">::response_filter::{{closure}}"),
     ("logging (metrics)", ">::logging::{{closure}}"),
+    # Response costs: `response_body_filter` and the settlement are inlined in the release
+    # build, the meter's two entry points are not.
+    ("reading a cost from the body as it passes (SSE events)", "meter::Meter::on_body"),
+    ("reading a cost from a JSON body at its end", "meter::Meter::on_end"),
     ("the header deadline's timer", "fast_timeout::fast_sleep::{{closure}}"),
 ]
 

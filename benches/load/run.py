@@ -32,6 +32,23 @@ the cost of proxying *and* of counting):
   tollgate, refusing      global async with a 10/1s limit: nearly every request is refused
                           with 429, which shows what refusing costs next to proxying
 
+Response costs and fleet concurrency (issue 22), each beside its twin in one run:
+
+  tollgate, cost ...      global async as above, the stub answering a small JSON body with
+                          `{"usage":{"total_tokens":150}}` (asked for by the request header
+                          `x-stub-usage`): `cost-fixed` charges the fixed default (1),
+                          `cost-json` charges `response_json:usage.total_tokens`, read from the
+                          body as it passes and settled in place of the reserve
+  tollgate, SSE ...       the same pair on a `text/event-stream` of 8 `data:` events sent as
+                          chunks (`x-stub-sse: 8`), the usage in the last: `cost-sse-fixed`
+                          and `cost-sse`
+  tollgate, concurrency   `algorithm: concurrency`, `scope: global`, `sync: async`, a limit of
+                          1000 in flight (far above wrk's connections): slots leased from
+                          Redis, the fleet-wide in-flight row beside global async
+
+The report's "Response costs and fleet concurrency" table gives each pair's req/s ratio and
+the p99 the response cost adds.
+
 "Pingora alone" is Pingora's own example shape with stock settings (`ServerConf::default()`
 but one thread), so tollgate's tuning of Pingora shows as a ratio to it. `--tuning
 NAME=SPEC` adds a tollgate target (no limits) started with `TOLLGATE_TUNING=SPEC`
@@ -140,6 +157,13 @@ KONG_LABEL = "nginx + Lua + Redis per request (the Kong/APISIX design)"
 # to 2000 ms and APISIX's to 1000 ms; a shorter one favours the peer when Redis stalls.
 PEER_REDIS_TIMEOUT_MS = 100
 REFUSAL_RATE = "10/1s"
+# The response-cost targets: what the stub reports per request, the events of its stream,
+# and a rate that 150 units per request never reaches (1e8/1m would refuse past ~11k req/s).
+USAGE_TOKENS = 150
+SSE_EVENTS = 8
+COST_HIGH_RATE = "1000000000000/1m"
+COST_FROM_RESPONSE = "response_json:usage.total_tokens"
+CONCURRENCY_LIMIT = 1000
 FLEET_LIMIT_PER_S = 300
 FLEET_NODES = 3
 FLEET_SECONDS = 5
@@ -660,7 +684,15 @@ TARGET_NAMES = ["nginx", "haproxy", "kong-design", "pingora-bare", "tollgate-non
                 "tollgate-global-async", "tollgate-global-async-nolog",
                 "tollgate-global-async-noheaders", "tollgate-none-preserve-case",
                 "tollgate-global-async-preserve-case", "tollgate-global-atomic",
-                "tollgate-config-yaml", "tollgate-refusing"]
+                "tollgate-config-yaml", "tollgate-refusing",
+                "tollgate-cost-fixed", "tollgate-cost-json", "tollgate-cost-sse-fixed",
+                "tollgate-cost-sse", "tollgate-concurrency-global"]
+
+# Issue 22's pairs: (target, its twin, what the report calls the pair).
+COST_PAIRS = [("tollgate-cost-json", "tollgate-cost-fixed", "cost from a JSON body"),
+              ("tollgate-cost-sse", "tollgate-cost-sse-fixed", "cost from an SSE stream"),
+              ("tollgate-concurrency-global", "tollgate-global-async",
+               "fleet concurrency beside a global async window")]
 
 
 def make_jwt(workdir: Path) -> tuple[Path, str]:
@@ -803,6 +835,27 @@ def start_targets(lab: Lab, names: list[str], baseline_bin: Path | None = None,
             target = lab.start_tollgate(name, "tollgate, global atomic (Redis per request)",
                                         "tollgate-global-atomic.yaml", TOLLGATE_HIGH_RATE,
                                         lab.start_redis("redis-atomic"))
+        elif name.startswith("tollgate-cost-"):
+            from_response = not name.endswith("-fixed")
+            sse = name.startswith("tollgate-cost-sse")
+            headers = [f"x-stub-usage: {USAGE_TOKENS}"]
+            if sse:
+                headers.append(f"x-stub-sse: {SSE_EVENTS}")
+            body = f"SSE stream of {SSE_EVENTS} events" if sse else "usage JSON body"
+            cost = (f"cost from the response ({COST_FROM_RESPONSE})" if from_response
+                    else "fixed cost 1")
+            target = lab.start_tollgate(name, f"tollgate, global async, {body}, {cost}",
+                                        "tollgate-cost.yaml", COST_HIGH_RATE,
+                                        lab.start_redis(f"redis-{name}"),
+                                        extra={"COST": COST_FROM_RESPONSE if from_response
+                                               else "1"},
+                                        headers=headers)
+        elif name == "tollgate-concurrency-global":
+            target = lab.start_tollgate(name, "tollgate, concurrency, global async (limit "
+                                        f"{CONCURRENCY_LIMIT} in flight)",
+                                        "tollgate-concurrency.yaml",
+                                        redis=lab.start_redis("redis-concurrency"),
+                                        extra={"LIMIT": CONCURRENCY_LIMIT})
         elif name == "tollgate-refusing":
             target = lab.start_tollgate(name, f"tollgate, global async at {REFUSAL_RATE} "
                                         "(refusing)", "tollgate-global-async.yaml",
@@ -1522,6 +1575,7 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
                          f"{fmt_ms(sm['p50_us_median'])} | {fmt_ms(sm['p99_us_median'])} | "
                          f"{fmt_cpu(sm['cpu_user_us'], sm['cpu_kernel_us'])} | "
                          f"{sm['share_429'] * 100:.2f}% | {cmds} | {ratio} |")
+    lines += cost_pairs_report(targets, summaries)
     if fleet:
         full = fleet["admitted_per_full_second"]
         full_text = ", ".join(str(n) for n in full) or "none"
@@ -1566,6 +1620,37 @@ def report(targets: list[Target], fleet: dict | None, context: dict, problems: l
         lines += ["", "**Problems (the figures above are not valid):**",
                   *[f"- {p.splitlines()[0]}" for p in problems]]
     return "\n".join(lines) + "\n"
+
+
+def cost_pairs_report(targets: list[Target], summaries: dict[str, dict]) -> list[str]:
+    """Issue 22's pairs run in this report: each target's req/s as a share of its twin's,
+    and the p99 it adds: from the medians of the rounds, and round by round (a pair's two
+    runs follow each other in a round, so a busy minute of the machine weighs on both)."""
+    by_name = {t.name: t for t in targets}
+    pairs = [(a, b, what) for a, b, what in COST_PAIRS if a in summaries and b in summaries]
+    if not pairs:
+        return []
+    lines = ["", "Response costs and fleet concurrency: each target beside its twin, the same "
+             "backend and body, in the same interleaved rounds.", "",
+             "| pair | req/s | twin's req/s | req/s ratio | per round | p99 | twin's p99 "
+             "| p99 added | per round |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+
+    def signed(us: float) -> str:
+        return f"{'+' if us >= 0 else '−'}{abs(us) / 1000:.2f}"
+
+    for a, b, what in pairs:
+        sa, sb = summaries[a], summaries[b]
+        rounds = list(zip(by_name[a].rounds, by_name[b].rounds))
+        ratios = ", ".join(f"{ra['rps'] / rb['rps']:.3f}" for ra, rb in rounds)
+        added = ", ".join(signed(ra["latency_us"]["p99"] - rb["latency_us"]["p99"])
+                          for ra, rb in rounds)
+        lines.append(f"| {what} ({a} / {b}) | {sa['rps_median']:,.0f} | "
+                     f"{sb['rps_median']:,.0f} | {sa['rps_median'] / sb['rps_median']:.3f} | "
+                     f"{ratios} | {fmt_ms(sa['p99_us_median'])} | "
+                     f"{fmt_ms(sb['p99_us_median'])} | "
+                     f"{signed(sa['p99_us_median'] - sb['p99_us_median'])} ms | {added} ms |")
+    return lines
 
 
 # --------------------------------------------------------------------------- main

@@ -5,22 +5,27 @@
 //! - a fixed `delay` before every answer, and a `fail_rate` of 500 answers;
 //! - per request, the header `x-stub-delay-ms: N` delays that answer by N ms, and
 //!   `x-stub-echo: headers` adds the request's headers to the body;
+//! - per request, `x-stub-usage: N` adds an LLM API's token usage to the body
+//!   (`"usage":{"total_tokens":N}`), and `x-stub-sse: K` answers `text/event-stream` instead:
+//!   K `data:` events, each sent as a chunk of its own, the last one carrying that usage;
 //! - `GET /health` answers 200 without delay or failures; `GET /_stub/stats` reports how many
 //!   requests (other than these two) and connections this process has accepted.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -55,10 +60,72 @@ struct Reply<'a> {
     headers: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<Usage>,
 }
 
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+/// Token usage as LLM APIs report it (`{"usage":{"total_tokens":N}}`).
+#[derive(Serialize)]
+struct Usage {
+    total_tokens: u64,
+}
+
+/// The most events one `x-stub-sse` answer sends.
+pub const MAX_SSE_EVENTS: usize = 1000;
+
+/// A response body sent as separate chunks (chunked encoding, no `Content-Length`), as a
+/// streaming API sends its events.
+struct Chunks(VecDeque<Bytes>);
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+type StubBody = Either<Full<Bytes>, Chunks>;
+
+/// `events` SSE events: deltas, then one carrying `usage` (a delta too when there is none).
+fn sse_events(events: usize, usage: Option<u64>) -> Chunks {
+    let mut chunks: VecDeque<Bytes> = (1..events)
+        .map(|i| {
+            Bytes::from(format!(
+                "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {i}\"}}}}]}}\n\n"
+            ))
+        })
+        .collect();
+    chunks.push_back(Bytes::from(match usage {
+        Some(n) => format!("data: {{\"choices\":[],\"usage\":{{\"total_tokens\":{n}}}}}\n\n"),
+        None => format!(
+            "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {events}\"}}}}]}}\n\n"
+        ),
+    }));
+    Chunks(chunks)
+}
+
+fn header_number(headers: &hyper::HeaderMap, name: &str) -> Option<u64> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<StubBody> {
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -70,7 +137,7 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
 async fn handle(
     req: Request<Incoming>,
     state: Arc<State>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<StubBody>, Infallible> {
     let (parts, body) = req.into_parts();
     // Read the whole body so the connection stays usable, and report its size.
     let body_bytes = body
@@ -95,11 +162,7 @@ async fn handle(
     }
 
     state.answered.fetch_add(1, Ordering::Relaxed);
-    let extra_delay = parts
-        .headers
-        .get("x-stub-delay-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    let extra_delay = header_number(&parts.headers, "x-stub-delay-ms")
         .map(Duration::from_millis)
         .unwrap_or_default();
     let delay = state.delay + extra_delay;
@@ -108,6 +171,23 @@ async fn handle(
     }
 
     let failed = state.fail_rate > 0.0 && rand::random::<f64>() < state.fail_rate;
+    let usage = header_number(&parts.headers, "x-stub-usage");
+    let sse = header_number(&parts.headers, "x-stub-sse");
+    if let (false, Some(events)) = (failed, sse) {
+        let events = usize::try_from(events)
+            .unwrap_or(MAX_SSE_EVENTS)
+            .clamp(1, MAX_SSE_EVENTS);
+        let mut resp = Response::new(Either::Right(sse_events(events, usage)));
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        resp.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        return Ok(resp);
+    }
     let echo_headers = parts
         .headers
         .get("x-stub-echo")
@@ -131,6 +211,7 @@ async fn handle(
                 .collect()
         }),
         error: failed.then_some("injected failure"),
+        usage: usage.map(|total_tokens| Usage { total_tokens }),
     };
     // `x-stub-status: 401` answers with that status, for tests of what counts by response.
     let asked = parts

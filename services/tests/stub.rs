@@ -103,6 +103,68 @@ fn delays_fails_and_echoes_on_request() {
 }
 
 #[test]
+fn reports_token_usage_in_json_when_asked() {
+    let stub = start(&["--name", "a"]);
+    let agent = agent();
+    let url = format!("http://{}/v1/chat", stub.1);
+    let (status, body) = get(&agent, &url, &[("x-stub-usage", "150")]);
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        serde_json::json!({"service": "a", "method": "GET", "path": "/v1/chat",
+                           "usage": {"total_tokens": 150}})
+    );
+    // Without the header the body stays as it always was.
+    let (_, body) = get(&agent, &url, &[]);
+    assert!(body.get("usage").is_none(), "{body}");
+}
+
+#[test]
+fn streams_server_sent_events_with_usage_in_the_last() {
+    let stub = start(&["--name", "a"]);
+    let agent = agent();
+    let resp = agent
+        .get(&format!("http://{}/v1/chat", stub.1))
+        .header("x-stub-sse", "5")
+        .header("x-stub-usage", "42")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(header("content-type").as_deref(), Some("text/event-stream"));
+    // Sent as chunks, as a stream is: no length known up front.
+    assert_eq!(header("content-length"), None);
+    let text = resp.into_body().read_to_string().unwrap();
+    let events: Vec<serde_json::Value> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5, "{text}");
+    assert!(
+        events[..4].iter().all(|e| e.get("usage").is_none()),
+        "{text}"
+    );
+    assert_eq!(events[4]["usage"]["total_tokens"], 42, "{text}");
+
+    // Without a usage, the last event is one more delta; the count is bounded.
+    let text = agent
+        .get(&format!("http://{}/v1/chat", stub.1))
+        .header("x-stub-sse", "1000000")
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    assert_eq!(text.matches("data: ").count(), stub_service::MAX_SSE_EVENTS);
+    assert!(!text.contains("usage"));
+}
+
+#[test]
 fn refuses_bad_options() {
     let out = Command::new(env!("CARGO_BIN_EXE_stub-service"))
         .args(["--fail-rate", "2"])

@@ -363,6 +363,10 @@ impl Lease {
         }
         let backed = self.held().min(extra);
         let debt = extra - backed;
+        // What the key really spends is demand too: a lease sized to the reserves alone
+        // (1 each by default) would run dry after a request or two of a response-charged
+        // key, and every admission after that would wake the sync for an urgent refill.
+        self.demand += extra;
         self.used += extra;
         self.unreported += extra;
         self.provisional += debt;

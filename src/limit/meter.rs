@@ -11,7 +11,10 @@
 
 use super::settle::{self, Unusable};
 use crate::config::CostSpec;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value;
+use std::fmt;
 
 /// A JSON body up to this size is parsed whole.
 pub const JSON_WHOLE: usize = 256 * 1024;
@@ -131,9 +134,11 @@ impl Meter {
                 for (path, value) in &mut self.paths {
                     *value = value_in_tail(&buf, path);
                 }
-            } else if let Ok(doc) = serde_json::from_slice::<Value>(&buf) {
+            } else {
                 for (path, value) in &mut self.paths {
-                    *value = settle::at_path(&doc, path).cloned();
+                    if let Ok(found) = value_at(&buf, path) {
+                        *value = found;
+                    }
                 }
             }
         }
@@ -234,14 +239,130 @@ impl Meter {
 
     fn sse_event(&mut self, data: &[u8]) {
         // `[DONE]` and other non-JSON events carry no usage.
-        let Ok(doc) = serde_json::from_slice::<Value>(data) else {
-            return;
-        };
         for (path, value) in &mut self.paths {
-            if let Some(found) = settle::at_path(&doc, path).filter(|v| !v.is_null()) {
-                *value = Some(found.clone());
+            if let Ok(Some(found)) = value_at(data, path) {
+                if !found.is_null() {
+                    *value = Some(found);
+                }
             }
         }
+    }
+}
+
+/// The value at `path` in the JSON document `doc`, as `settle::at_path` finds it in the
+/// document parsed whole (an object's member by name, the last of duplicates; an array's
+/// element by a whole-number step), but without building the rest: every other member is
+/// skipped by serde_json as it is read. An error when `doc` is not one JSON value.
+/// Building a whole `Value` for each SSE event cost about 5,000 instructions an event.
+fn value_at(doc: &[u8], path: &[String]) -> Result<Option<Value>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(doc);
+    let found = PathSeed(path).deserialize(&mut de)?;
+    de.end()?;
+    Ok(found)
+}
+
+/// Reads a JSON value, keeping only what lies at its path.
+struct PathSeed<'p>(&'p [String]);
+
+impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        match self.0.split_first() {
+            None => Value::deserialize(d).map(Some),
+            Some((step, rest)) => d.deserialize_any(Step { step, rest }),
+        }
+    }
+}
+
+/// One step of a path into whatever value comes: a member of an object, an element of an
+/// array; nothing below a scalar.
+struct Step<'p> {
+    step: &'p str,
+    rest: &'p [String],
+}
+
+impl<'de> Visitor<'de> for Step<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(matches) = map.next_key_seed(KeyIs(self.step))? {
+            if matches {
+                // A later duplicate replaces an earlier one, as in a parsed `Value`.
+                found = map.next_value_seed(PathSeed(self.rest))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let index = self.step.parse::<usize>().ok();
+        let mut found = None;
+        for i in 0.. {
+            if index == Some(i) {
+                match seq.next_element_seed(PathSeed(self.rest))? {
+                    Some(value) => found = value,
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Whether an object's key is the path's step, compared without copying the key.
+struct KeyIs<'p>(&'p str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }
 
@@ -373,6 +494,55 @@ mod tests {
             assert!(line.len() + data.len() <= EVENT_MAX);
         }
         assert_eq!(m.cost(&json_cost(), 1_000), Ok(7));
+    }
+
+    #[test]
+    fn reading_only_the_path_finds_what_the_parsed_document_holds() {
+        let path = |p: &str| p.split('.').map(str::to_string).collect::<Vec<_>>();
+        let docs = [
+            r#"{"id":"x","usage":{"prompt_tokens":10,"total_tokens":100}}"#,
+            r#"{"usage":{"total_tokens":1},"usage":{"total_tokens":2}}"#,
+            r#"{"usage":{"total_tokens":1},"usage":{"other":2}}"#,
+            r#"{"u\u0073age":{"total_tokens":"12"},"x":[1,{"a":null},"s\"}"]}"#,
+            r#"{"choices":[{"usage":{"total_tokens":5}},{"usage":{"total_tokens":6}}]}"#,
+            r#"{"usage":null}"#,
+            r#"{"usage":{"total_tokens":null}}"#,
+            r#"{"usage":{"total_tokens":-3.5e2}}"#,
+            r#"{"usage":[7,8]}"#,
+            r#"{"usage":{"total_tokens":{"deep":[true,false]}}}"#,
+            r#"[{"usage":{"total_tokens":9}}]"#,
+            r#""usage""#,
+            "42",
+            "  {\"usage\" : {\"total_tokens\" : 3 } }  ",
+            r#"{"usage":{"total_tokens":3}"#,
+            r#"{"usage":{"total_tokens":3}} trailing"#,
+            r#"{"usage":{"total_tokens":3},}"#,
+            "[DONE]",
+            "",
+        ];
+        let paths = [
+            "usage.total_tokens",
+            "usage",
+            "choices.1.usage.total_tokens",
+            "choices.x",
+            "0.usage.total_tokens",
+            "usage.1",
+            "x.1.a",
+            "x.2",
+        ];
+        for doc in docs {
+            let parsed = serde_json::from_slice::<Value>(doc.as_bytes());
+            for p in paths {
+                let p = path(p);
+                let whole = parsed.as_ref().map(|d| settle::at_path(d, &p).cloned());
+                let read = value_at(doc.as_bytes(), &p);
+                match (&whole, &read) {
+                    (Ok(a), Ok(b)) => assert_eq!(a, b, "{doc} at {p:?}"),
+                    (Err(_), Err(_)) => {}
+                    _ => panic!("{doc} at {p:?}: whole {whole:?}, path only {read:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -1162,6 +1162,32 @@ fn a_surcharge_is_paid_from_what_the_node_holds_then_carried_as_debt() {
 }
 
 #[test]
+fn a_lease_holds_what_responses_really_cost_not_their_reserves() {
+    // A response-charged key: each request holds a reserve of 1 and settles 150.
+    let (limit, nodes, per_sync) = (1_000_000_000, 1, 100);
+    let mut redis = Redis::default();
+    let mut lease = Lease::new("k".into(), 10);
+    let mut dry = 0;
+    for round in 0..20u64 {
+        let now = 10 * W + round * SYNC;
+        sync(&mut lease, &mut redis, 0, limit, now, nodes);
+        for _ in 0..per_sync {
+            let v = lease.admit_window(1, limit, now, ep(now), false, nodes, SYNC);
+            assert!(v.allowed);
+            if round >= 3 && !lease.last_backed {
+                dry += 1;
+            }
+            lease.surcharge(Some(10), 149);
+        }
+    }
+    assert_eq!(
+        dry, 0,
+        "once the key's demand is known, the lease covers whole costs between syncs"
+    );
+    assert!(!lease.urgent, "no urgent refill");
+}
+
+#[test]
 fn quota_held_elsewhere_is_not_spent_once_a_debt_fills_the_window() {
     let (limit, nodes) = (10, 2);
     let now = 10 * W;
