@@ -463,7 +463,7 @@ impl Lease {
     /// response cost), else only once Redis has answered since the request came (the
     /// caller then passes `need == cost`). A lease of a few units would otherwise admit a
     /// whole response's worth of tokens for each of them after the fleet ran out, before
-    /// its next sync told it so. `need` also sizes the demand the lease is refilled for.
+    /// its next sync told it so.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn admit_window_needing(
@@ -478,7 +478,8 @@ impl Lease {
         sync_ms: u64,
     ) -> Verdict {
         self.roll(span.id);
-        self.demand += need;
+        // The reserve; what a response costs beyond it comes in as demand when it settles.
+        self.demand += cost;
         let effective = self.effective_limit(limit, now_ms, span, sliding);
         // What the fleet spent, as Redis last said, reached the limit: only a debt (a
         // response that cost more than its reserve) gets there while quota is still held,

@@ -1177,7 +1177,7 @@ fn a_lease_holds_what_responses_really_cost_not_their_reserves() {
             if round >= 3 && !lease.last_backed {
                 dry += 1;
             }
-            lease.surcharge(Some(10), 149);
+            let _ = lease.surcharge(Some(10), 149);
         }
     }
     assert_eq!(
