@@ -171,7 +171,14 @@ impl SlotLease {
         limit: u64,
         first: bool,
     ) -> (Verdict, bool, Option<bool>) {
-        let fits_held = self.active + cost <= self.held;
+        // Slots claimed for requests admitted without Redis can put the fleet over its
+        // limit; until it is back under, spare slots cover that first.
+        let over = if self.synced {
+            self.known_total.saturating_sub(limit)
+        } else {
+            0
+        };
+        let fits_held = self.active + cost + over <= self.held;
         let allowed = fits_held && self.active + cost <= self.cap;
         if allowed {
             self.active += cost;
@@ -234,6 +241,10 @@ impl SlotLease {
         // Others wait for slots: keep no more than a fair share, and let requests that
         // end above it hand their slots back.
         let mut target = self.keep;
+        // Over the limit (slots claimed after Redis came back): keep only what is in use.
+        if self.synced && self.known_total > limit {
+            target = target.min(self.active);
+        }
         if self.others_waiting > 0 {
             target = target.min(fair);
             self.cap = fair;

@@ -76,9 +76,16 @@ impl UsageBackend {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
-    /// The most requests it ever had in flight at once.
+    /// The most requests it had in flight at once (since the last reset).
     pub fn max_in_flight(&self) -> u64 {
         self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts counting `max_in_flight` again from what is in flight now.
+    pub fn reset_max_in_flight(&self) {
+        self.shared
+            .max_in_flight
+            .store(self.in_flight(), Ordering::SeqCst);
     }
 
     pub fn served(&self) -> u64 {

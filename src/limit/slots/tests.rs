@@ -346,3 +346,23 @@ fn a_grant_is_kept_for_the_request_still_waiting_for_it() {
     assert_eq!(a.held, 1, "the slot waits for its request");
     assert!(a.admit_counted(1, 2, false).0.allowed);
 }
+
+#[test]
+fn a_fleet_over_its_limit_after_claims_admits_nothing_spare_beyond_it() {
+    // Redis came back and nodes claimed what they admitted without it: the fleet holds 8
+    // of 6. This node holds 4, none in use: only 4 - 2 may be used until the fleet is back
+    // under, and its next sync keeps only what is in use.
+    let mut a = SlotLease::new("k".into());
+    a.held = 4;
+    a.synced = true;
+    a.known_total = 8;
+    assert!(a.admit(1, 6).0.allowed);
+    assert!(a.admit(1, 6).0.allowed);
+    assert!(
+        !a.admit(1, 6).0.allowed,
+        "2 in use, 2 over the limit: 4 held"
+    );
+    let plan = a.plan(6, 3, 1_000, TTL).expect("hands spare slots back");
+    assert_eq!(plan.held, 2, "{plan:?}");
+    assert_eq!(plan.spare, 0, "{plan:?}");
+}
