@@ -37,8 +37,8 @@ const MAX_CONNECTION_NOMINATIONS: usize = 10;
 const MAX_HEADER_NAME_LEN: usize = (1 << 16) - 1;
 
 /// The standard hop-by-hop set, as Pingora strips it. Bit `i` of [`hop_by_hop_bit`] is
-/// `HOP_BY_HOP[i]`.
-const HOP_BY_HOP: [HeaderName; 10] = [
+/// `HOP_BY_HOP[i]`. A `static`: a `const` array would be built and dropped at each use.
+static HOP_BY_HOP: [HeaderName; 10] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -115,16 +115,28 @@ fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|token| !token.is_empty())
 }
 
-/// The `Connection` values that nominate something, checked as Pingora checks them. Kept
-/// (a reference count each, no copy) because removing a nomination may remove `Connection`.
+/// Whether a nomination names a field of the standard set, which [`strip`] removes anyway
+/// when it is there.
+fn is_standard(token: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|name| token.eq_ignore_ascii_case(name.as_str().as_bytes()))
+}
+
+/// The `Connection` values that nominate a field outside the standard set, checked as
+/// Pingora checks them. Kept as values (a reference count each, no copy of the text) so the
+/// request can be changed while they are read; nearly always one, or none for the usual
+/// `close`, `keep-alive` and `Upgrade`.
+#[derive(Default)]
 struct Nominations {
-    values: [Option<HeaderValue>; MAX_CONNECTION_NOMINATIONS - 1],
+    first: Option<HeaderValue>,
+    rest: Vec<HeaderValue>,
 }
 
 impl Nominations {
     fn parse(headers: &HeaderMap) -> Result<Self> {
-        let mut values = std::array::from_fn(|_| None);
-        let (mut count, mut kept) = (0, 0);
+        let mut kept = Nominations::default();
+        let mut count = 0;
         for value in headers.get_all(header::CONNECTION) {
             let mut nominates = false;
             for token in tokens(value) {
@@ -147,20 +159,21 @@ impl Nominations {
                         "protected header cannot be nominated by the Connection header",
                     ));
                 }
-                nominates = true;
+                nominates |= !is_standard(token);
             }
             if nominates {
-                // At most one value per nomination, and there are fewer than ten.
-                values[kept] = Some(value.clone());
-                kept += 1;
+                match kept.first {
+                    None => kept.first = Some(value.clone()),
+                    Some(_) => kept.rest.push(value.clone()),
+                }
             }
         }
-        Ok(Nominations { values })
+        Ok(kept)
     }
 
     fn remove_from(self, req: &mut RequestHeader) {
-        for value in self.values.into_iter().flatten() {
-            for token in tokens(&value) {
+        for value in self.first.iter().chain(&self.rest) {
+            for token in tokens(value).filter(|token| !is_standard(token)) {
                 // Only `tchar`s, so UTF-8; a `&str` name is looked up case-insensitively
                 // without being allocated.
                 if let Ok(name) = std::str::from_utf8(token) {
@@ -185,9 +198,9 @@ pub fn strip(req: &mut RequestHeader, downstream_is_http11: bool) -> Result<()> 
         return Ok(());
     }
     let nominations = if present & CONNECTION != 0 {
-        Some(Nominations::parse(&req.headers)?)
+        Nominations::parse(&req.headers)?
     } else {
-        None
+        Nominations::default()
     };
     // Decided before anything is removed, as Pingora does (a client may nominate `Upgrade`).
     let websocket = downstream_is_http11
@@ -196,10 +209,9 @@ pub fn strip(req: &mut RequestHeader, downstream_is_http11: bool) -> Result<()> 
             .headers
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if let Some(nominations) = nominations {
-        nominations.remove_from(req);
-    }
-    // Only the names that were there: removing an absent one changes nothing.
+    nominations.remove_from(req);
+    // Only the names that were there: removing an absent one changes nothing. This also
+    // removes the nominated ones of the standard set.
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             req.remove_header(name);

@@ -406,10 +406,11 @@ impl ProxyHttp for Proxy {
         match route.upstream.select(&ctx.tried) {
             Some(addr) => {
                 ctx.tried.push(addr);
-                let peer = route.upstream.peer(addr);
+                // Built in its box: an `HttpPeer` is large to move.
+                let peer = Box::new(route.upstream.peer(addr));
                 ctx.strip_hop_by_hop = peer.options.http_upstream_request_policy
                     == HttpUpstreamRequestPolicy::preserve();
-                Ok(Box::new(peer))
+                Ok(peer)
             }
             None => Error::e_explain(
                 failure::NO_BACKEND,
