@@ -125,8 +125,8 @@ fn is_standard(token: &[u8]) -> bool {
 
 /// The `Connection` values that nominate a field outside the standard set, checked as
 /// Pingora checks them. Kept as values (a reference count each, no copy of the text) so the
-/// request can be changed while they are read; nearly always one, or none for the usual
-/// `close`, `keep-alive` and `Upgrade`.
+/// request can be changed while they are read: nearly always one (`close`, looked up as
+/// Pingora does), or none for the usual `keep-alive` and `Upgrade`.
 #[derive(Default)]
 struct Nominations {
     first: Option<HeaderValue>,
