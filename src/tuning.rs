@@ -6,7 +6,8 @@
 //! `fast_header_timer=0`, the request header deadline on a tokio timer; `keepalive_timer=1`,
 //! Pingora's keep-alive timer around every idle read as before issue 24;
 //! `pool_idle_timeout=SECONDS`, a pooled upstream connection's idle timer where the config
-//! sets none).
+//! sets none; `pingora_hop_by_hop=1`, Pingora's own hop-by-hop strip on HTTP/1 upstream
+//! requests instead of tollgate's).
 
 /// The settings; `Default` is what tollgate ships.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,11 @@ pub struct Tuning {
     /// An idle timer for pooled upstream connections where the upstream sets no
     /// `idle_timeout` (seconds). Only for measuring what it costs.
     pub pool_idle_timeout: Option<u64>,
+    /// Pingora's default `HttpUpstreamRequestPolicy` on HTTP/1 peers, which strips hop-by-hop
+    /// fields with a dozen map removals per request. Off: the peers preserve, and
+    /// tollgate strips the same fields in one scan (`proxy/hop_by_hop.rs`). Only for
+    /// measuring the difference.
+    pub pingora_hop_by_hop: bool,
 }
 
 impl Default for Tuning {
@@ -47,6 +53,7 @@ impl Default for Tuning {
             fast_header_timer: true,
             keepalive_timer: false,
             pool_idle_timeout: None,
+            pingora_hop_by_hop: false,
         }
     }
 }
@@ -87,6 +94,7 @@ impl Tuning {
                 ("fast_header_timer", _) => self.fast_header_timer = flag(),
                 ("keepalive_timer", _) => self.keepalive_timer = flag(),
                 ("pool_idle_timeout", Some(n)) => self.pool_idle_timeout = Some(n as u64),
+                ("pingora_hop_by_hop", _) => self.pingora_hop_by_hop = flag(),
                 _ => tracing::warn!("TOLLGATE_TUNING: `{item}` is not understood"),
             }
         }
@@ -100,7 +108,7 @@ mod tests {
     #[test]
     fn overrides_apply_by_name() {
         let mut t = Tuning::default();
-        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0,fast_header_timer=0,keepalive_timer=1,pool_idle_timeout=60");
+        t.apply("work_stealing=0, downstream_modules=1,l4_read_buffer=0,keepalive_pool=8,x=1,peer_timeouts=0,fast_header_timer=0,keepalive_timer=1,pool_idle_timeout=60,pingora_hop_by_hop=1");
         assert_eq!(
             t,
             Tuning {
@@ -112,6 +120,7 @@ mod tests {
                 fast_header_timer: false,
                 keepalive_timer: true,
                 pool_idle_timeout: Some(60),
+                pingora_hop_by_hop: true,
             }
         );
     }

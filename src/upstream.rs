@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::tls::CaType;
 use pingora_core::protocols::ALPN;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::utils::tls::{parse_x509, WrappedX509};
 use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
@@ -273,6 +273,11 @@ impl UpstreamPool {
             member.transport.configure(&mut peer);
         }
         let tuning = crate::tuning::current();
+        if peer.options.alpn == ALPN::H1 && !tuning.pingora_hop_by_hop {
+            // `upstream_request_filter` strips hop-by-hop fields itself, the same way for
+            // less (`proxy/hop_by_hop.rs`). HTTP/2 peers keep Pingora's strip.
+            peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::preserve();
+        }
         if !tuning.peer_timeouts {
             return peer;
         }
@@ -447,6 +452,22 @@ mod tests {
             label == "localhost:8080" || label.ends_with(":8080"),
             "{label}"
         );
+    }
+
+    /// HTTP/1 peers leave hop-by-hop fields to `upstream_request_filter`
+    /// (`proxy/hop_by_hop.rs`); HTTP/2 peers keep Pingora's strip, which that filter does not
+    /// replace.
+    #[test]
+    fn only_http1_peers_leave_the_hop_by_hop_strip_to_tollgate() {
+        let mut upstream = config(&[("127.0.0.1:1", 1), ("127.0.0.1:2", 1)]);
+        upstream.backends[1].http2 = true;
+        let pool = UpstreamPool::build("x", &upstream).unwrap();
+        let policy = |port: u16| {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            pool.peer(addr).options.http_upstream_request_policy
+        };
+        assert_eq!(policy(1), HttpUpstreamRequestPolicy::preserve());
+        assert_eq!(policy(2), HttpUpstreamRequestPolicy::default());
     }
 
     #[test]

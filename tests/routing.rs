@@ -140,6 +140,179 @@ fn hop_by_hop_fields_stop_at_the_proxy() {
     assert_eq!(sent["x-kept"], "1");
 }
 
+/// The headers the backend received, from the stub's echo in a raw response.
+fn echoed(resp: &str) -> serde_json::Map<String, serde_json::Value> {
+    let body: serde_json::Value = serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no echoed JSON ({e}): {resp}"));
+    body["headers"].as_object().expect("echoed headers").clone()
+}
+
+/// The whole standard hop-by-hop set goes, whatever its case, and `Connection` nominations
+/// from several lines.
+#[test]
+fn every_standard_hop_by_hop_field_stops_at_the_proxy() {
+    let (_a, _b, t) = two_services();
+    let resp = raw(
+        t.proxy,
+        b"GET /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\nconnection: X-One\r\n\
+          Connection: , x-two ,\r\nX-One: 1\r\nX-TWO: 2\r\nProxy-Authorization: Basic eDp5\r\n\
+          Proxy-Authenticate: Basic\r\nTrailer: x-sum\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+          KEEP-ALIVE: timeout=5\r\nX-Kept: 1\r\n\r\n",
+    );
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let sent = echoed(&resp);
+    for name in [
+        "x-one",
+        "x-two",
+        "connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "trailer",
+        "http2-settings",
+        "keep-alive",
+        "upgrade",
+        "te",
+    ] {
+        assert!(
+            !sent.contains_key(name),
+            "{name} reached the backend: {sent:?}"
+        );
+    }
+    assert_eq!(sent["x-kept"], "1");
+}
+
+/// A client cannot have tollgate drop `Host` or a forwarding field on the way (Pingora's
+/// rule, kept): such a nomination, one that is not a token, or a tenth one is refused with a
+/// 400 and nothing reaches the backend.
+#[test]
+fn a_connection_header_nominating_a_protected_field_is_refused() {
+    let (a, _b, t) = two_services();
+    let before = a.stats().0;
+    let nine = "n1, n2, n3, n4, n5, n6, n7, n8, n9";
+    for nominated in [
+        "host",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "X-Forwarded-Proto",
+        ":authority",
+        "\"x-forwarded-for\"",
+        "a/b",
+        &format!("{nine}, n10"),
+    ] {
+        let request = format!(
+            "GET /a/h HTTP/1.1\r\nHost: x\r\nConnection: {nominated}\r\n\
+             X-Forwarded-For: 203.0.113.9\r\n\r\n"
+        );
+        let resp = raw(t.proxy, request.as_bytes());
+        assert_eq!(raw_status(&resp), 400, "{nominated}: {resp}");
+    }
+    assert_eq!(a.stats().0, before, "a refused request reached the backend");
+    // Nine nominations are fine, and a field that merely looks like a protected one goes on.
+    let request = format!(
+        "GET /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\n\
+         Connection: {nine}\r\nX-Forwarded-Port: 80\r\nn1: x\r\n\r\n"
+    );
+    let resp = raw(t.proxy, request.as_bytes());
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let sent = echoed(&resp);
+    assert!(!sent.contains_key("n1"), "{sent:?}");
+    assert_eq!(sent["x-forwarded-port"], "80");
+}
+
+/// Only WebSocket upgrades pass (tests/websocket.rs): an h2c upgrade reaches the backend as
+/// a plain request, which it answers as one.
+#[test]
+fn an_h2c_upgrade_is_not_forwarded() {
+    let (_a, _b, t) = two_services();
+    let resp = raw(
+        t.proxy,
+        b"GET /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\n\
+          Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    );
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let sent = echoed(&resp);
+    for name in ["connection", "upgrade", "http2-settings"] {
+        assert!(
+            !sent.contains_key(name),
+            "{name} reached the backend: {sent:?}"
+        );
+    }
+}
+
+/// The client's `Transfer-Encoding` is hop-by-hop: Pingora frames the body again for the
+/// backend, so a chunked body arrives whole, chunked, and `TE` stays behind.
+#[test]
+fn a_chunked_request_body_is_framed_again_for_the_backend() {
+    let (_a, _b, t) = two_services();
+    let resp = raw(
+        t.proxy,
+        b"POST /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\nTE: trailers\r\n\
+          Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let body: serde_json::Value =
+        serde_json::from_str(resp.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    assert_eq!(body["body_bytes"], 11, "{resp}");
+    let sent = echoed(&resp);
+    assert_eq!(sent["transfer-encoding"], "chunked", "{sent:?}");
+    assert!(!sent.contains_key("te"), "{sent:?}");
+    assert!(!sent.contains_key("content-length"), "{sent:?}");
+
+    let resp = raw(
+        t.proxy,
+        b"POST /a/h HTTP/1.1\r\nHost: x\r\nX-Stub-Echo: headers\r\nConnection: keep-alive\r\n\
+          Content-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(raw_status(&resp), 200, "{resp}");
+    let sent = echoed(&resp);
+    assert_eq!(sent["content-length"], "5", "{sent:?}");
+    assert!(!sent.contains_key("transfer-encoding"), "{sent:?}");
+}
+
+/// tollgate's strip against Pingora's own (`TOLLGATE_TUNING=pingora_hop_by_hop=1`): the same
+/// raw requests, the same status and the same fields at the backend.
+#[test]
+fn hop_by_hop_handling_matches_pingoras_own() {
+    let a = Stub::start("a");
+    let config = format!(
+        "upstreams:\n  service_a:\n    backends: [{}]\nroutes:\n  - prefix: /a\n    upstream: service_a\n",
+        a.address()
+    );
+    let ours = Tollgate::start(&config);
+    let pingoras =
+        Tollgate::start_with_env(&config, &[("TOLLGATE_TUNING", "pingora_hop_by_hop=1")]);
+    let cases: [&[u8]; 9] = [
+        b"GET /a/1 HTTP/1.1\r\nHost: x\r\n",
+        b"GET /a/2 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n",
+        b"GET /a/3 HTTP/1.1\r\nHost: x\r\nConnection: close, X-A\r\nX-A: 1\r\nX-B: 2\r\n",
+        b"GET /a/4 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\n",
+        b"GET /a/5 HTTP/1.0\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n",
+        b"GET /a/6 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+          HTTP2-Settings: AA\r\n",
+        b"GET /a/7 HTTP/1.1\r\nHost: x\r\nConnection: x-forwarded-host\r\n",
+        b"GET /a/8 HTTP/1.1\r\nHost: x\r\nTE: trailers\r\nTrailer: x\r\nProxy-Authorization: b\r\n\
+          Proxy-Connection: keep-alive\r\n",
+        b"GET /a/9 HTTP/1.1\r\nHost: x\r\nConnection: a, b, c, d, e, f, g, h, i, j\r\n",
+    ];
+    for case in cases {
+        let mut request = case.to_vec();
+        request.extend_from_slice(b"X-Stub-Echo: headers\r\nX-Request-Id: fixed\r\n\r\n");
+        let (mine, theirs) = (raw(ours.proxy, &request), raw(pingoras.proxy, &request));
+        let text = String::from_utf8_lossy(case);
+        // The WebSocket case: the stub answers a plain request, as it does any upgrade.
+        assert_eq!(
+            raw_status(&mine),
+            raw_status(&theirs),
+            "{text}\n{mine}\n{theirs}"
+        );
+        if raw_status(&mine) == 200 {
+            assert_eq!(echoed(&mine), echoed(&theirs), "{text}");
+        }
+    }
+}
+
 #[test]
 fn strip_prefix_sends_the_rest() {
     let (_a, _b, t) = two_services();

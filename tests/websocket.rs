@@ -121,6 +121,33 @@ fn websocket_echo_works_through_the_plaintext_listener() {
     );
 }
 
+/// A browser's handshake (`Connection: keep-alive, Upgrade`, `Upgrade: WebSocket`, a field
+/// nominated hop-by-hop) reaches the backend rebuilt as `Connection: Upgrade` and
+/// `Upgrade: websocket`, which it accepts.
+#[test]
+fn a_browser_style_upgrade_is_forwarded_normalized() {
+    use tungstenite::client::IntoClientRequest;
+    let s = setup();
+    let stream = TcpStream::connect(s.t.proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = format!("ws://{}/ws/echo", s.t.proxy)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert(
+        "connection",
+        "keep-alive, Upgrade, X-Secret".parse().unwrap(),
+    );
+    headers.insert("upgrade", "WebSocket".parse().unwrap());
+    headers.insert("x-secret", "1".parse().unwrap());
+    let (mut ws, resp) = tungstenite::client(request, stream).expect("upgraded");
+    assert_eq!(resp.status().as_u16(), 101);
+    echo_round_trips(&mut ws);
+    ws.close(None).unwrap();
+}
+
 #[test]
 fn websocket_echo_works_through_the_tls_listener() {
     let s = setup();

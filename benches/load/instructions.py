@@ -195,6 +195,9 @@ def main() -> int:
     parser.add_argument("--baseline-bin", type=Path,
                         help="also measure another tollgate binary (an earlier build) as a "
                              "global async target, for a before/after in instructions")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="also send this header with every measured request, to every "
+                             "target (h2load -H); repeatable")
     parser.add_argument("--out", type=Path, help="also write the markdown report here")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the configs, logs and callgrind dumps")
@@ -250,6 +253,7 @@ def main() -> int:
             else:
                 [target] = run.start_targets(lab, [name])
             labels[name] = target.label
+            target.headers = [*target.headers, *args.header]
             results[name] = measure(target, tools, args.requests)
             print(f"{target.label}: {results[name]['request_thread']:,.0f} Ir per request",
                   flush=True)

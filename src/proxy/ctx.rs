@@ -40,6 +40,9 @@ pub struct RequestCtx {
     pub upstream_path: Option<String>,
     /// Backends already tried for this request, so a retry goes elsewhere.
     pub tried: Vec<SocketAddr>,
+    /// The latest attempt's peer leaves hop-by-hop fields to `upstream_request_filter`
+    /// (`HttpUpstreamRequestPolicy::preserve()`, on HTTP/1 peers).
+    pub strip_hop_by_hop: bool,
     pub answer: Option<LocalAnswer>,
     /// The status of an error response written in `fail_to_proxy`.
     pub failure_status: Option<u16>,
@@ -78,6 +81,7 @@ impl RequestCtx {
             request_number: None,
             upstream_path: None,
             tried: Vec::new(),
+            strip_hop_by_hop: false,
             answer: None,
             failure_status: None,
             client_ip: None,

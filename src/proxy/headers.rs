@@ -1,10 +1,9 @@
 //! Header work on the way through: request ids, forwarding headers and the response's
 //! fields.
 //!
-//! Hop-by-hop fields (RFC 9110 §7.6.1), and any the `Connection` header names, are removed
-//! by Pingora itself before `upstream_request_filter` runs: `HttpUpstreamRequestPolicy`'s
-//! default (`pingora-proxy` `proxy_h1.rs`, `sanitize_h1_upstream_request`) strips them and
-//! forwards a WebSocket upgrade normalized. tollgate does not do that work a second time.
+//! Hop-by-hop fields (RFC 9110 §7.6.1), and any the `Connection` header names, are gone
+//! before these run: `hop_by_hop.rs` strips them for HTTP/1 backends, as Pingora's default
+//! policy would, and Pingora strips them for HTTP/2 ones.
 //!
 //! Adding fields: Pingora's `insert_header` parses every name into a new `HeaderName` (an
 //! allocation even for a static one) and writes it into two maps, the values and a

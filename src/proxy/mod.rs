@@ -9,6 +9,7 @@ mod ctx;
 mod failure;
 pub mod framing;
 mod headers;
+mod hop_by_hop;
 mod respond;
 
 pub use ctx::{LocalAnswer, RequestCtx};
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use failure::Verdict;
 use framing::Refusal;
 use http::HeaderValue;
-use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora_core::Result;
 use pingora_error::{Error, ErrorSource};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -405,7 +406,11 @@ impl ProxyHttp for Proxy {
         match route.upstream.select(&ctx.tried) {
             Some(addr) => {
                 ctx.tried.push(addr);
-                Ok(Box::new(route.upstream.peer(addr)))
+                // Built in its box: an `HttpPeer` is large to move.
+                let peer = Box::new(route.upstream.peer(addr));
+                ctx.strip_hop_by_hop = peer.options.http_upstream_request_policy
+                    == HttpUpstreamRequestPolicy::preserve();
+                Ok(peer)
             }
             None => Error::e_explain(
                 failure::NO_BACKEND,
@@ -420,6 +425,11 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // First, where Pingora's own strip would have run (it runs just before this filter).
+        if ctx.strip_hop_by_hop {
+            let http11 = session.req_header().version == http::Version::HTTP_11;
+            hop_by_hop::strip(upstream_request, http11)?;
+        }
         if let Some(path) = &ctx.upstream_path {
             let uri = match upstream_request.uri.query() {
                 Some(query) => format!("{path}?{query}"),
