@@ -222,17 +222,7 @@ fn without_redis_each_node_holds_its_share_or_refuses_as_the_policy_says() {
             sync,
             &format!("    on_redis_error: {on_redis_error}\n"),
         ));
-        redis.kill();
-        wait_for(
-            &format!("{sync}: every node seeing Redis gone"),
-            Duration::from_secs(10),
-            || {
-                nodes
-                    .iter()
-                    .all(|n| n.metric("tollgate_redis_up") == Some(0.0))
-                    .then_some(())
-            },
-        );
+        kill_redis(&mut redis, &nodes, sync);
         if on_redis_error == "closed" {
             let r = get_with(&agent(), &nodes[0].url("/llm/slow/1"), &[]);
             assert_eq!(r.status, 503, "{sync}: closed without Redis");
@@ -265,6 +255,21 @@ fn without_redis_each_node_holds_its_share_or_refuses_as_the_policy_says() {
         stop.store(true, Ordering::Relaxed);
         drop(holders);
     }
+}
+
+/// Kills Redis and waits until every node has seen it go.
+fn kill_redis(redis: &mut Redis, nodes: &[Tollgate], sync: &str) {
+    redis.kill();
+    wait_for(
+        &format!("{sync}: every node seeing Redis gone"),
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.metric("tollgate_redis_up") == Some(0.0))
+                .then_some(())
+        },
+    );
 }
 
 /// A WebSocket through `node` to `path`, or the status that refused the upgrade.
@@ -433,17 +438,7 @@ fn slots_admitted_without_redis_are_claimed_when_it_comes_back() {
             // Room for a slow first grant once Redis is back: see below.
             config(&redis, &backend, sync).replace("timeout: 500ms", "timeout: 2s")
         ));
-        redis.kill();
-        wait_for(
-            &format!("{sync}: every node seeing Redis gone"),
-            Duration::from_secs(10),
-            || {
-                nodes
-                    .iter()
-                    .all(|n| n.metric("tollgate_redis_up") == Some(0.0))
-                    .then_some(())
-            },
-        );
+        kill_redis(&mut redis, &nodes, sync);
         // Node 0 admits two long requests on its share (2 of 6 among 3 nodes).
         let stop = Arc::new(AtomicBool::new(false));
         let holders: Vec<JoinHandle<bool>> = (0..2)

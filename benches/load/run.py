@@ -286,6 +286,15 @@ def wait_until(what: str, check, proc: Proc | None = None,
 _handed_out: set[int] = set()
 
 
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     while True:
         with socket.socket() as s:
@@ -1779,6 +1788,8 @@ def run_rls(sup: Supervisor, lab: "Lab", wrk: str, args) -> tuple[list[dict], li
     proc = sup.start("tollgate-rls", [str(lab.tollgate_bin), "run", "-c", str(config)],
                      workdir, stop_signal=signal.SIGINT, env=env)
     wait_until("tollgate-rls", lambda: http_status(admin_port, "/health") == 200, proc)
+    # The gRPC listener is a service of its own: ready when it accepts, not with the admin.
+    wait_until("tollgate-rls (gRPC)", lambda: accepts(rls_port), proc)
     rows, problems = [], []
     seconds = args.duration
     for keys in (1, 100_000):
