@@ -14,7 +14,7 @@
 
 /// A policy's typical response cost, smoothed over the responses it settled. In async
 /// mode a node admits a request from the quota it holds only when that covers this much
-/// (see [`crate::limit::lease::Lease::admit_window`]); with less, it asks Redis first, so
+/// (see [`crate::limit::lease::Lease::admit_window_needing`]); with less, it asks Redis first, so
 /// that a node whose lease is a few units cannot admit a whole response's worth of tokens
 /// each on the strength of them after the fleet has run out.
 #[derive(Debug, Default)]

@@ -300,6 +300,11 @@ impl SlotLease {
     /// renews it).
     pub fn restore(&mut self) {
         self.renew_at_ms = 0;
+        self.claim_all_again();
+    }
+
+    /// Atomic: the next sync claims every member in flight, whatever Redis still has.
+    fn claim_all_again(&mut self) {
         self.unclaimed = self.members.iter().map(|(m, _)| m.clone()).collect();
     }
 
@@ -371,7 +376,7 @@ impl SlotLease {
         // Releases are not counted in `touched`: one already gone is gone either way.
         self.unclaimed.retain(|m| !renewal.claimed.contains(m));
         if touched < (renewal.claim.len() + renewal.renew.len()) as u64 {
-            self.unclaimed = self.members.iter().map(|(m, _)| m.clone()).collect();
+            self.claim_all_again();
         }
     }
 

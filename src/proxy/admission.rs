@@ -285,17 +285,15 @@ pub async fn settle(
             continue;
         };
         // The limiter the request was admitted by.
-        let limiter = || {
-            let (tenant, tier) = tenant_and_tier(key, verified);
-            policy.limiter_for(key.map(|k| k.id.as_str()), tenant, tier)
-        };
+        let (tenant, tier) = tenant_and_tier(key, verified);
+        let limiter = policy.limiter_for(key.map(|k| k.id.as_str()), tenant, tier);
         let link = gateway.redis.as_deref();
         if policy
             .count_status
             .as_ref()
             .is_some_and(|s| !s.contains(status))
         {
-            policy.refund(limiter(), receipt, link).await;
+            policy.refund(limiter, receipt, link).await;
             continue;
         }
         let Some(counters) = &policy.counters.settled else {
@@ -306,7 +304,7 @@ pub async fn settle(
             .unwrap_or(Err(Unusable::Missing));
         let actual = match reported {
             Ok(cost) => {
-                limiter().expected_cost.observe(cost);
+                limiter.expected_cost.observe(cost);
                 cost
             }
             Err(why) => {
@@ -316,7 +314,7 @@ pub async fn settle(
             }
         };
         settled_cost.get_or_insert(actual);
-        policy.settle_cost(limiter(), receipt, actual, link).await;
+        policy.settle_cost(limiter, receipt, actual, link).await;
         // Counted once it is settled (in Redis, in atomic mode), so that whoever watches
         // the metric knows the limit has it.
         counters.units.inc_by(actual);
